@@ -1,0 +1,105 @@
+"""The Azure edge shared by training.submit and deployment: the MLClient and error translation.
+
+Heavy SDK imports happen inside the functions so that `--help` and `--dry-run` stay instant.
+Tests inject a fake MLClient at this edge; nothing else in the project talks to Azure.
+"""
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+from common.cli import UserError, say
+
+if TYPE_CHECKING:  # pragma: no cover
+    from azure.ai.ml import MLClient
+
+    from infra.outputs import StackOutputs
+
+T = TypeVar("T")
+
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def studio_url(outputs: "StackOutputs", path: str = "") -> str:
+    """An Azure ML studio link into the stack's workspace."""
+    wsid = (
+        f"/subscriptions/{outputs.subscription_id}/resourcegroups/{outputs.resource_group_name}"
+        f"/workspaces/{outputs.workspace_name}"
+    )
+    return f"https://ml.azure.com/{path.lstrip('/')}?wsid={wsid}&tid={outputs.tenant_id}"
+
+
+def make_ml_client(outputs: "StackOutputs", credential: Any = None) -> "MLClient":
+    """An MLClient on the stack's workspace. Construction makes no network or credential call."""
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    return MLClient(
+        credential or DefaultAzureCredential(),
+        subscription_id=outputs.subscription_id,
+        resource_group_name=outputs.resource_group_name,
+        workspace_name=outputs.workspace_name,
+    )
+
+
+def _status_code(err: BaseException) -> int | None:
+    return getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+
+
+@contextmanager
+def azure_errors(action: str) -> Iterator[None]:
+    """Turn the SDK's expected failures into one message a person can act on."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+    )
+
+    try:
+        yield
+    except UserError:
+        raise
+    except ClientAuthenticationError:
+        raise UserError(
+            f"{action}: not signed in to Azure. Run `az login` (or set AZURE_CLIENT_ID/AZURE_TENANT_ID/"
+            "AZURE_CLIENT_SECRET, or use a managed or workload identity), then try again."
+        ) from None
+    except ResourceNotFoundError as err:
+        raise UserError(f"{action}: not found ({_first_line(err)}). Check the stack with `pulumi stack output`.") from None
+    except ServiceRequestError as err:
+        raise UserError(f"{action}: cannot reach Azure ({_first_line(err)}). Check the network and retry.") from None
+    except HttpResponseError as err:
+        code = _status_code(err)
+        if code == 403:
+            raise UserError(
+                f"{action}: permission denied (403). Your identity needs Contributor (or AzureML Data "
+                "Scientist) on the workspace; role assignments can take a few minutes to apply after `pulumi up`."
+            ) from None
+        raise UserError(f"{action}: Azure answered {code or 'an error'}: {_first_line(err)}") from None
+
+
+def with_retries(
+    fn: Callable[[], T], *, action: str, attempts: int = 4, base_delay: float = 2.0, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """Call `fn`, retrying transient service errors (429, 5xx, connection resets) with jittered backoff."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
+            transient = not isinstance(err, HttpResponseError) or _status_code(err) in TRANSIENT_STATUS
+            if not transient or attempt == attempts:
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            say(f"    {action}: transient error ({_first_line(err)}); retrying in {delay:.0f}s ({attempt}/{attempts - 1})")
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__

@@ -1,0 +1,54 @@
+"""What every command line of the project shares: expected errors, exit codes, progress lines.
+
+An expected failure (no stack, no quota, bad data line, 401 ...) raises `UserError` with a
+message a person can act on; `run_cli` prints it as one paragraph on stderr and exits non-zero.
+Nothing here imports anything heavy, so `--help` stays instant.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, NoReturn, Sequence
+
+
+class UserError(Exception):
+    """A failure the user can fix; its message says how. Never carries a secret."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+    """Run `main(argv)` and exit with its code; turn expected failures into one clear message."""
+    try:
+        code = main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (stdout stays clean for machine-readable output such as YAML)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Print a step's name when it starts and its duration when it ends."""
+    say(f"==> {name}")
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        say(f"<== {name}: failed after {time.perf_counter() - started:.1f}s")
+        raise
+    say(f"<== {name}: done in {time.perf_counter() - started:.1f}s")

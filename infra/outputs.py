@@ -1,0 +1,157 @@
+"""The stack-outputs contract (ARCHITECTURE section 3) and its loader.
+
+Training and deployment read the stack through this module instead of a hand-edited
+config. It never imports Pulumi: the outputs come from, in order,
+
+1. an explicit file (`--outputs-file PATH`),
+2. the file named by the environment variable STACK_OUTPUTS_FILE,
+3. `pulumi stack output --json [--stack NAME]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from common.cli import UserError
+
+ENV_VAR = "STACK_OUTPUTS_FILE"
+
+
+@dataclass(frozen=True)
+class StackOutputs:
+    """Everything downstream needs to find the Azure resources; nothing secret."""
+
+    subscription_id: str
+    tenant_id: str
+    resource_group_name: str
+    location: str
+    workspace_name: str
+    storage_account_name: str
+    container_registry_name: str
+    key_vault_name: str
+    compute_name: str
+    compute_vm_size: str
+    compute_max_nodes: int
+    uai_name: str
+    uai_resource_id: str
+    uai_client_id: str
+    uai_principal_id: str
+    source: str = "unknown"
+    """Where the outputs were read from (a file path or `pulumi stack output`)."""
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Optional outputs beyond the contract (for example the Foundry project name)."""
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "unknown") -> "StackOutputs":
+        missing = [key for key in REQUIRED_KEYS if data.get(key) in (None, "")]
+        if missing:
+            raise StackOutputsError(
+                f"the stack outputs from {source} lack {', '.join(missing)}. "
+                "Run `pulumi up` on this stack (the program exports them), "
+                "or point --outputs-file / STACK_OUTPUTS_FILE at the right JSON file."
+            )
+        try:
+            max_nodes = int(data["compute_max_nodes"])
+        except (TypeError, ValueError):
+            raise StackOutputsError(
+                f"compute_max_nodes in the stack outputs from {source} is {data['compute_max_nodes']!r}, "
+                "not a whole number; re-run `pulumi up`."
+            ) from None
+        values = {key: str(data[key]) for key in REQUIRED_KEYS if key != "compute_max_nodes"}
+        extra = {key: value for key, value in data.items() if key not in REQUIRED_KEYS}
+        return cls(**values, compute_max_nodes=max_nodes, source=source, extra=extra)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in REQUIRED_KEYS}
+
+
+REQUIRED_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(StackOutputs) if f.name not in ("source", "extra")
+)
+
+
+class StackOutputsError(UserError):
+    """The stack outputs cannot be found or are incomplete."""
+
+
+def load_stack_outputs(
+    outputs_file: str | os.PathLike[str] | None = None,
+    stack: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    pulumi: str = "pulumi",
+    cwd: str | os.PathLike[str] | None = None,
+) -> StackOutputs:
+    """Load and check the stack outputs: explicit file, then $STACK_OUTPUTS_FILE, then the Pulumi CLI."""
+    env = os.environ if env is None else env
+    if outputs_file:
+        return _from_file(Path(outputs_file), "--outputs-file")
+    if env.get(ENV_VAR):
+        return _from_file(Path(env[ENV_VAR]), ENV_VAR)
+    return _from_pulumi(stack, pulumi=pulumi, env=env, cwd=cwd)
+
+
+def _from_file(path: Path, how: str) -> StackOutputs:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StackOutputsError(
+            f"the stack outputs file {path} (from {how}) does not exist. "
+            "Write it with `pulumi stack output --json > FILE`, or drop the option to ask Pulumi directly."
+        ) from None
+    except OSError as err:
+        raise StackOutputsError(f"cannot read the stack outputs file {path} (from {how}): {err.strerror}.") from None
+    return StackOutputs.from_mapping(_parse(text, str(path)), source=str(path))
+
+
+def _from_pulumi(
+    stack: str | None, *, pulumi: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None
+) -> StackOutputs:
+    executable = shutil.which(pulumi, path=env.get("PATH"))
+    if executable is None:
+        raise StackOutputsError(
+            "the Pulumi CLI is not on PATH, so the stack outputs cannot be read. "
+            "Install it (https://www.pulumi.com/docs/install/), run `pulumi up`, "
+            f"or pass --outputs-file PATH / set {ENV_VAR} to a file written by `pulumi stack output --json`."
+        )
+    command = [executable, "stack", "output", "--json"] + (["--stack", stack] if stack else [])
+    described = f"stack {stack!r}" if stack else "the selected stack"
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=dict(env), cwd=cwd, timeout=120, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise StackOutputsError(
+            f"`{' '.join(command[1:])}` did not answer within 120 s; check `pulumi login` and the backend."
+        ) from None
+    if done.returncode != 0:
+        detail = " ".join(done.stderr.strip().split())[-400:] or "no message"
+        hint = (
+            "Select one with `pulumi stack select NAME` or pass --stack NAME; "
+            "create it with `pulumi stack init NAME` and `pulumi up`."
+        )
+        raise StackOutputsError(f"`pulumi stack output --json` failed for {described} ({detail}). {hint}")
+    data = _parse(done.stdout, f"pulumi stack output for {described}")
+    if not data:
+        raise StackOutputsError(
+            f"{described} has no outputs: it has not been deployed yet. Run `pulumi up`"
+            + (f" --stack {stack}" if stack else "")
+            + " first."
+        )
+    return StackOutputs.from_mapping(data, source=f"pulumi stack output ({described})")
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as err:
+        raise StackOutputsError(f"{source} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+    if not isinstance(data, dict):
+        raise StackOutputsError(f"{source} holds a JSON {type(data).__name__}, not the object of stack outputs.")
+    return data
