@@ -21,6 +21,8 @@ from typing import Any, Mapping
 from common.cli import UserError
 
 ENV_VAR = "STACK_OUTPUTS_FILE"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+"""Where Pulumi.yaml lives: `pulumi stack output` runs there, so the commands work from any directory."""
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,22 @@ class StackOutputs:
     """Optional outputs beyond the contract (for example the Foundry project name)."""
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "unknown") -> "StackOutputs":
+    def from_mapping(
+        cls, data: Mapping[str, Any], source: str = "unknown", up_command: str = "pulumi up"
+    ) -> "StackOutputs":
         missing = [key for key in REQUIRED_KEYS if data.get(key) in (None, "")]
         if missing:
             raise StackOutputsError(
                 f"the stack outputs from {source} lack {', '.join(missing)}. "
-                "Run `pulumi up` on this stack (the program exports them), "
+                f"Run `{up_command}` (the program exports them), "
                 "or point --outputs-file / STACK_OUTPUTS_FILE at the right JSON file."
+            )
+        odd = [key for key in REQUIRED_KEYS if isinstance(data[key], (dict, list)) or data[key] == "[secret]"]
+        if odd:
+            raise StackOutputsError(
+                f"the stack outputs from {source} hold no plain value for {', '.join(odd)} "
+                "(a list, an object or a hidden secret); the program exports plain strings. "
+                f"Re-run `{up_command}` with this repository's program."
             )
         try:
             max_nodes = int(data["compute_max_nodes"])
@@ -94,6 +105,8 @@ def load_stack_outputs(
         return _from_file(Path(outputs_file), "--outputs-file")
     if env.get(ENV_VAR):
         return _from_file(Path(env[ENV_VAR]), ENV_VAR)
+    if cwd is None and (PROJECT_DIR / "Pulumi.yaml").is_file():
+        cwd = PROJECT_DIR
     return _from_pulumi(stack, pulumi=pulumi, env=env, cwd=cwd)
 
 
@@ -130,6 +143,8 @@ def _from_pulumi(
         raise StackOutputsError(
             f"`{' '.join(command[1:])}` did not answer within 120 s; check `pulumi login` and the backend."
         ) from None
+    except OSError as err:
+        raise StackOutputsError(f"cannot run the Pulumi CLI at {executable}: {err.strerror}.") from None
     if done.returncode != 0:
         detail = " ".join(done.stderr.strip().split())[-400:] or "no message"
         hint = (
@@ -138,13 +153,32 @@ def _from_pulumi(
         )
         raise StackOutputsError(f"`pulumi stack output --json` failed for {described} ({detail}). {hint}")
     data = _parse(done.stdout, f"pulumi stack output for {described}")
-    if not data:
-        raise StackOutputsError(
-            f"{described} has no outputs: it has not been deployed yet. Run `pulumi up`"
-            + (f" --stack {stack}" if stack else "")
-            + " first."
+    up_command = "pulumi up" + (f" --stack {stack}" if stack else "")
+    try:
+        if not data:
+            raise StackOutputsError(
+                f"{described} has no outputs: it has not been deployed yet. Run `{up_command}` first."
+            )
+        return StackOutputs.from_mapping(data, source=f"pulumi stack output ({described})", up_command=up_command)
+    except StackOutputsError as err:
+        name = None if stack else _selected_stack(executable, env, cwd)
+        if name is None:
+            raise
+        # Name the stack in the message (only worth a second CLI call on this error path).
+        raise StackOutputsError(str(err).replace(described, f"the selected stack {name!r}")) from None
+
+
+def _selected_stack(executable: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> str | None:
+    """The selected stack's name (`pulumi stack --show-name`), or None if Pulumi cannot say."""
+    try:
+        done = subprocess.run(
+            [executable, "stack", "--show-name"], capture_output=True, text=True, env=dict(env), cwd=cwd,
+            timeout=60, check=False,
         )
-    return StackOutputs.from_mapping(data, source=f"pulumi stack output ({described})")
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    name = done.stdout.strip()
+    return name if done.returncode == 0 and name and "\n" not in name else None
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:

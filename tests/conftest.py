@@ -42,3 +42,22 @@ def repo_root() -> Path:
 def state_dir() -> Path:
     """The session's private folder for HF / MLflow / Prompt flow state."""
     return _STATE
+
+
+# ---------------------------------------------------------------- training fixtures (session scope)
+# Built once per session and shared by every area's tests: treat the folders as read-only.
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly built, untrained tiny Phi-3 (save_pretrained layout), from `training.tiny_model`."""
+    from training.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train.jsonl / test.jsonl / manifest.json prepared by `training.data` from the bundled sample."""
+    from training.data import prepare
+
+    return prepare("sample", tmp_path_factory.mktemp("sample-data") / "data").out

@@ -1,0 +1,1 @@
+"""`make demo`: the whole finetune-phi path, offline, on one machine."""

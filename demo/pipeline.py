@@ -1,0 +1,152 @@
+"""The offline end-to-end path, step by step, through the same command lines a user types.
+
+data (sample) -> fine-tune (local target, tiny Phi-3) -> deploy (local inference server)
+-> chat (Prompt flow `pf flow test`) -> teardown. Each step runs as a subprocess with its
+output in `runs/demo/logs/<step>.log`; a failing step is named, its log tail shown, and the
+local server is stopped whatever happens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from common.cli import UserError, say
+from training import local_runs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EVAL_LOSS_LINE = re.compile(r"eval loss: (?P<before>[\d.]+) before -> (?P<after>[\d.]+) after")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much the demo trains; the end-to-end test uses a smaller one."""
+
+    epochs: float = 3.0
+    max_steps: int = -1
+    questions: int = 2
+    extra_train_flags: tuple[str, ...] = ()
+
+
+@dataclass
+class DemoResult:
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    answers: list[tuple[str, str, str]] = field(default_factory=list)
+    """(question, the model's answer, the held-out reference answer)"""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class StepFailed(UserError):
+    pass
+
+
+def _run_step(name: str, command: list[str], logs: Path, result: DemoResult, env: dict[str, str]) -> str:
+    """Run one step as a subprocess, logging to a file; return its stdout."""
+    say(f"==> {name}: {' '.join(_shorten(c) for c in command)}")
+    log_path = logs / f"{name}.log"
+    started = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL
+        )
+        log.write("\n--- stdout ---\n" + done.stdout)
+    elapsed = time.perf_counter() - started
+    result.timings[name] = elapsed
+    if done.returncode != 0:
+        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
+        raise StepFailed(f"step '{name}' failed (exit {done.returncode}) after {elapsed:.1f}s; log {log_path}:\n{tail}")
+    say(f"<== {name}: done in {elapsed:.1f}s")
+    return done.stdout
+
+
+def _shorten(arg: str) -> str:
+    arg = arg.replace(sys.executable, "python").replace(str(REPO_ROOT) + os.sep, "")
+    return f'"{arg}"' if " " in arg else arg
+
+
+def held_out_questions(test_file: Path, count: int) -> list[tuple[str, str]]:
+    """The first `count` single-question chats of the held-out split, with their reference answers."""
+    picked: list[tuple[str, str]] = []
+    with open(test_file, encoding="utf-8") as rows:
+        for line in rows:
+            messages = json.loads(line)["messages"]
+            turns = [m for m in messages if m["role"] != "system"]
+            if len(turns) == 2 and turns[0]["role"] == "user" and len(turns[0]["content"]) <= 120:
+                picked.append((turns[0]["content"], turns[1]["content"]))
+            if len(picked) == count:
+                break
+    if not picked:
+        raise UserError(f"{test_file} holds no short single-turn chat to ask the model.")
+    return picked
+
+
+def parse_flow_answer(stdout: str) -> str:
+    """The `answer` of the last JSON object `pf flow test` printed."""
+    for match in reversed(list(re.finditer(r"^\{.*?^\}", stdout, flags=re.S | re.M))):
+        try:
+            return str(json.loads(match.group(0))["answer"])
+        except (json.JSONDecodeError, KeyError):
+            continue
+    raise UserError(f"`pf flow test` printed no answer:\n{stdout[-1000:]}")
+
+
+def run_demo(budget: Budget = Budget(), env: dict[str, str] | None = None) -> DemoResult:
+    """Run every step; the local endpoint is torn down even when a step fails."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if env.get("FINETUNE_PHI_RUNS"):
+        os.environ["FINETUNE_PHI_RUNS"] = env["FINETUNE_PHI_RUNS"]
+    runs = local_runs.runs_dir()
+    data_dir = runs / "data"
+    logs = runs / "demo" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    pf = str(Path(python).with_name("pf"))
+    result = DemoResult()
+    started = time.perf_counter()
+    try:
+        _run_step("data", [python, "-m", "training.data", "--source", "sample", "--out", str(data_dir)], logs, result, env)
+        train_cmd = [python, "-m", "training.submit", "--target", "local", "--model", "tiny", "--data", str(data_dir),
+                     "--epochs", str(budget.epochs), "--max-steps", str(budget.max_steps), *budget.extra_train_flags]
+        train_out = _run_step("train", train_cmd, logs, result, env)
+        train_log = (logs / "train.log").read_text(encoding="utf-8", errors="replace") + train_out
+        loss = EVAL_LOSS_LINE.search(train_log)
+        if loss:
+            result.eval_loss_before, result.eval_loss_after = float(loss["before"]), float(loss["after"])
+            say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
+        _run_step("deploy", [python, "-m", "deployment.deploy", "--target", "local"], logs, result, env)
+        for number, (question, reference) in enumerate(held_out_questions(data_dir / "test.jsonl", budget.questions), 1):
+            out = _run_step(f"chat-{number}", [pf, "flow", "test", "--flow", "flows/chat", "--inputs", f"question={question}"],
+                            logs, result, env)
+            answer = parse_flow_answer(out)
+            result.answers.append((question, answer, reference))
+            print(f"\nQ: {question}\nA: {answer}\n   (held-out reference: {reference})\n", flush=True)
+    finally:
+        try:
+            _run_step("teardown", [python, "-m", "deployment.teardown", "--target", "local"], logs, result, env)
+        except StepFailed as err:
+            say(str(err))
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=float, default=Budget.epochs, help="training epochs (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=Budget.max_steps, help="stop training after N steps")
+    parser.add_argument("--questions", type=int, default=Budget.questions, help="held-out questions to ask")
+    args = parser.parse_args(argv)
+    result = run_demo(Budget(epochs=args.epochs, max_steps=args.max_steps, questions=args.questions))
+    steps = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.timings.items() if name != "total")
+    print(f"demo finished in {result.timings['total']:.0f}s ({steps})")
+    if result.eval_loss_before is not None:
+        print(f"eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
+    return 0

@@ -1,0 +1,178 @@
+"""python -m deployment.deploy: the fine-tuned model behind a managed online endpoint (or locally).
+
+target azure (default): register the model -> endpoint with the stack's UAI -> new blue/green
+deployment -> smoke test -> 100% traffic -> old deployment deleted -> Prompt flow connection.
+target local: `deployment.serve` in the background on 127.0.0.1 (see deployment/local.py).
+`--dry-run` prints the endpoint and deployment definitions as YAML, touching no credential or network.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from common.cli import UserError, run_cli, say
+
+DEFAULT_INSTANCE_TYPE = "Standard_NC24ads_A100_v4"  # = deployment.definitions.DEFAULT_INSTANCE_TYPE (no SDK import here)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployment.deploy",
+        description=(
+            "Deploy the fine-tuned Phi-3 model: blue/green on an Azure ML managed online endpoint (default), "
+            "or a local server (--target local). Writes the Prompt flow connection phi_endpoint."
+        ),
+        epilog=(
+            "Costs money (target azure): the deployment's instance bills per hour until "
+            "`python -m deployment.teardown` (Standard_NC24ads_A100_v4 about $3.67/h, list price East US)."
+        ),
+    )
+    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected stack)")
+    parser.add_argument("--outputs-file", help="JSON file of stack outputs (`pulumi stack output --json > FILE`)")
+    parser.add_argument("--target", choices=("azure", "local"), default="azure", help="where to deploy (default: azure)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--job", help="Azure ML job whose model output to deploy (default: the latest completed fine-tuning job)")
+    which.add_argument("--model", metavar="NAME:VERSION", help="an already registered model to deploy")
+    which.add_argument("--model-dir", help="target local: the model folder (default: the latest local training output)")
+    parser.add_argument(
+        "--instance-type",
+        default=DEFAULT_INSTANCE_TYPE,
+        help=f"VM size of the deployment (default: {DEFAULT_INSTANCE_TYPE}; needs 24+ vCPUs of A100 quota, see docs/DEPLOY.md)",
+    )
+    parser.add_argument("--endpoint-name", help="endpoint name (default: phi3-chat-<hash of the workspace>)")
+    parser.add_argument("--port", type=int, help="target local: port on 127.0.0.1 (default: a free one)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the endpoint and deployment definitions as YAML and stop"
+    )
+    parser.add_argument(
+        "--foundry-connection",
+        action="store_true",
+        help="also write phi_endpoint as a workspace connection in the stack's Foundry project",
+    )
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.target == "local":
+        bad = [flag for flag, value in (("--job", args.job), ("--model", args.model), ("--dry-run", args.dry_run),
+                                        ("--foundry-connection", args.foundry_connection),
+                                        ("--endpoint-name", args.endpoint_name)) if value]
+        if bad:
+            raise UserError(f"{', '.join(bad)} apply to --target azure only; --target local takes --model-dir and --port.")
+    elif args.model_dir or args.port:
+        raise UserError("--model-dir and --port apply to --target local; for azure pick the model with --job or --model.")
+
+
+def quiet_sdk() -> None:
+    """azure-ai-ml logs a warning per experimental class it touches; noise for the user of this CLI."""
+    import logging
+
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from deployment import definitions
+    from deployment.environment import serving_environment
+    from deployment.registration import job_output_path, parse_model_ref
+    from infra.outputs import load_stack_outputs
+    from training.local_runs import runs_dir
+
+    outputs = load_stack_outputs(args.outputs_file, args.stack)
+    name = definitions.check_endpoint_name(args.endpoint_name or definitions.default_endpoint_name(outputs))
+    if args.model:
+        model_name, version = parse_model_ref(args.model)
+        model: object = f"azureml:{model_name}:{version}"
+    elif args.job:
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Model
+
+        model = Model(path=job_output_path(args.job, "model"), type=AssetTypes.MLFLOW_MODEL)
+        say(f"note: the real deploy registers {job_output_path(args.job, '<output>')} as {definitions.MODEL_NAME}")
+    else:
+        model = f"azureml:{definitions.MODEL_NAME}@latest"
+        say(f"note: the real deploy registers the latest completed fine-tuning job's model as {definitions.MODEL_NAME}")
+    endpoint = definitions.build_endpoint(name, outputs)
+    deployment = definitions.build_deployment(
+        name="blue",
+        endpoint_name=name,
+        model=model,
+        environment=serving_environment(args.instance_type).to_entity(),
+        code_dir=definitions.stage_code(runs_dir() / "deploy"),
+        instance_type=args.instance_type,
+        outputs=outputs,
+    )
+    sys.stdout.write(definitions.definitions_yaml([endpoint, deployment]))
+    say("dry run: nothing was created (blue is the first slot; later deploys alternate blue/green)")
+    return 0
+
+
+def _azure(args: argparse.Namespace) -> int:
+    from common import azure as azure_edge
+    from deployment import definitions
+    from deployment.azure_deploy import DeployPlan, deploy_to_azure
+    from deployment.registration import ModelChoice
+    from infra.outputs import load_stack_outputs
+    from training.local_runs import runs_dir
+
+    outputs = load_stack_outputs(args.outputs_file, args.stack)
+    info = definitions.instance_info(args.instance_type)
+    if info is None:
+        say(f"warning: {args.instance_type} is not one of the sizes this project documents "
+            f"({', '.join(t.sku for t in definitions.INSTANCE_TYPES.values())}); its cost and quota are yours to check.")
+    foundry = None
+    if args.foundry_connection:
+        from deployment.foundry import foundry_writer
+
+        foundry = foundry_writer(outputs, azure_edge.make_ml_client)
+    plan = DeployPlan(
+        endpoint_name=args.endpoint_name or definitions.default_endpoint_name(outputs),
+        instance_type=args.instance_type,
+        choice=ModelChoice(job=args.job, model=args.model),
+        foundry_connection=args.foundry_connection,
+    )
+    ml_client = azure_edge.make_ml_client(outputs)
+    result = deploy_to_azure(ml_client, outputs, plan, code_root=runs_dir() / "deploy", foundry_writer=foundry)
+    cost = f" (about ${info.usd_per_hour:.2f}/h, list price East US, until teardown)" if info else ""
+    print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")
+    print(f"deployment: {result.deployment_name} on {args.instance_type}{cost}, 100% of traffic")
+    print(f"model:      {result.model.name}:{result.model.version}"
+          + (f" (from job {result.model.source_job})" if result.model.source_job else ""))
+    print(f"scoring:    {result.scoring_uri}")
+    if result.replaced:
+        print(f"replaced:   {', '.join(result.replaced)} (deleted)")
+    print("connection: Prompt flow connection phi_endpoint written (key stored as its secret)")
+    print('chat:       pf flow test --flow flows/chat --inputs question="Who founded Microsoft?"')
+    print("stop billing: python -m deployment.teardown")
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deployment.local import deploy_local
+
+    endpoint = deploy_local(model_dir=Path(args.model_dir) if args.model_dir else None, port=args.port)
+    url = getattr(endpoint, "scoring_uri", None) or getattr(endpoint, "url", None) or str(endpoint)
+    print(f"local endpoint: {url}")
+    pid = getattr(endpoint, "pid", None)
+    if pid:
+        print(f"server pid:     {pid}")
+    print('chat:           pf flow test --flow flows/chat --inputs question="Who founded Microsoft?"')
+    print("stop it:        python -m deployment.teardown --target local")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    quiet_sdk()
+    if args.target == "local":
+        return _local(args)
+    if args.dry_run:
+        return _dry_run(args)
+    return _azure(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,244 @@
+"""python -m deployment.teardown: stop what bills per hour; with --purge-workspace, free the workspace name.
+
+target azure: delete the endpoints this tool created (tag created-by=finetune-phi; every endpoint
+with --all), then, with --purge-workspace, permanently delete the workspace so `pulumi destroy`
+finishes cleanly and no soft-deleted name is left behind. Asks first unless --yes. Safe to run
+twice: nothing left -> says so, exit 0. The local `phi_endpoint` connection is deleted when it
+points at an endpoint that was deleted. target local: stop the local server.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
+
+from common.cli import UserError, run_cli, say, step
+
+CREATED_BY = ("created-by", "finetune-phi")  # = deployment.definitions.CREATED_BY (no SDK import here)
+
+STILL_BILLS = (
+    "Still billing until `pulumi destroy`: the workspace's storage account, container registry, key vault "
+    "and Log Analytics / Application Insights (small, usage-based). The training cluster scales to 0 nodes "
+    "and costs nothing while idle."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployment.teardown",
+        description="Delete what deploy created so nothing bills per hour (and, with --purge-workspace, the workspace).",
+    )
+    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected stack)")
+    parser.add_argument("--outputs-file", help="JSON file of stack outputs (`pulumi stack output --json > FILE`)")
+    parser.add_argument("--target", choices=("azure", "local"), default="azure", help="what to tear down (default: azure)")
+    parser.add_argument("--all", action="store_true", help="delete every online endpoint in the workspace, not only ours")
+    parser.add_argument(
+        "--purge-workspace",
+        action="store_true",
+        help="also permanently delete the workspace (no 14-day soft delete), before `pulumi destroy`",
+    )
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (needed without a terminal)")
+    return parser
+
+
+@dataclass
+class TeardownReport:
+    deleted: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    """Endpoints left in place because this tool did not create them (use --all)."""
+    workspace_purged: bool = False
+    workspace_missing: bool = False
+    connection_deleted: bool = False
+    foundry_purged: list[str] = field(default_factory=list)
+
+
+def _is_ours(endpoint: Any) -> bool:
+    return (getattr(endpoint, "tags", None) or {}).get(CREATED_BY[0]) == CREATED_BY[1]
+
+
+def _endpoint_name_of(url: str) -> str | None:
+    host = urlparse(url or "").hostname or ""
+    return host.split(".")[0] if host.endswith(".inference.ml.azure.com") else None
+
+
+def _default_connection_cleanup(deleted: list[str]) -> bool:
+    """Delete the local phi_endpoint connection when it points at one of the deleted endpoints."""
+    from deployment.connection import delete_phi_connection, read_phi_connection
+
+    configs = read_phi_connection()
+    if not configs or _endpoint_name_of(configs.get("endpoint", "")) not in deleted:
+        return False
+    return delete_phi_connection()
+
+
+def teardown_azure(
+    ml_client: Any,
+    workspace_name: str,
+    *,
+    all_endpoints: bool,
+    purge_workspace: bool,
+    confirm: Callable[[str], bool],
+    connection_cleanup: Callable[[list[str]], bool] | None = None,
+    foundry_workspaces: Sequence[str] = (),
+    poll_interval: float = 30.0,
+) -> TeardownReport:
+    """Delete the endpoints (ours, or all) and optionally purge the workspace; see the module docstring."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from common.azure import azure_errors, with_retries
+    from deployment.azure_deploy import wait
+
+    report = TeardownReport()
+    with azure_errors(f"listing the endpoints of workspace {workspace_name}"):
+        try:
+            endpoints = with_retries(lambda: list(ml_client.online_endpoints.list()), action="listing endpoints")
+        except ResourceNotFoundError:
+            endpoints, report.workspace_missing = [], True
+    targets = [e.name for e in endpoints if all_endpoints or _is_ours(e)]
+    report.kept = [e.name for e in endpoints if e.name not in targets]
+
+    if report.workspace_missing:
+        say(f"workspace {workspace_name} does not exist (already deleted or purged): no endpoint to delete")
+    if not targets and not (purge_workspace and not report.workspace_missing):
+        return report
+
+    plan = [f"endpoint {name} (and its deployments)" for name in targets]
+    if purge_workspace and not report.workspace_missing:
+        plan += [f"Foundry workspace {name}, PERMANENTLY" for name in foundry_workspaces]
+        plan.append(f"workspace {workspace_name}, PERMANENTLY (its models, jobs, environments and data assets)")
+    if not confirm("This deletes:\n  - " + "\n  - ".join(plan)):
+        raise UserError("teardown cancelled: nothing was deleted.")
+
+    for name in targets:
+        with step(f"delete endpoint {name} (a few minutes)"):
+            try:
+                poller = with_retries(lambda: ml_client.online_endpoints.begin_delete(name=name), action=f"deleting {name}")
+                wait(poller, f"deleting endpoint {name}", interval=poll_interval)
+                report.deleted.append(name)
+            except ResourceNotFoundError:
+                report.deleted.append(name)
+            except Exception as err:
+                say(f"    could not delete endpoint {name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+                report.failed.append(name)
+
+    if report.deleted:
+        report.connection_deleted = (connection_cleanup or _default_connection_cleanup)(report.deleted)
+
+    if purge_workspace and not report.workspace_missing:
+        if report.failed:
+            raise UserError(
+                f"could not delete endpoint(s) {', '.join(report.failed)}, so the workspace was not purged. "
+                "Run the teardown again; if it keeps failing, delete them in Azure ML studio."
+            )
+        # The Foundry project before its hub, both before the workspace: each is a workspace that
+        # would otherwise sit soft-deleted for 14 days holding its name.
+        for name in [*foundry_workspaces, workspace_name]:
+            with step(f"permanently delete workspace {name} (several minutes)"):
+                with azure_errors(f"purging workspace {name}"):
+                    try:
+                        poller = with_retries(
+                            lambda: ml_client.workspaces.begin_delete(
+                                name, permanently_delete=True, delete_dependent_resources=False
+                            ),
+                            action=f"deleting workspace {name}",
+                        )
+                        wait(poller, f"deleting workspace {name}", interval=poll_interval)
+                    except ResourceNotFoundError:
+                        if name == workspace_name:
+                            report.workspace_missing = True
+                    else:
+                        if name == workspace_name:
+                            report.workspace_purged = True
+                        else:
+                            report.foundry_purged.append(name)
+    return report
+
+
+def _confirm_factory(assume_yes: bool) -> Callable[[str], bool]:
+    def confirm(what: str) -> bool:
+        if assume_yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UserError(
+                "teardown deletes Azure resources and asks first, but there is no terminal to ask on (CI?). "
+                "Re-run with --yes to confirm."
+            )
+        print(what, file=sys.stderr)
+        return input("Continue? [y/N] ").strip().lower() in ("y", "yes")
+
+    return confirm
+
+
+def _print_report(report: TeardownReport, workspace: str, purge: bool) -> None:
+    if report.deleted:
+        print(f"deleted endpoints: {', '.join(report.deleted)}")
+    elif not report.workspace_missing and not report.workspace_purged:
+        print("nothing to delete: no endpoint created by finetune-phi in this workspace")
+    if report.connection_deleted:
+        print("deleted the local Prompt flow connection phi_endpoint (it pointed at a deleted endpoint)")
+    if report.kept:
+        print(f"left in place (not created by this tool; they bill if they have deployments): {', '.join(report.kept)} "
+              "- delete them with --all")
+    for name in report.foundry_purged:
+        print(f"Foundry workspace {name} permanently deleted")
+    if report.workspace_purged:
+        print(f"workspace {workspace} permanently deleted: its name is free again")
+    elif purge and report.workspace_missing:
+        print(f"workspace {workspace} is already gone")
+    print(STILL_BILLS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.target == "local":
+        if args.all or args.purge_workspace:
+            raise UserError("--all and --purge-workspace apply to --target azure only.")
+        return _local()
+    from common import azure as azure_edge
+    from deployment.deploy import quiet_sdk
+    from infra.outputs import load_stack_outputs
+
+    quiet_sdk()
+    outputs = load_stack_outputs(args.outputs_file, args.stack)
+    ml_client = azure_edge.make_ml_client(outputs)
+    report = teardown_azure(
+        ml_client,
+        outputs.workspace_name,
+        all_endpoints=args.all,
+        purge_workspace=args.purge_workspace,
+        confirm=_confirm_factory(args.yes),
+        foundry_workspaces=[
+            str(outputs.extra[key]) for key in ("foundry_project_name", "foundry_hub_name") if outputs.extra.get(key)
+        ],
+    )
+    _print_report(report, outputs.workspace_name, args.purge_workspace)
+    if report.failed:
+        raise UserError(
+            f"could not delete endpoint(s) {', '.join(report.failed)}; they may still bill. Run the teardown again, "
+            "or delete them in Azure ML studio (Endpoints)."
+        )
+    return 0
+
+
+def _local() -> int:
+    from deployment.local import teardown_local
+
+    stopped = teardown_local()
+    print("stopped the local endpoint" if stopped else "nothing to stop: no local endpoint is running")
+    try:
+        from deployment.connection import delete_phi_connection, read_phi_connection
+
+        configs = read_phi_connection()
+        host = urlparse((configs or {}).get("endpoint", "")).hostname
+        if host in ("127.0.0.1", "localhost") and delete_phi_connection():
+            print("deleted the local Prompt flow connection phi_endpoint")
+    except UserError as err:
+        say(f"warning: {err}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

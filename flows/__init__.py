@@ -1,0 +1,1 @@
+"""Prompt flows of the project (flows/chat)."""

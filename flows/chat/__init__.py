@@ -1,0 +1,1 @@
+"""The Prompt flow chat (flow.dag.yaml + chat.py) and the endpoint client `phi_client`."""

@@ -1,0 +1,76 @@
+"""The Pulumi program: config -> resources -> stack outputs (ARCHITECTURE section 3)."""
+from __future__ import annotations
+
+import pulumi
+from pulumi_azure_native import authorization, resources
+
+from infra import naming
+from infra.budget import create_budget
+from infra.dependencies import create_dependencies
+from infra.identity import assign_roles, create_identity, grants
+from infra.ml import create_compute, create_foundry, create_workspace
+from infra.outputs import REQUIRED_KEYS
+from infra.stack_config import PROJECT, load_config
+
+
+def export_outputs(outputs: dict[str, object]) -> None:
+    """Export the contract keys (all of them, or fail) and any extras; nothing secret goes in here."""
+    missing = [key for key in REQUIRED_KEYS if key not in outputs]
+    if missing:
+        raise pulumi.RunError(f"the program does not export {', '.join(missing)} (infra.outputs.REQUIRED_KEYS)")
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+
+
+def main() -> None:
+    cfg = load_config()
+    stack = pulumi.get_stack()
+    tags = {"project": PROJECT, "stack": stack, **cfg.tags}
+    client = authorization.get_client_config_output()
+
+    group = resources.ResourceGroup(
+        naming.resource_group_logical_name(cfg.name_prefix, stack), location=cfg.location, tags=tags
+    )
+    # Every other name carries a token derived from the (randomly suffixed) resource group name.
+    all_names = group.name.apply(lambda rg: naming.names(cfg.name_prefix, naming.stack_token(PROJECT, stack, rg)))
+    names = {kind: all_names.apply(lambda found, k=kind: found[k]) for kind in naming.NAME_KINDS}
+
+    deps = create_dependencies(cfg, group.name, names, client.tenant_id, tags)
+    workspace = create_workspace(cfg, names["workspace"], group.name, deps, tags)
+    identity = create_identity(names["identity"], group.name, cfg.location, tags)
+    assign_roles(identity, client.subscription_id,
+                 grants(group.id, deps.storage.id, deps.registry.id, workspace.id))
+    compute = create_compute(cfg, naming.compute_name(cfg.compute_vm_size, cfg.compute_priority),
+                             group.name, workspace, identity.id, tags)
+
+    extras: dict[str, object] = {
+        "workspace_resource_id": workspace.id,
+        "compute_priority": cfg.compute_priority,
+        "application_insights_name": deps.app_insights.name,
+        "log_analytics_workspace_name": deps.log_analytics.name,
+    }
+    if cfg.enable_foundry:
+        foundry = create_foundry(cfg, names["foundry_hub"], names["foundry_project"], group.name, deps, tags)
+        extras.update(foundry_hub_name=foundry.hub.name, foundry_project_name=foundry.project.name)
+    if cfg.budget_amount > 0:
+        budget = create_budget(cfg, naming.budget_name(cfg.name_prefix, stack), group.id)
+        extras["budget_name"] = budget.name
+
+    export_outputs({
+        "subscription_id": client.subscription_id,
+        "tenant_id": client.tenant_id,
+        "resource_group_name": group.name,
+        "location": cfg.location,
+        "workspace_name": workspace.name,
+        "storage_account_name": deps.storage.name,
+        "container_registry_name": deps.registry.name,
+        "key_vault_name": deps.key_vault.name,
+        "compute_name": compute.name,
+        "compute_vm_size": cfg.compute_vm_size,
+        "compute_max_nodes": cfg.compute_max_nodes,
+        "uai_name": identity.name,
+        "uai_resource_id": identity.id,
+        "uai_client_id": identity.client_id,
+        "uai_principal_id": identity.principal_id,
+        **extras,
+    })

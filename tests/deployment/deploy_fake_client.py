@@ -1,0 +1,276 @@
+"""An MLClient fake at the network edge: the SDK's operation names, poller-like returns, every call recorded.
+
+Everything handed to it is a real azure-ai-ml entity; it validates each one the way the service
+would see it (dump to YAML, load back with the SDK's loaders) and checks that a deployment's
+model and environment references exist. `calls` is the ordered log tests assert on; the fake
+HTTP endpoint of the smoke test appends to the same log, so the whole order is visible.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from azure.ai.ml import load_environment, load_model
+from azure.ai.ml.entities import EndpointAuthKeys
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from deployment.definitions import entity_dict, load_back
+
+SECRET_KEY = "sEcReT-kEy-9f8e7d6c5b4a"
+SECOND_KEY = "sEcOnD-kEy-1a2b3c4d"
+CONTAINER_LOG = "Traceback (most recent call last):\nRuntimeError: CUDA out of memory in init()"
+
+
+@dataclass
+class Call:
+    op: str
+    method: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}.{self.method}"
+
+
+class FakePoller:
+    """What `begin_*` returns: done at once; `result()` returns the value or raises the failure."""
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self._value, self._error = value, error
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _not_found(what: str) -> ResourceNotFoundError:
+    return ResourceNotFoundError(f"{what} not found")
+
+
+def _http_error(message: str, status: int = 400) -> HttpResponseError:
+    err = HttpResponseError(message)
+    err.status_code = status
+    return err
+
+
+class _Ops:
+    def __init__(self, client: "FakeMLClient", op: str) -> None:
+        self._client, self._op = client, op
+
+    def _record(self, method: str, **args: Any) -> None:
+        self._client.calls.append(Call(self._op, method, args))
+
+
+class FakeOnlineEndpoints(_Ops):
+    def list(self) -> list[Any]:
+        self._record("list")
+        if self._client.workspace_deleted:
+            raise _not_found(f"workspace {self._client.workspace_name}")
+        return [copy.deepcopy(e) for e in self._client.endpoints.values()]
+
+    def get(self, name: str) -> Any:
+        self._record("get", name=name)
+        if name not in self._client.endpoints:
+            raise _not_found(f"endpoint {name}")
+        return copy.deepcopy(self._client.endpoints[name])
+
+    def begin_create_or_update(self, endpoint: Any) -> FakePoller:
+        endpoint._to_rest_online_endpoint("eastus")  # what the SDK sends (fails on an entity mutated by _to_dict)
+        doc = entity_dict(endpoint)
+        self._record("begin_create_or_update", name=endpoint.name, traffic=dict(endpoint.traffic or {}), doc=doc)
+        if self._client.fail_traffic and endpoint.name in self._client.endpoints:
+            return FakePoller(error=_http_error("Conflict: endpoint update failed", 409))
+        stored = load_back(doc)  # what the service would accept
+        for name in stored.traffic or {}:
+            if (endpoint.name, name) not in self._client.deployments:
+                return FakePoller(error=_http_error(f"traffic to unknown deployment {name}"))
+        stored._scoring_uri = self._client.scoring_uri
+        stored._provisioning_state = "Succeeded"
+        self._client.endpoints[endpoint.name] = stored
+        return FakePoller(copy.deepcopy(stored))
+
+    def get_keys(self, name: str) -> EndpointAuthKeys:
+        self._record("get_keys", name=name)
+        return EndpointAuthKeys(primary_key=SECRET_KEY, secondary_key=SECOND_KEY)
+
+    def begin_delete(self, name: str) -> FakePoller:
+        self._record("begin_delete", name=name)
+        if name not in self._client.endpoints:
+            raise _not_found(f"endpoint {name}")
+        del self._client.endpoints[name]
+        for key in [k for k in self._client.deployments if k[0] == name]:
+            del self._client.deployments[key]
+        return FakePoller()
+
+
+class FakeOnlineDeployments(_Ops):
+    def list(self, endpoint_name: str) -> list[Any]:
+        self._record("list", endpoint_name=endpoint_name)
+        return [copy.deepcopy(d) for (ep, _), d in self._client.deployments.items() if ep == endpoint_name]
+
+    def begin_create_or_update(self, deployment: Any, **kwargs: Any) -> FakePoller:
+        doc = entity_dict(deployment)
+        self._record("begin_create_or_update", name=deployment.name, endpoint_name=deployment.endpoint_name, doc=doc)
+        load_back(doc)
+        if deployment.endpoint_name not in self._client.endpoints:
+            raise _not_found(f"endpoint {deployment.endpoint_name}")
+        model = str(doc["model"]).removeprefix("azureml:")
+        if model not in self._client.models_by_ref():
+            raise _http_error(f"model {model} not found")
+        env = str(doc["environment"]).removeprefix("azureml:")
+        if env not in self._client.environment_store:
+            raise _http_error(f"environment {env} not found")
+        # The service creates the resource, then the container fails to become ready.
+        self._client.deployments[(deployment.endpoint_name, deployment.name)] = copy.deepcopy(deployment)
+        if self._client.fail_deployment:
+            return FakePoller(error=_http_error("ResourceNotReady: User container has crashed or terminated."))
+        return FakePoller(copy.deepcopy(deployment))
+
+    def get_logs(self, name: str, endpoint_name: str, lines: int, *, container_type: str | None = None) -> str:
+        self._record("get_logs", name=name, endpoint_name=endpoint_name, lines=lines, container_type=container_type)
+        assert container_type in (None, "inference-server", "storage-initializer"), container_type
+        return CONTAINER_LOG if container_type is None else ""
+
+    def begin_delete(self, name: str, endpoint_name: str) -> FakePoller:
+        self._record("begin_delete", name=name, endpoint_name=endpoint_name)
+        if (endpoint_name, name) not in self._client.deployments:
+            raise _not_found(f"deployment {name}")
+        traffic = self._client.endpoints[endpoint_name].traffic or {}
+        if int(traffic.get(name, 0) or 0) > 0:
+            return FakePoller(error=_http_error(f"deployment {name} takes traffic; cannot delete"))
+        del self._client.deployments[(endpoint_name, name)]
+        return FakePoller()
+
+
+class FakeModels(_Ops):
+    def list(self, name: str | None = None, **kwargs: Any) -> list[Any]:
+        self._record("list", name=name)
+        return [copy.deepcopy(m) for m in self._client.model_store if name is None or m.name == name]
+
+    def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
+        self._record("get", name=name, version=version)
+        for m in self._client.model_store:
+            if m.name == name and str(m.version) == str(version):
+                return copy.deepcopy(m)
+        raise _not_found(f"model {name}:{version}")
+
+    def create_or_update(self, model: Any) -> Any:
+        self._record("create_or_update", name=model.name, version=model.version, path=model.path, tags=dict(model.tags))
+        import io
+
+        import yaml
+
+        loaded = load_model(source=io.StringIO(yaml.safe_dump(entity_dict(model))))
+        self._client.model_store.append(loaded)
+        return copy.deepcopy(loaded)
+
+
+class FakeEnvironments(_Ops):
+    def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
+        self._record("get", name=name, version=version)
+        if f"{name}:{version}" not in self._client.environment_store:
+            raise _not_found(f"environment {name}:{version}")
+        return self._client.environment_store[f"{name}:{version}"]
+
+    def create_or_update(self, environment: Any) -> Any:
+        self._record("create_or_update", name=environment.name, version=environment.version)
+        import io
+
+        import yaml
+
+        loaded = load_environment(source=io.StringIO(yaml.safe_dump(entity_dict(environment))))
+        self._client.environment_store[f"{loaded.name}:{loaded.version}"] = loaded
+        return loaded
+
+
+class FakeJobs(_Ops):
+    def list(self, **kwargs: Any) -> list[Any]:
+        self._record("list")
+        return list(self._client.job_store.values())
+
+    def get(self, name: str) -> Any:
+        self._record("get", name=name)
+        if name not in self._client.job_store:
+            raise _not_found(f"job {name}")
+        return self._client.job_store[name]
+
+
+class FakeWorkspaces(_Ops):
+    def begin_delete(self, name: str, *, delete_dependent_resources: bool, permanently_delete: bool = False) -> FakePoller:
+        self._record(
+            "begin_delete", name=name, delete_dependent_resources=delete_dependent_resources,
+            permanently_delete=permanently_delete,
+        )
+        if name in self._client.deleted_workspaces:
+            raise _not_found(f"workspace {name}")
+        self._client.deleted_workspaces.add(name)
+        self._client.workspace_deleted = self._client.workspace_name in self._client.deleted_workspaces
+        return FakePoller()
+
+
+class FakeConnections(_Ops):
+    def create_or_update(self, connection: Any) -> Any:
+        rest = connection._to_rest_object()
+        self._record("create_or_update", name=connection.name, category=str(rest.properties.category),
+                     metadata=dict(rest.properties.metadata))
+        self._client.connection_store[connection.name] = rest
+        from azure.ai.ml.entities import WorkspaceConnection
+
+        return WorkspaceConnection._from_rest_object(rest_obj=rest)  # what the SDK parses from the response
+
+
+class FakeMLClient:
+    def __init__(self, scoring_uri: str = "http://127.0.0.1:9/score", workspace_name: str = "mlw-test") -> None:
+        self.calls: list[Call] = []
+        self.scoring_uri = scoring_uri
+        self.workspace_name = workspace_name
+        self.endpoints: dict[str, Any] = {}
+        self.deployments: dict[tuple[str, str], Any] = {}
+        self.model_store: list[Any] = []
+        self.environment_store: dict[str, Any] = {}
+        self.job_store: dict[str, Any] = {}
+        self.connection_store: dict[str, Any] = {}
+        self.fail_deployment = False
+        self.fail_traffic = False
+        self.workspace_deleted = False
+        self.deleted_workspaces: set[str] = set()
+        self.online_endpoints = FakeOnlineEndpoints(self, "online_endpoints")
+        self.online_deployments = FakeOnlineDeployments(self, "online_deployments")
+        self.models = FakeModels(self, "models")
+        self.environments = FakeEnvironments(self, "environments")
+        self.jobs = FakeJobs(self, "jobs")
+        self.workspaces = FakeWorkspaces(self, "workspaces")
+        self.connections = FakeConnections(self, "connections")
+
+    def models_by_ref(self) -> set[str]:
+        return {f"{m.name}:{m.version}" for m in self.model_store}
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.calls]
+
+    def index(self, what: str, /, **match: Any) -> int:
+        """Position of the first call `op.method` whose args include `match`."""
+        for i, call in enumerate(self.calls):
+            if call.name == what and all(call.args.get(k) == v for k, v in match.items()):
+                return i
+        raise AssertionError(f"no call {what} {match} in {self.names()}")
+
+    def count(self, what: str, /, **match: Any) -> int:
+        return sum(1 for c in self.calls if c.name == what and all(c.args.get(k) == v for k, v in match.items()))
+
+    def add_job(self, name: str, status: str = "Completed", recipe: str = "sft", created: str = "2026-11-01T10:00:00Z") -> None:
+        from datetime import datetime
+
+        self.job_store[name] = SimpleNamespace(
+            name=name, status=status, tags={"finetune-phi": recipe}, experiment_name="finetune-phi",
+            creation_context=SimpleNamespace(created_at=datetime.fromisoformat(created.replace("Z", "+00:00"))),
+        )

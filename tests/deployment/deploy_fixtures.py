@@ -1,0 +1,137 @@
+"""Fixtures for the Azure deploy/teardown tests (imported by those test modules).
+
+- `outputs_file` / `outputs`: a complete stack-outputs JSON (ARCHITECTURE section 3).
+- `scoring_server`: a real HTTP endpoint on 127.0.0.1 standing in for the deployment's /score;
+  it checks the bearer key and records the `azureml-model-deployment` header.
+- `fake_client`: the MLClient fake whose endpoints' scoring URI points at that server, and whose
+  call log also receives the server's requests (so the smoke test's place in the order shows).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from deploy_fake_client import SECRET_KEY, Call, FakeMLClient
+from infra.outputs import REQUIRED_KEYS, StackOutputs
+
+UAI_ID = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-phi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-phi"
+OUTPUTS = {
+    "subscription_id": "00000000-0000-0000-0000-000000000001",
+    "tenant_id": "00000000-0000-0000-0000-000000000002",
+    "resource_group_name": "rg-phi",
+    "location": "eastus",
+    "workspace_name": "mlw-phi",
+    "storage_account_name": "stphi123",
+    "container_registry_name": "crphi123",
+    "key_vault_name": "kv-phi-123",
+    "compute_name": "a100-cluster",
+    "compute_vm_size": "Standard_NC24ads_A100_v4",
+    "compute_max_nodes": 1,
+    "uai_name": "uai-phi",
+    "uai_resource_id": UAI_ID,
+    "uai_client_id": "11111111-2222-3333-4444-555555555555",
+    "uai_principal_id": "66666666-7777-8888-9999-000000000000",
+}
+assert set(OUTPUTS) == set(REQUIRED_KEYS)
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "runs"
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(root))
+    return root
+
+
+@pytest.fixture
+def outputs_file(tmp_path: Path) -> Path:
+    path = tmp_path / "stack-outputs.json"
+    path.write_text(json.dumps(OUTPUTS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def outputs(outputs_file: Path) -> StackOutputs:
+    return StackOutputs.from_mapping(OUTPUTS, source=str(outputs_file))
+
+
+class ScoringServer:
+    """Answers like a deployment running score.py; `mode` = ok | error | empty."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.requests: list[dict] = []
+        self.log: list[Call] | None = None
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                deployment = self.headers.get("azureml-model-deployment")
+                authorized = self.headers.get("Authorization") == f"Bearer {SECRET_KEY}"
+                server.requests.append({"path": self.path, "deployment": deployment, "authorized": authorized, "body": body})
+                if server.log is not None:
+                    server.log.append(Call("http", "POST", {"deployment": deployment}))
+                if not authorized:
+                    self._send(401, {"error": "bad key"})
+                elif server.mode == "error":
+                    self._send(500, {"error": "model failed to generate"})
+                elif server.mode == "empty":
+                    self._send(200, {"output": "", "finish_reason": "stop"})
+                else:
+                    self._send(200, {"output": "I am a fine-tuned Phi-3.", "finish_reason": "stop",
+                                     "usage": {"prompt_tokens": 12, "completion_tokens": 7}})
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
+
+
+@pytest.fixture
+def scoring_server() -> Iterator[ScoringServer]:
+    server = ScoringServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def fake_client(scoring_server: ScoringServer) -> FakeMLClient:
+    client = FakeMLClient(scoring_uri=scoring_server.url, workspace_name=OUTPUTS["workspace_name"])
+    scoring_server.log = client.calls
+    return client
+
+
+@pytest.fixture
+def connection_writes() -> list[dict]:
+    return []
+
+
+@pytest.fixture
+def write_connection(connection_writes: list[dict], fake_client: FakeMLClient):
+    """Records what would go into the Prompt flow connection store (the key included, for the assertion)."""
+
+    def write(endpoint: str, key: str, deployment: str) -> None:
+        fake_client.calls.append(Call("connection", "write", {"endpoint": endpoint, "deployment": deployment}))
+        connection_writes.append({"endpoint": endpoint, "key": key, "deployment": deployment})
+
+    return write

@@ -1,0 +1,204 @@
+"""Blue/green orchestration against the MLClient fake and a real local HTTP scoring endpoint."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from deploy_fixtures import *  # noqa: F401,F403 (fixtures)
+from deploy_fixtures import UAI_ID
+from common.cli import UserError
+from deployment import definitions
+from deployment.azure_deploy import DeployPlan, choose_slot, deploy_to_azure
+from deployment.registration import ModelChoice
+from deploy_fake_client import CONTAINER_LOG, SECRET_KEY, SECOND_KEY, FakeMLClient
+
+EP = "phi3-chat-test"
+
+
+def _deploy(client: FakeMLClient, outputs, runs: Path, write_connection, **plan):
+    return deploy_to_azure(
+        client, outputs, DeployPlan(endpoint_name=EP, **plan), code_root=runs / "deploy",
+        write_connection=write_connection, poll_interval=0.01,
+    )
+
+
+def _seed_live_blue(client: FakeMLClient, outputs, runs: Path, write_connection) -> None:
+    """A first successful deploy: endpoint + blue at 100%."""
+    client.add_job("job-1", created="2026-11-01T10:00:00Z")
+    _deploy(client, outputs, runs, write_connection)
+    client.calls.clear()
+
+
+def test_first_deploy_runs_in_blue_green_order(fake_client, outputs, runs, write_connection, connection_writes, scoring_server):
+    fake_client.add_job("job-old", created="2026-10-01T10:00:00Z")
+    fake_client.add_job("job-new", created="2026-11-01T10:00:00Z")
+    fake_client.add_job("job-running", status="Running", created="2026-11-02T10:00:00Z")
+
+    result = _deploy(fake_client, outputs, runs, write_connection)
+
+    c = fake_client
+    order = [
+        c.index("models.create_or_update"),
+        c.index("online_endpoints.begin_create_or_update", traffic={}),
+        c.index("online_deployments.begin_create_or_update", name="blue"),
+        c.index("online_endpoints.get_keys"),
+        c.index("http.POST", deployment="blue"),
+        c.index("online_endpoints.begin_create_or_update", traffic={"blue": 100}),
+        c.index("connection.write", deployment="blue"),
+    ]
+    assert order == sorted(order), c.names()
+    # the newest *completed* job was registered, from its named output, as an MLflow model
+    reg = c.calls[c.index("models.create_or_update")].args
+    assert reg["path"] == "azureml://jobs/job-new/outputs/model" and reg["tags"]["source-job"] == "job-new"
+    assert c.model_store[0].type == "mlflow_model"
+    # endpoint: key auth, the stack's UAI, tagged for teardown
+    ep_doc = c.calls[c.index("online_endpoints.begin_create_or_update", traffic={})].args["doc"]
+    assert ep_doc["auth_mode"] == "key" and ep_doc["tags"] == {"created-by": "finetune-phi"}
+    assert ep_doc["identity"]["type"] == "user_assigned"
+    assert [u["resource_id"] for u in ep_doc["identity"]["user_assigned_identities"]] == [UAI_ID]
+    # deployment: score.py only, pinned environment, probes, request settings, UAI client id
+    dep = c.calls[c.index("online_deployments.begin_create_or_update")].args["doc"]
+    assert dep["instance_type"] == "Standard_NC24ads_A100_v4" and dep["model"] == "azureml:phi3-finetuned:1"
+    assert dep["environment"].startswith("azureml:phi3-serve:")
+    assert sorted(p.name for p in Path(dep["code_configuration"]["code"]).iterdir()) == ["score.py"]
+    assert dep["code_configuration"]["scoring_script"] == "score.py"
+    assert dep["readiness_probe"]["initial_delay"] >= 500 and dep["liveness_probe"]["initial_delay"] >= 500
+    assert dep["request_settings"]["request_timeout_ms"] == 90000
+    assert dep["environment_variables"]["UAI_CLIENT_ID"] == outputs.uai_client_id
+    assert dep["environment_variables"]["AZURE_CLIENT_ID"] == outputs.uai_client_id
+    # smoke test went to the new deployment with the fetched key
+    assert scoring_server.requests and all(r["authorized"] and r["deployment"] == "blue" for r in scoring_server.requests)
+    # final state
+    assert c.endpoints[EP].traffic == {"blue": 100}
+    assert connection_writes == [{"endpoint": scoring_server.url, "key": SECRET_KEY, "deployment": "blue"}]
+    assert (result.deployment_name, result.endpoint_created, result.replaced) == ("blue", True, ())
+
+
+def test_existing_endpoint_is_updated_never_deleted(fake_client, outputs, runs, write_connection):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+
+    result = _deploy(fake_client, outputs, runs, write_connection)
+
+    c = fake_client
+    assert result.deployment_name == "green" and result.replaced == ("blue",) and not result.endpoint_created
+    assert c.count("online_endpoints.begin_delete") == 0
+    # the endpoint was not re-created: its only update is the traffic switch
+    assert [call.args["traffic"] for call in c.calls if call.name == "online_endpoints.begin_create_or_update"] == [{"green": 100}]
+    assert c.index("online_deployments.begin_create_or_update", name="green") < c.index("http.POST", deployment="green") \
+        < c.index("online_endpoints.begin_create_or_update") < c.index("online_deployments.begin_delete", name="blue")
+    assert c.endpoints[EP].traffic == {"green": 100}
+    assert sorted(name for _, name in c.deployments) == ["green"]
+    # the environment was unchanged: found and reused, not registered again
+    assert c.count("environments.create_or_update") == 0 and c.count("environments.get") == 1
+
+    # and the next deploy swings back to blue
+    c.add_job("job-3", created="2026-11-06T10:00:00Z")
+    assert _deploy(c, outputs, runs, write_connection).deployment_name == "blue"
+    assert c.endpoints[EP].traffic == {"blue": 100}
+
+
+def test_registration_is_idempotent(fake_client, outputs, runs, write_connection):
+    fake_client.add_job("job-1")
+    first = _deploy(fake_client, outputs, runs, write_connection)
+    second = _deploy(fake_client, outputs, runs, write_connection)
+    assert fake_client.count("models.create_or_update") == 1
+    assert (first.model.version, first.model.reused) == ("1", False)
+    assert (second.model.version, second.model.reused) == ("1", True)
+    # a different job gets the next version
+    fake_client.add_job("job-2", created="2026-12-01T00:00:00Z")
+    third = _deploy(fake_client, outputs, runs, write_connection, choice=ModelChoice(job="job-2"))
+    assert third.model.version == "2" and fake_client.count("models.create_or_update") == 2
+
+
+@pytest.mark.parametrize("failure", ["deployment", "smoke", "empty-answer", "traffic"])
+def test_failure_keeps_traffic_and_deletes_the_new_deployment(
+    failure, fake_client, outputs, runs, write_connection, connection_writes, scoring_server, capsys
+):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    connection_writes.clear()
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    fake_client.fail_deployment = failure == "deployment"
+    fake_client.fail_traffic = failure == "traffic"
+    scoring_server.mode = {"smoke": "error", "empty-answer": "empty"}.get(failure, "ok")
+
+    with pytest.raises(UserError) as err:
+        _deploy(fake_client, outputs, runs, write_connection)
+
+    c = fake_client
+    assert c.endpoints[EP].traffic == {"blue": 100}, "traffic must stay on the old deployment"
+    assert sorted(name for _, name in c.deployments) == ["blue"], "the failed deployment must be deleted"
+    assert c.index("online_deployments.get_logs", name="green") < c.index("online_deployments.begin_delete", name="green")
+    assert c.count("online_deployments.begin_delete", name="blue") == 0
+    assert c.count("online_endpoints.begin_delete") == 0
+    assert connection_writes == []
+    if failure != "traffic":
+        assert c.count("online_endpoints.begin_create_or_update") == 0
+    err_text = capsys.readouterr().err
+    assert CONTAINER_LOG.splitlines()[-1] in err_text  # the container log tail is shown
+    assert "green" in str(err.value) and "Traffic was not moved" in str(err.value) and "was deleted" in str(err.value)
+
+
+def test_key_never_printed_or_logged(fake_client, outputs, runs, write_connection, scoring_server, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake_client.add_job("job-1")
+    _deploy(fake_client, outputs, runs, write_connection)
+    fake_client.add_job("job-2", created="2026-12-01T00:00:00Z")
+    scoring_server.mode = "error"
+    with pytest.raises(UserError) as err:
+        _deploy(fake_client, outputs, runs, write_connection)
+    captured = capsys.readouterr()
+    texts = [captured.out, captured.err, caplog.text, str(err.value)] + [r.getMessage() for r in caplog.records]
+    for secret in (SECRET_KEY, SECOND_KEY):
+        assert not any(secret in t for t in texts)
+    # nor written anywhere under the run folder
+    assert not any(SECRET_KEY.encode() in p.read_bytes() for p in runs.rglob("*") if p.is_file())
+    assert "smoke test" in str(err.value)
+
+
+def test_existing_endpoint_with_another_identity_is_refused(fake_client, outputs, runs, write_connection):
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    fake_client.endpoints[EP] = ManagedOnlineEndpoint(name=EP, auth_mode="key")  # system identity
+    fake_client.add_job("job-1")
+    with pytest.raises(UserError, match="identity cannot be changed"):
+        _deploy(fake_client, outputs, runs, write_connection)
+    assert fake_client.count("online_deployments.begin_create_or_update") == 0
+    assert fake_client.count("online_endpoints.begin_delete") == 0 and EP in fake_client.endpoints
+
+
+def test_named_model_is_used_as_is(fake_client, outputs, runs, write_connection):
+    fake_client.add_job("job-1")
+    _deploy(fake_client, outputs, runs, write_connection)
+    fake_client.calls.clear()
+    result = _deploy(fake_client, outputs, runs, write_connection, choice=ModelChoice(model="phi3-finetuned:1"))
+    assert result.model.version == "1" and fake_client.count("models.create_or_update") == 0
+    assert fake_client.count("jobs.list") == 0
+
+
+def test_unfinished_job_is_refused_before_anything_is_created(fake_client, outputs, runs, write_connection):
+    fake_client.add_job("job-run", status="Running")
+    with pytest.raises(UserError, match="Running, not Completed"):
+        _deploy(fake_client, outputs, runs, write_connection, choice=ModelChoice(job="job-run"))
+    with pytest.raises(UserError, match="no completed fine-tuning job"):
+        _deploy(fake_client, outputs, runs, write_connection)
+    assert not fake_client.endpoints and not fake_client.model_store
+
+
+def test_choose_slot():
+    assert choose_slot({}, []) == "blue"
+    assert choose_slot({"blue": 100}, ["blue"]) == "green"
+    assert choose_slot({"green": 100}, ["green", "blue"]) == "blue"
+    assert choose_slot({"demo": 100}, ["demo"]) == "blue"
+    with pytest.raises(UserError, match="both blue and green"):
+        choose_slot({"blue": 50, "green": 50}, ["blue", "green"])
+
+
+def test_endpoint_name_rules(outputs):
+    name = definitions.default_endpoint_name(outputs)
+    assert definitions.check_endpoint_name(name) == name and len(name) <= 32
+    for bad in ("1abc", "ab", "a" * 33, "bad_name", "ends-"):
+        with pytest.raises(UserError):
+            definitions.check_endpoint_name(bad)

@@ -1,0 +1,127 @@
+"""python -m deployment.teardown against the MLClient fake: ours only, --all, purge, confirmation, twice."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+from deploy_fixtures import *  # noqa: F401,F403 (fixtures)
+from common.cli import run_cli
+from deployment import teardown
+from deployment.definitions import build_endpoint
+from deploy_fake_client import FakeMLClient
+
+
+@pytest.fixture
+def client(outputs, monkeypatch) -> FakeMLClient:
+    fake = FakeMLClient(workspace_name=outputs.workspace_name)
+    for name in ("phi3-a", "phi3-b"):
+        fake.online_endpoints.begin_create_or_update(build_endpoint(name, outputs))
+    fake.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="someone-else", auth_mode="key"))
+    fake.calls.clear()
+    monkeypatch.setattr("common.azure.make_ml_client", lambda outputs, credential=None: fake)
+    return fake
+
+
+@pytest.fixture
+def cleaned(monkeypatch) -> list[list[str]]:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(teardown, "_default_connection_cleanup", lambda deleted: seen.append(list(deleted)) or True)
+    return seen
+
+
+def _run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(teardown.main, argv)
+    return int(exit_info.value.code or 0)
+
+
+def test_deletes_only_ours_and_is_safe_twice(client, cleaned, outputs_file, capsys):
+    assert _run(["--outputs-file", str(outputs_file), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(client.endpoints) == ["someone-else"]
+    assert "deleted endpoints: phi3-a, phi3-b" in out and "someone-else" in out and "pulumi destroy" in out
+    assert cleaned == [["phi3-a", "phi3-b"]]
+    assert client.count("workspaces.begin_delete") == 0
+
+    client.calls.clear()
+    assert _run(["--outputs-file", str(outputs_file), "--yes"]) == 0
+    assert "nothing to delete" in capsys.readouterr().out
+    assert client.count("online_endpoints.begin_delete") == 0 and cleaned == [["phi3-a", "phi3-b"]]
+
+
+def test_all_and_purge_then_twice(client, cleaned, outputs, outputs_file, capsys):
+    assert _run(["--outputs-file", str(outputs_file), "--all", "--purge-workspace", "--yes"]) == 0
+    assert client.endpoints == {}
+    purge = client.index("workspaces.begin_delete", name=outputs.workspace_name,
+                         permanently_delete=True, delete_dependent_resources=False)
+    assert all(client.index("online_endpoints.begin_delete", name=n) < purge for n in ("phi3-a", "phi3-b", "someone-else"))
+    assert "permanently deleted" in capsys.readouterr().out
+
+    assert _run(["--outputs-file", str(outputs_file), "--all", "--purge-workspace", "--yes"]) == 0
+    assert "already gone" in capsys.readouterr().out
+    assert client.count("workspaces.begin_delete") == 1
+
+
+def test_purge_takes_the_foundry_project_and_hub_first(client, cleaned, outputs, tmp_path, capsys):
+    import json
+
+    from deploy_fixtures import OUTPUTS
+
+    path = tmp_path / "with-foundry.json"
+    path.write_text(json.dumps({**OUTPUTS, "foundry_project_name": "proj-phi", "foundry_hub_name": "hub-phi"}))
+    assert _run(["--outputs-file", str(path), "--purge-workspace", "--yes"]) == 0
+    purged = [c.args["name"] for c in client.calls if c.name == "workspaces.begin_delete"]
+    assert purged == ["proj-phi", "hub-phi", outputs.workspace_name]
+    assert all(c.args["permanently_delete"] for c in client.calls if c.name == "workspaces.begin_delete")
+    assert "proj-phi permanently deleted" in capsys.readouterr().out
+
+
+def test_refuses_without_a_terminal_and_without_yes(client, cleaned, outputs_file, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert _run(["--outputs-file", str(outputs_file)]) == 1
+    assert "--yes" in capsys.readouterr().err
+    assert len(client.endpoints) == 3 and client.count("online_endpoints.begin_delete") == 0
+
+
+def test_asks_and_respects_no(client, cleaned, outputs_file, monkeypatch, capsys):
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Tty("n\n"))
+    assert _run(["--outputs-file", str(outputs_file)]) == 1
+    err = capsys.readouterr().err
+    assert "phi3-a" in err and "cancelled" in err and len(client.endpoints) == 3
+
+    monkeypatch.setattr("sys.stdin", Tty("yes\n"))
+    assert _run(["--outputs-file", str(outputs_file)]) == 0
+    assert sorted(client.endpoints) == ["someone-else"]
+
+
+def test_connection_is_deleted_only_when_it_points_at_a_deleted_endpoint(monkeypatch):
+    from deployment import connection
+
+    state = {"configs": {"endpoint": "https://phi3-a.eastus.inference.ml.azure.com/score"}, "deleted": 0}
+    monkeypatch.setattr(connection, "read_phi_connection", lambda: state["configs"])
+    monkeypatch.setattr(connection, "delete_phi_connection", lambda: state.__setitem__("deleted", state["deleted"] + 1) or True)
+    assert teardown._default_connection_cleanup(["phi3-b"]) is False and state["deleted"] == 0
+    assert teardown._default_connection_cleanup(["phi3-a"]) is True and state["deleted"] == 1
+    state["configs"] = {"endpoint": "http://127.0.0.1:5000/score"}
+    assert teardown._default_connection_cleanup(["phi3-a"]) is False
+    state["configs"] = None
+    assert teardown._default_connection_cleanup(["phi3-a"]) is False
+
+
+def test_local_target(monkeypatch, capsys):
+    from deployment import connection, local
+
+    stops = iter([True, False])
+    monkeypatch.setattr(local, "teardown_local", lambda: next(stops))
+    monkeypatch.setattr(connection, "read_phi_connection", lambda: None)
+    assert _run(["--target", "local"]) == 0
+    assert "stopped the local endpoint" in capsys.readouterr().out
+    assert _run(["--target", "local"]) == 0
+    assert "nothing to stop" in capsys.readouterr().out
+    assert _run(["--target", "local", "--purge-workspace"]) == 1

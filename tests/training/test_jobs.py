@@ -1,0 +1,204 @@
+"""Job builders and dry runs: the YAML loads with azure.ai.ml.load_job and validates offline."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fake_ml_client import write_data, write_stack_outputs
+from training import environment, hyperparams, jobs, submit
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
+
+
+@pytest.fixture
+def argv(tmp_path: Path) -> list[str]:
+    return ["--outputs-file", str(write_stack_outputs(tmp_path / "outputs.json")),
+            "--data", str(write_data(tmp_path / "data")), "--dry-run"]
+
+
+def _dry_run(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    import common.azure
+
+    def no_client(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("a dry run must not build an MLClient")
+
+    monkeypatch.setattr(common.azure, "make_ml_client", no_client)
+    assert submit.main(argv) == 0
+    return capsys.readouterr().out
+
+
+def _offline_client():
+    from azure.ai.ml import MLClient
+
+    class NoCredential:
+        def get_token(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            raise AssertionError("validation must not ask for a token")
+
+    return MLClient(NoCredential(), subscription_id="s", resource_group_name="rg", workspace_name="ws")
+
+
+def test_sft_dry_run_yaml_loads_and_validates(argv, capsys, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    from azure.ai.ml import load_job
+
+    text = _dry_run(argv + ["--instance-count", "2", "--epochs", "2", "--method", "full"], capsys, monkeypatch)
+    assert text.startswith("# finetune-phi sft job (dry run)")
+    path = tmp_path / "job.yml"
+    path.write_text(text)
+    job = load_job(path)
+    assert type(job).__name__ == "Command"
+    assert job.compute == "gpu-a100" and job.experiment_name == "finetune-phi"
+    assert job.tags["finetune-phi"] == "sft"
+    assert job.environment.image == environment.BASE_IMAGE
+    assert "azureml-mlflow==1.62.0.post6" in job.environment.conda_file["dependencies"][-1]["pip"]
+    assert job.inputs["train_file"].path == str(tmp_path / "data" / "train.jsonl")
+    assert job.outputs["model"].type == "uri_folder"
+    assert job.resources.instance_count == 2 and job.distribution.process_count_per_instance == 1
+    assert "--epochs 2.0 --method full" in job.command
+    result = _offline_client().jobs.validate(job)
+    assert result.passed, result.error_messages
+
+
+def test_registry_dry_run_yaml_loads_with_registry_uris(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
+    from azure.ai.ml import load_job
+
+    text = _dry_run(argv + ["--recipe", "registry", "--model", "microsoft/Phi-3.5-mini-instruct", "--learning-rate", "1e-5"],
+                    capsys, monkeypatch)
+    job = load_job(io.StringIO(text))
+    assert type(job).__name__ == "PipelineJob"
+    node = job.jobs["chat_completion"]
+    assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/labels/latest"
+    assert node.inputs["mlflow_model_path"]._data.path == "azureml://registries/azureml/models/Phi-3.5-mini-instruct/labels/latest"
+    assert node.inputs["learning_rate"]._data == 1e-5  # the flag wins over the tutorial's 5e-6
+    assert node.inputs["num_train_epochs"]._data == 3 and node.inputs["deepspeed_stage"]._data == "2"
+    assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
+    assert job.settings.default_compute == "gpu-a100"
+    assert job.tags["finetune-phi"] == "registry"
+    result = _offline_client().jobs.validate(job)
+    assert result.passed, result.error_messages
+
+
+def test_dry_run_imports_no_credential_code(argv) -> None:  # noqa: ANN001
+    code = (
+        "import sys\n"
+        "from training.submit import main\n"
+        f"main({argv!r})\n"
+        "heavy = [m for m in ('azure.identity', 'azure.ai.ml', 'torch', 'transformers', 'trl', 'mlflow') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stderr
+    assert yaml.safe_load(done.stdout)["type"] == "command"
+
+
+def test_model_folder_becomes_an_input(tmp_path: Path) -> None:
+    tiny_model_dir = tmp_path / "model"
+    tiny_model_dir.mkdir()
+    (tiny_model_dir / "config.json").write_text("{}")
+    spec = jobs.build_sft_job(jobs.SftJob(model=str(tiny_model_dir), compute="c", environment="azureml:e:1",
+                                          train_data="azureml:t:1", eval_data="azureml:v:1"))
+    assert spec["inputs"]["model"] == {"type": "uri_folder", "path": str(tiny_model_dir.resolve()), "mode": "ro_mount"}
+    assert "--model_name_or_path ${{inputs.model}}" in spec["command"]
+    assert "distribution" not in spec
+    job = jobs.load(spec)
+    assert job.inputs["model"].path == str(tiny_model_dir.resolve())
+
+
+def test_registry_params_merge_order_and_filtering() -> None:
+    merged = jobs.merge_registry_params({"learning_rate": 1e-5, "unknown_to_component": 1}, {"num_train_epochs": 1},
+                                        allowed=set(jobs.TUTORIAL_PARAMS) | {"learning_rate"})
+    assert merged["learning_rate"] == 1e-5 and merged["num_train_epochs"] == 1
+    assert "unknown_to_component" not in merged
+    with pytest.raises(ValueError, match="max_seq_length"):
+        jobs.merge_registry_params(None, {"max_seq_length": 512}, allowed={"num_train_epochs"})
+    assert hyperparams.registry_params({"method": "full", "max_length": 512, "epochs": 2.0}) == {
+        "apply_lora": "false", "max_seq_length": 512, "num_train_epochs": 2}
+
+
+# ---------------------------------------------------------------- the trainer's flags and defaults
+
+
+def _load_trainer():
+    spec = importlib.util.spec_from_file_location("fine_tune_for_test", hyperparams.TRAINER_DIR / hyperparams.TRAINER_ENTRY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_trainer_flag_is_exposed_with_the_trainers_default() -> None:
+    trainer = _load_trainer()
+    parsed = vars(trainer.build_parser().parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o"]))
+    exposed = {hp.name for hp in hyperparams.HYPERPARAMETERS}
+    assert set(parsed) - set(hyperparams.JOB_FLAGS) == exposed
+    defaults = hyperparams.trainer_defaults()
+    for name in exposed:
+        assert defaults[name] == parsed[name], name
+
+
+def test_forwarded_flags_parse_in_the_trainer() -> None:
+    """What submit forwards is accepted by the trainer as the same values."""
+    trainer = _load_trainer()
+    args = submit.build_parser().parse_args(
+        ["--learning-rate", "3e-5", "--packing", "false", "--method", "full", "--max_steps", "7", "--lora-target-modules", "qkv_proj"])
+    given = hyperparams.given(args)
+    parsed = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *hyperparams.trainer_argv(given)])
+    assert (parsed.learning_rate, parsed.packing, parsed.method, parsed.max_steps, parsed.lora_target_modules) == (
+        3e-5, False, "full", 7, "qkv_proj")
+
+
+def test_help_shows_trainer_defaults_without_heavy_imports() -> None:
+    code = (
+        "import sys, time\n"
+        "t = time.perf_counter()\n"
+        "from training.submit import build_parser\n"
+        "text = build_parser().format_help()\n"
+        "heavy = [m for m in ('azure', 'torch', 'transformers', 'trl', 'mlflow', 'promptflow', 'yaml') if m in sys.modules]\n"
+        "print(heavy, round(time.perf_counter() - t, 2))\n"
+        "print(text)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first, _, text = done.stdout.partition("\n")
+    heavy, seconds = first.rsplit(" ", 1)
+    assert heavy == "[]" and float(seconds) < 1.0
+    text = " ".join(text.split())
+    assert "--learning-rate" in text and "(default: lora)" in text and "(default: 2048)" in text
+    done = subprocess.run([sys.executable, "-m", "training.submit", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--dry-run" in done.stdout
+
+
+# ---------------------------------------------------------------- environment
+
+
+def test_environment_pins_come_from_pyproject(tmp_path: Path) -> None:
+    import tomllib
+
+    train = tomllib.loads(environment.PYPROJECT.read_text())["project"]["optional-dependencies"]["train"]
+    pins = environment.train_pins()
+    assert [p for p in pins if not p.startswith(("mlflow==", "azureml-mlflow"))] == [p for p in train if not p.startswith("mlflow==")]
+    assert "mlflow==3.15.0" in pins and "azureml-mlflow==1.62.0.post6" in pins
+
+    spec = environment.environment_spec()
+    assert spec == environment.environment_spec()  # stable version for unchanged content
+    changed = tmp_path / "pyproject.toml"
+    changed.write_text(environment.PYPROJECT.read_text().replace('"peft==0.21.2"', '"peft==0.21.3"'))
+    assert environment.environment_spec(changed)["version"] != spec["version"]
+
+
+def test_environment_entity_accepts_the_spec() -> None:
+    from azure.ai.ml.entities import Environment
+
+    spec = environment.environment_spec()
+    env = Environment(name=spec["name"], version=spec["version"], image=spec["image"], conda_file=spec["conda_file"])
+    assert env.conda_file["dependencies"][0] == "python=3.11"
+    assert environment.environment_ref(spec) == f"azureml:finetune-phi-train:{spec['version']}"

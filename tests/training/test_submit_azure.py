@@ -1,0 +1,324 @@
+"""training.submit against a fake MLClient at the network edge: order, reuse, failures, job contents."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from azure.ai.ml.exceptions import ErrorCategory, ErrorTarget, JobException
+from azure.core.exceptions import ClientAuthenticationError
+
+import common.azure
+from common.cli import UserError
+from fake_ml_client import (
+    A100,
+    FakeMLClient,
+    FakeRegistryClient,
+    a100_usages,
+    default_sizes,
+    http_error,
+    usage,
+    write_data,
+    write_stack_outputs,
+)
+from training import submit
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
+    # no real back-off waits in tests
+    monkeypatch.setitem(common.azure.with_retries.__kwdefaults__, "sleep", lambda seconds: None)
+
+
+@pytest.fixture
+def argv(tmp_path: Path) -> list[str]:
+    outputs = write_stack_outputs(tmp_path / "outputs.json")
+    data = write_data(tmp_path / "data")
+    return ["--outputs-file", str(outputs), "--data", str(data)]
+
+
+def _job_exception(message: str) -> JobException:
+    return JobException(message=message, no_personal_data_message="x", target=ErrorTarget.JOB,
+                        error_category=ErrorCategory.SYSTEM_ERROR)
+
+
+def test_sft_order_of_operations(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeMLClient()
+    assert submit.main(argv, ml_client=fake) == 0
+    assert fake.record.names() == [
+        "compute.get",
+        "compute.list_sizes",
+        "compute.list_usage",
+        "environments.get",
+        "environments.create_or_update",
+        "data.get",
+        "data.create_or_update",
+        "data.get",
+        "data.create_or_update",
+        "jobs.create_or_update",
+        "jobs.stream",
+        "jobs.get",
+    ]
+    (job,) = fake.jobs.submitted
+    out, err = capsys.readouterr()
+    assert out.strip() == job.name  # stdout: the job name only
+    assert job.name.startswith("finetune-phi-sft-")
+    assert "https://ml.azure.com/runs/" + job.name in err and "ws-phi" in err
+    assert "completed" in err
+
+
+def test_second_submit_reuses_environment_and_data(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    assert submit.main(argv, ml_client=fake) == 0
+    first = len(fake.calls)
+    assert submit.main(argv, ml_client=fake) == 0
+    second = fake.record.names()[first:]
+    assert "environments.create_or_update" not in second
+    assert "data.create_or_update" not in second
+    assert second.count("jobs.create_or_update") == 1
+    one, two = fake.jobs.submitted
+    assert one.name != two.name
+    assert one.environment == two.environment
+    assert one.inputs["train_file"].path == two.inputs["train_file"].path
+
+
+def test_changed_data_uploads_only_the_changed_split(tmp_path: Path, argv: list[str]) -> None:
+    fake = FakeMLClient()
+    assert submit.main(argv, ml_client=fake) == 0
+    write_data(tmp_path / "data", rows=5)  # train changes; test.jsonl is rewritten with the same bytes
+    first = len(fake.calls)
+    assert submit.main(argv, ml_client=fake) == 0
+    created = [detail for what, detail in fake.calls[first:] if what.endswith("create_or_update") and what != "jobs.create_or_update"]
+    assert [name for name, _ in created] == ["finetune-phi-train"]
+    one, two = fake.jobs.submitted
+    assert one.inputs["train_file"].path != two.inputs["train_file"].path
+    assert one.inputs["eval_file"].path == two.inputs["eval_file"].path
+    assert one.tags["data_hash"] != two.tags["data_hash"]
+
+
+def test_job_comes_from_stack_outputs_and_flags(argv: list[str], tmp_path: Path) -> None:
+    fake = FakeMLClient()
+    assert submit.main(argv + ["--learning-rate", "2e-5", "--packing", "false", "--no-stream"], ml_client=fake) == 0
+    (job,) = fake.jobs.submitted
+    env_name, env_version = next(d for w, d in fake.calls if w == "environments.create_or_update")
+    assert job.compute == "gpu-a100"
+    assert job.environment.removeprefix("azureml:") == f"{env_name}:{env_version}"
+    assert job.experiment_name == "finetune-phi"
+    assert job.tags["finetune-phi"] == "sft" and job.tags["git_commit"] and job.tags["data_hash"]
+    assert '"learning_rate":2e-05' in job.tags["config"]
+    assert job.inputs["train_file"].path.removeprefix("azureml:").startswith("finetune-phi-train:")
+    assert job.inputs["eval_file"].path.removeprefix("azureml:").startswith("finetune-phi-eval:")
+    assert job.outputs["model"].type == "uri_folder"
+    assert Path(job.code) == Path(submit.__file__).parent / "trainer"
+    assert "--learning_rate 2e-05" in job.command and "--packing false" in job.command
+    assert "--epochs" not in job.command  # not given: the trainer's default applies
+    assert "--model_name_or_path microsoft/Phi-3.5-mini-instruct" in job.command
+    assert "--output_dir ${{outputs.model}}" in job.command
+    assert job.resources.shm_size == "16g" and job.resources.instance_count == 1
+    assert "jobs.stream" not in fake.record.names()
+
+
+def test_distribution_only_when_nodes_times_gpus_exceeds_one(argv: list[str]) -> None:
+    from azure.ai.ml.entities import AmlCompute
+
+    fake = FakeMLClient()
+    assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
+    assert fake.jobs.submitted[-1].distribution is None
+
+    assert submit.main(argv + ["--no-stream", "--instance-count", "2"], ml_client=fake) == 0
+    two_nodes = fake.jobs.submitted[-1]
+    assert two_nodes.resources.instance_count == 2
+    assert type(two_nodes.distribution).__name__ == "PyTorchDistribution"
+    assert two_nodes.distribution.process_count_per_instance == 1
+
+    four_gpus = FakeMLClient(
+        computes={"gpu-a100": AmlCompute(name="gpu-a100", size="Standard_NC96ads_A100_v4", max_instances=1)},
+        usages=[usage("standardNCADSA100v4Family", "Standard NCADSA100v4 Family Cluster Dedicated vCPUs", 0, 96)],
+    )
+    assert submit.main(argv + ["--no-stream"], ml_client=four_gpus) == 0
+    (job,) = four_gpus.jobs.submitted
+    assert job.distribution.process_count_per_instance == 4 and job.resources.instance_count == 1
+
+
+def test_no_quota_stops_before_anything_is_created(argv: list[str]) -> None:
+    fake = FakeMLClient(usages=a100_usages(used=0, limit=0))
+    with pytest.raises(UserError) as err:
+        submit.main(argv, ml_client=fake)
+    message = str(err.value)
+    assert "Standard NCADSA100v4 Family Cluster Dedicated vCPUs" in message
+    assert "allows 0 vCPUs" in message and "needs 24" in message and "Request" in message
+    assert fake.record.names() == ["compute.get", "compute.list_sizes", "compute.list_usage"]
+    assert fake.jobs.submitted == []
+
+
+def test_quota_counts_every_node(argv: list[str]) -> None:
+    fake = FakeMLClient(usages=a100_usages(used=0, limit=24))
+    with pytest.raises(UserError, match="needs 48"):
+        submit.main(argv + ["--instance-count", "2"], ml_client=fake)
+    assert "jobs.create_or_update" not in fake.record.names()
+
+
+def test_missing_cluster_stops_before_submission(argv: list[str]) -> None:
+    fake = FakeMLClient(computes={})
+    with pytest.raises(UserError) as err:
+        submit.main(argv, ml_client=fake)
+    assert "gpu-a100" in str(err.value) and "pulumi up" in str(err.value)
+    assert fake.record.names() == ["compute.get"]
+
+
+def test_too_many_nodes_is_refused(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    with pytest.raises(UserError, match="more than cluster gpu-a100 can scale to"):
+        submit.main(argv + ["--instance-count", "3"], ml_client=fake)
+    assert "jobs.create_or_update" not in fake.record.names()
+
+
+def test_not_logged_in_says_az_login(argv: list[str]) -> None:
+    fake = FakeMLClient()
+
+    def refuse(name: str) -> None:
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+    fake.compute.get = refuse  # type: ignore[method-assign]
+    with pytest.raises(UserError, match="az login"):
+        submit.main(argv, ml_client=fake)
+
+
+def test_transient_submit_errors_are_retried(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    fake.jobs.fail_submit = [http_error(503), http_error(429)]
+    assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
+    names = fake.record.names()
+    assert names.count("jobs.create_or_update") == 3
+    assert len({detail for what, detail in fake.calls if what == "jobs.create_or_update"}) == 1  # same name: idempotent
+
+
+def test_job_failure_gives_last_lines_and_studio_link(argv: list[str]) -> None:
+    fake = FakeMLClient()
+
+    def fail(jobs, name):  # noqa: ANN001
+        jobs.statuses[name] = "Failed"
+        raise _job_exception('Exception : \n {"code": "UserError", "message": "CUDA out of memory"} ')
+
+    fake.on_stream = fail
+    with pytest.raises(UserError) as err:
+        submit.main(argv, ml_client=fake)
+    (job,) = fake.jobs.submitted
+    assert f"job {job.name} failed" in str(err.value)
+    assert "CUDA out of memory" in str(err.value)
+    assert f"https://ml.azure.com/runs/{job.name}" in str(err.value)
+
+
+def test_environment_build_failure_links_the_build_log(argv: list[str]) -> None:
+    fake = FakeMLClient()
+
+    def fail(jobs, name):  # noqa: ANN001
+        raise _job_exception("Exception : \n Image build failed for environment; see the build log")
+
+    fake.on_stream = fail
+    with pytest.raises(UserError) as err:
+        submit.main(argv, ml_client=fake)
+    env_name, env_version = next(d for w, d in fake.calls if w == "environments.create_or_update")
+    assert f"environments/{env_name}/version/{env_version}" in str(err.value)
+
+
+def test_ctrl_c_stops_following_not_the_job(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeMLClient()
+
+    def interrupt(jobs, name):  # noqa: ANN001
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as ki:  # the SDK wraps Ctrl-C this way
+            raise _job_exception("The output streaming for the run interrupted.") from ki
+
+    fake.on_stream = interrupt
+    assert submit.main(argv, ml_client=fake) == 130
+    (job,) = fake.jobs.submitted
+    err = capsys.readouterr().err
+    assert f"az ml job stream -n {job.name} -g rg-phi -w ws-phi" in err
+    assert f"az ml job cancel -n {job.name}" in err
+    assert fake.record.names()[-1] == "jobs.stream"  # nothing cancelled
+
+
+def test_job_that_ends_unsuccessfully_exits_non_zero(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    fake.on_stream = lambda jobs, name: jobs.statuses.__setitem__(name, "Canceled")
+    with pytest.raises(UserError, match="ended with status Canceled"):
+        submit.main(argv, ml_client=fake)
+
+
+# ---------------------------------------------------------------- registry recipe
+
+
+def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    registry = FakeRegistryClient(fake.record, defaults={"apply_deepspeed": "false", "learning_rate": 1e-5, "precision": "16"})
+    assert submit.main(argv + ["--recipe", "registry", "--epochs", "1"], ml_client=fake, registry_client=registry) == 0
+    assert fake.record.names() == [
+        "compute.get",
+        "compute.list_sizes",
+        "compute.list_usage",
+        "registry.components.get",
+        "registry.models.get",
+        "data.get",
+        "data.create_or_update",
+        "data.get",
+        "data.create_or_update",
+        "jobs.create_or_update",
+        "jobs.stream",
+        "jobs.get",
+    ]
+    assert ("registry.models.get", ("Phi-3-mini-4k-instruct", "latest")) in fake.calls
+    (job,) = fake.jobs.submitted
+    assert type(job).__name__ == "PipelineJob"
+    assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
+    assert job.tags["finetune-phi"] == "registry" and job.experiment_name == "finetune-phi"
+    node = job.jobs["chat_completion"]
+    assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.57"
+    inputs = {name: value._data for name, value in node.inputs.items()}
+    assert inputs["mlflow_model_path"].path == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
+    assert inputs["compute_finetune"] == "gpu-a100"
+    assert inputs["number_of_gpu_to_use_finetuning"] == 1
+    assert inputs["train_file_path"].path.removeprefix("azureml:").startswith("finetune-phi-train:")
+    # tutorial < model_specific_defaults < flags
+    assert inputs["lr_scheduler_type"] == "cosine" and inputs["apply_lora"] == "true" and inputs["deepspeed_stage"] == "2"
+    assert inputs["apply_deepspeed"] == "false" and inputs["learning_rate"] == 1e-5 and inputs["precision"] == "16"
+    assert inputs["num_train_epochs"] == 1
+    assert node.outputs["mlflow_model_folder"]._data == "${{parent.outputs.trained_model}}"
+    assert "trained_model" in job.outputs
+    assert not any(name.startswith("environments.") for name in fake.record.names())
+
+
+def test_registry_model_option_for_phi35(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    registry = FakeRegistryClient(fake.record)
+    assert submit.main(argv + ["--recipe", "registry", "--model", "Phi-3.5-mini-instruct", "--no-stream"],
+                       ml_client=fake, registry_client=registry) == 0
+    node = fake.jobs.submitted[0].jobs["chat_completion"]
+    assert node.inputs["mlflow_model_path"]._data.path.endswith("/models/Phi-3.5-mini-instruct/versions/6")
+
+
+def test_registry_refuses_cluster_outside_allow_list(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    registry = FakeRegistryClient(fake.record, allow=["Standard_NC48ads_A100_v4", "Standard_ND96asr_v4"])
+    with pytest.raises(UserError) as err:
+        submit.main(argv + ["--recipe", "registry"], ml_client=fake, registry_client=registry)
+    assert A100 in str(err.value) and "Standard_NC48ads_A100_v4" in str(err.value)
+    assert "jobs.create_or_update" not in fake.record.names()
+
+
+def test_registry_refuses_trainer_only_flags_before_azure(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    with pytest.raises(UserError, match="--packing"):
+        submit.main(argv + ["--recipe", "registry", "--packing", "false"], ml_client=fake,
+                    registry_client=FakeRegistryClient(fake.record))
+    assert fake.calls == []
+
+
+def test_size_table_fallback_matches_service_sizes() -> None:
+    """The offline table (used by dry runs) agrees with what the service reports for the default size."""
+    from training.quota import known_vm, vm_info
+
+    service = vm_info(A100, default_sizes())
+    assert (service.vcpus, service.gpus, service.family) == (24, 1, "standardNCADSA100v4Family")
+    assert known_vm(A100) == service

@@ -1,0 +1,214 @@
+"""Job builders: the SFT command job and the registry pipeline, as Azure ML job YAML.
+
+Each builder returns the job as a plain dict in Azure ML's YAML job schema. That one dict is
+what `--dry-run` prints and what a real submit loads with `azure.ai.ml.load_job` and sends, so
+the preview and the submitted job cannot drift apart. No Azure import at module level.
+"""
+from __future__ import annotations
+
+import io
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from training.discovery import EXPERIMENT_NAME, job_tags
+from training.hyperparams import TRAINER_DIR, TRAINER_ENTRY, trainer_argv
+
+COMMAND_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
+PIPELINE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"
+REGISTRY = "azureml"
+REGISTRY_COMPONENT = "chat_completion_pipeline"
+DEFAULT_SHM_SIZE = "16g"
+
+TUTORIAL_PARAMS: dict[str, Any] = {
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "learning_rate": 5e-6,
+    "lr_scheduler_type": "cosine",
+    "apply_lora": "true",
+    "apply_deepspeed": "true",
+    "deepspeed_stage": "2",
+}
+"""The Phi-3 registry fine-tuning tutorial's settings; the model's own defaults override them."""
+
+
+def registry_component_uri(name: str = REGISTRY_COMPONENT, label: str = "latest") -> str:
+    return f"azureml://registries/{REGISTRY}/components/{name}/labels/{label}"
+
+
+def registry_model_uri(name: str, label: str = "latest") -> str:
+    return f"azureml://registries/{REGISTRY}/models/{name}/labels/{label}"
+
+
+def _is_asset_or_local(model: str) -> bool:
+    return model.startswith("azureml:") or Path(model).is_dir()
+
+
+@dataclass
+class SftJob:
+    """Everything the SFT command job is made of (paths absolute; refs `azureml:name:version`)."""
+
+    model: str
+    compute: str
+    environment: str | Mapping[str, Any]
+    train_data: str
+    eval_data: str
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    instance_count: int = 1
+    gpus_per_node: int = 1
+    shm_size: str = DEFAULT_SHM_SIZE
+    tags: Mapping[str, str] = field(default_factory=dict)
+    display_name: str | None = None
+    name: str | None = None
+    experiment_name: str = EXPERIMENT_NAME
+    code_dir: Path = TRAINER_DIR
+
+    @property
+    def distributed(self) -> bool:
+        return self.instance_count * self.gpus_per_node > 1
+
+
+def _data_input(path_or_ref: str) -> dict[str, Any]:
+    return {"type": "uri_file", "path": path_or_ref, "mode": "ro_mount"}
+
+
+def build_sft_job(job: SftJob) -> dict[str, Any]:
+    """The command job: code = the trainer folder only, a named `model` output, the trainer's flags."""
+    inputs: dict[str, Any] = {"train_file": _data_input(job.train_data), "eval_file": _data_input(job.eval_data)}
+    if _is_asset_or_local(job.model):
+        path = job.model if job.model.startswith("azureml:") else str(Path(job.model).resolve())
+        inputs["model"] = {"type": "uri_folder", "path": path, "mode": "ro_mount"}
+        model_arg = "${{inputs.model}}"
+    else:
+        model_arg = shlex.quote(job.model)
+    command = " ".join(
+        [
+            "python",
+            TRAINER_ENTRY,
+            "--model_name_or_path",
+            model_arg,
+            "--train_file ${{inputs.train_file}}",
+            "--eval_file ${{inputs.eval_file}}",
+            "--output_dir ${{outputs.model}}",
+            *(shlex.quote(part) for part in trainer_argv(job.hyperparameters)),
+        ]
+    )
+    spec: dict[str, Any] = {"$schema": COMMAND_SCHEMA, "type": "command"}
+    if job.name:
+        spec["name"] = job.name
+    spec.update(
+        {
+            "display_name": job.display_name or "finetune-phi-sft",
+            "experiment_name": job.experiment_name,
+            "description": "Supervised fine-tuning of a Phi-3 model with TRL (training/trainer/fine_tune.py).",
+            "tags": {**{k: str(v) for k, v in job.tags.items()}, **job_tags("sft")},
+            "code": str(Path(job.code_dir).resolve()),
+            "command": command,
+            "environment": job.environment if isinstance(job.environment, str) else dict(job.environment),
+            "environment_variables": {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_EXPERIMENT_NAME": job.experiment_name},
+            "compute": f"azureml:{job.compute}",
+            "inputs": inputs,
+            "outputs": {"model": {"type": "uri_folder", "mode": "rw_mount"}},
+            "resources": {"instance_count": job.instance_count, "shm_size": job.shm_size},
+        }
+    )
+    if job.distributed:
+        spec["distribution"] = {"type": "pytorch", "process_count_per_instance": job.gpus_per_node}
+    return spec
+
+
+@dataclass
+class RegistryJob:
+    """The registry pipeline's parts: component and model by registry URI, data, compute, parameters."""
+
+    model_uri: str
+    compute: str
+    train_data: str
+    eval_data: str
+    parameters: Mapping[str, Any]
+    gpus_per_node: int = 1
+    instance_count: int = 1
+    component_uri: str = field(default_factory=registry_component_uri)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    display_name: str | None = None
+    name: str | None = None
+    experiment_name: str = EXPERIMENT_NAME
+
+
+def merge_registry_params(
+    model_defaults: Mapping[str, Any] | None, user: Mapping[str, Any], allowed: set[str] | None = None
+) -> dict[str, Any]:
+    """Tutorial settings < the model's `model_specific_defaults` < the user's flags.
+
+    With `allowed` (the component's input names), keys the component does not take are dropped
+    from the first two layers and refused from the user's layer (ValueError naming them).
+    """
+    merged = {**TUTORIAL_PARAMS, **(model_defaults or {})}
+    if allowed is not None:
+        refused = sorted(set(user) - allowed)
+        if refused:
+            raise ValueError(", ".join(refused))
+        merged = {k: v for k, v in merged.items() if k in allowed}
+    merged.update(user)
+    return merged
+
+
+def build_registry_job(job: RegistryJob) -> dict[str, Any]:
+    """The tutorial's pipeline: chat_completion_pipeline on the foundation model, output `trained_model`."""
+    node_inputs: dict[str, Any] = {
+        "mlflow_model_path": {"type": "mlflow_model", "path": job.model_uri},
+        "compute_model_import": job.compute,
+        "compute_preprocess": job.compute,
+        "compute_finetune": job.compute,
+        "compute_model_evaluation": job.compute,
+        "train_file_path": {"type": "uri_file", "path": job.train_data},
+        "test_file_path": {"type": "uri_file", "path": job.eval_data},
+        "number_of_gpu_to_use_finetuning": job.gpus_per_node,
+    }
+    if job.instance_count > 1:
+        node_inputs["num_nodes_finetune"] = job.instance_count
+    node_inputs.update(job.parameters)
+    spec: dict[str, Any] = {"$schema": PIPELINE_SCHEMA, "type": "pipeline"}
+    if job.name:
+        spec["name"] = job.name
+    spec.update(
+        {
+            "display_name": job.display_name or "finetune-phi-registry",
+            "experiment_name": job.experiment_name,
+            "description": "Azure ML registry recipe: chat_completion_pipeline from registry azureml.",
+            "tags": {**{k: str(v) for k, v in job.tags.items()}, **job_tags("registry")},
+            "settings": {
+                "default_compute": f"azureml:{job.compute}",
+                "force_rerun": True,
+                "continue_on_step_failure": False,
+            },
+            "outputs": {"trained_model": {"type": "mlflow_model"}},
+            "jobs": {
+                "chat_completion": {
+                    "type": "pipeline",
+                    "component": job.component_uri,
+                    "inputs": node_inputs,
+                    "outputs": {"mlflow_model_folder": "${{parent.outputs.trained_model}}"},
+                }
+            },
+        }
+    )
+    return spec
+
+
+def to_yaml(spec: Mapping[str, Any], header: str | None = None) -> str:
+    import yaml
+
+    text = yaml.safe_dump(dict(spec), sort_keys=False, default_flow_style=False, width=120)
+    if header:
+        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
+    return text
+
+
+def load(spec: Mapping[str, Any]) -> Any:
+    """The azure-ai-ml job entity for a spec (what `az ml job create -f` would load)."""
+    from azure.ai.ml import load_job
+
+    return load_job(source=io.StringIO(to_yaml(spec)))

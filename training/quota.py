@@ -1,0 +1,150 @@
+"""Will the cluster's VM size fit the subscription's quota? Checked before anything is submitted.
+
+GPU families start at 0 vCPUs in a new subscription, and `pulumi up` succeeds anyway (the
+cluster scales from 0), so without this check the first sign would be a job queued forever.
+VM facts (vCPUs, GPUs, quota family) come from `compute.list_sizes()`; the table below is the
+fallback for dry runs and for sizes the service does not list.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from common.cli import UserError, say
+
+QUOTA_HELP = (
+    "Request it in Azure ML studio (Quota > {family} > Request quota) or the Azure portal "
+    "(Quotas > Machine learning, region {location}); GPU requests are usually answered within a day."
+)
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    name: str
+    family: str
+    """The quota family's id, e.g. standardNCADSA100v4Family."""
+    vcpus: int
+    gpus: int
+
+
+KNOWN_SIZES: dict[str, VmInfo] = {
+    info.name.lower(): info
+    for info in (
+        VmInfo("Standard_NC24ads_A100_v4", "standardNCADSA100v4Family", 24, 1),
+        VmInfo("Standard_NC48ads_A100_v4", "standardNCADSA100v4Family", 48, 2),
+        VmInfo("Standard_NC96ads_A100_v4", "standardNCADSA100v4Family", 96, 4),
+        VmInfo("Standard_NC40ads_H100_v5", "standardNCadsH100v5Family", 40, 1),
+        VmInfo("Standard_NC80adis_H100_v5", "standardNCadsH100v5Family", 80, 2),
+        VmInfo("Standard_ND96asr_v4", "standardNDASv4_A100Family", 96, 8),
+        VmInfo("Standard_ND96amsr_A100_v4", "standardNDAMSv4_A100Family", 96, 8),
+        VmInfo("Standard_ND96isr_H100_v5", "standardNDSH100v5Family", 96, 8),
+        VmInfo("Standard_NC4as_T4_v3", "standardNCASv3_T4Family", 4, 1),
+        VmInfo("Standard_NC64as_T4_v3", "standardNCASv3_T4Family", 64, 4),
+        VmInfo("Standard_E4s_v3", "standardESv3Family", 4, 0),
+        VmInfo("Standard_DS3_v2", "standardDSv2Family", 4, 0),
+    )
+}
+
+
+def family_display(family: str) -> str:
+    """standardNCADSA100v4Family -> 'Standard NCADSA100v4 Family Cluster Dedicated vCPUs' (the portal's name)."""
+    match = re.fullmatch(r"standard(.+?)Family", family, flags=re.IGNORECASE)
+    core = match.group(1).strip("_ ") if match else family
+    return f"Standard {core} Family Cluster Dedicated vCPUs"
+
+
+def known_vm(vm_size: str) -> VmInfo | None:
+    return KNOWN_SIZES.get(vm_size.lower())
+
+
+def vm_info(vm_size: str, sizes: Iterable[Any] | None = None) -> VmInfo:
+    """From the service's VM size list when given, else the table; unknown sizes: a clear error."""
+    for size in sizes or ():
+        if str(getattr(size, "name", "")).lower() == vm_size.lower():
+            return VmInfo(
+                name=size.name,
+                family=str(_field(size, "family") or ""),
+                vcpus=int(_field(size, "v_cp_us", "vCPUs") or 0),
+                gpus=int(_field(size, "gpus") or 0),
+            )
+    info = known_vm(vm_size)
+    if info is None:
+        where = "the workspace's region" if sizes is not None else "this tool's table"
+        raise UserError(
+            f"VM size {vm_size} is not offered in {where}. Pick another size in the stack's config "
+            "(for example Standard_NC24ads_A100_v4) and run `pulumi up`."
+        )
+    return info
+
+
+def _field(obj: Any, *keys: str) -> Any:
+    """First non-None of several spellings: azure-ai-ml 1.35 copies the REST model's camelCase dict
+    onto its entities, so `Usage.current_value` stays None next to `currentValue` (and VmSize
+    has `vCPUs`, not `v_cp_us`; usage names carry `localizedValue`)."""
+    for key in keys:
+        value = obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _usage_name(usage: Any) -> tuple[str, str]:
+    name = _field(usage, "name")
+    return str(_field(name, "value") or ""), str(_field(name, "localized_value", "localizedValue") or "")
+
+
+def _subscription_level(usage: Any) -> bool:
+    """Usages also come per workspace and per cluster; the limit lives on the subscription-level entry."""
+    text = f"{_field(usage, 'type') or ''} {_field(usage, 'id') or ''}".lower()
+    return "workspaces" not in text
+
+
+@dataclass(frozen=True)
+class QuotaLine:
+    label: str
+    used: int
+    limit: int
+
+
+def _find(usages: list[Any], predicate: Any) -> QuotaLine | None:
+    for usage in usages:
+        value, localized = _usage_name(usage)
+        if _subscription_level(usage) and predicate(value, localized):
+            return QuotaLine(
+                label=localized or value,
+                used=int(_field(usage, "current_value", "currentValue") or 0),
+                limit=int(_field(usage, "limit") or 0),
+            )
+    return None
+
+
+def check_quota(usages: Iterable[Any], vm: VmInfo, nodes: int, location: str) -> None:
+    """Fail when the family's (or the region's) dedicated vCPU limit can never fit the job; warn when it must queue."""
+    usages = list(usages)
+    needed = vm.vcpus * nodes
+    shape = f"{nodes} node(s) x {vm.vcpus} vCPUs of {vm.name}"
+    family = _find(usages, lambda value, localized: value.lower() == vm.family.lower())
+    total = _find(usages, lambda value, localized: "total cluster dedicated regional vcpus" in localized.lower())
+    if family is None:
+        say(
+            f"    warning: no quota entry for {family_display(vm.family)} in {location}; "
+            "the job may wait for capacity. Check Quota in Azure ML studio."
+        )
+    for line in (family, total):
+        if line is None:
+            continue
+        if line.limit < needed:
+            raise UserError(
+                f"not enough quota: '{line.label}' in {location} allows {line.limit} vCPUs "
+                f"({line.used} in use) but this job needs {needed} ({shape}). "
+                + QUOTA_HELP.format(family=line.label, location=location)
+                + f" Ask for at least {needed} vCPUs, then run the same command again."
+            )
+        if line.limit - line.used < needed:
+            say(
+                f"    note: '{line.label}' has {line.limit - line.used} of {line.limit} vCPUs free; "
+                f"the job will queue until {needed} are free."
+            )
+    if family is not None:
+        say(f"    quota ok: '{family.label}' {family.used}/{family.limit} vCPUs used; job needs {needed}")
