@@ -25,14 +25,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_LOSS_LINE = re.compile(r"eval loss: (?P<before>[\d.]+) before -> (?P<after>[\d.]+) after")
 
 
+# A randomly initialised 64-wide model needs a full fine-tune at a high learning rate on short
+# packs to learn the chat format in under a minute of CPU; LoRA at 1e-4 (the trainer's default
+# for a real Phi-3) barely moves it. Measured: eval loss 6.76 -> 0.70 in about 45 s on 2 cores.
+DEMO_TRAIN_FLAGS = (
+    "--method", "full", "--learning-rate", "5e-3", "--max-length", "256",
+    "--per-device-train-batch-size", "8", "--gradient-checkpointing", "false",
+    "--warmup-ratio", "0.05", "--logging-steps", "20",
+)
+
+
 @dataclass(frozen=True)
 class Budget:
     """How much the demo trains; the end-to-end test uses a smaller one."""
 
-    epochs: float = 3.0
+    epochs: float = 8.0
     max_steps: int = -1
     questions: int = 2
-    extra_train_flags: tuple[str, ...] = ()
+    extra_train_flags: tuple[str, ...] = DEMO_TRAIN_FLAGS
 
 
 @dataclass

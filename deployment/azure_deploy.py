@@ -247,7 +247,7 @@ def deploy_to_azure(
             say(_redact(logs, secret))
             say("---- end of log ----")
         say(f"    deleting the failed deployment {new} (it bills per hour)")
-        gone = True
+        gone = _delete_deployment(ml_client, ep_name, new, interval=poll_interval)
         cleanup = (
             f"The failed deployment {new} was deleted (or had not been created)."
             if gone
@@ -311,9 +311,16 @@ def deploy_to_azure(
                     leftovers.append(name)
 
     with step("write the Prompt flow connection phi_endpoint"):
-        write_connection(scoring_uri, key, new)
-        if foundry_writer is not None:
-            foundry_writer(scoring_uri, key, new)
+        try:
+            write_connection(scoring_uri, key, new)
+            if foundry_writer is not None:
+                foundry_writer(scoring_uri, key, new)
+        except UserError as err:
+            raise UserError(
+                f"deployment {new} is live on {scoring_uri} with 100% of the traffic, but the connection was not "
+                f"written: {_redact(str(err), key)} Fix that and run deploy again (it reuses the registered model "
+                "and the environment)."
+            ) from None
 
     if leftovers:
         raise UserError(

@@ -61,3 +61,58 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.data import prepare
 
     return prepare("sample", tmp_path_factory.mktemp("sample-data") / "data").out
+
+
+TINY_TRAINING_FLAGS = [  # CPU-friendly: a few optimizer steps of a full fine-tune, no checkpointing
+    "--method", "full", "--learning_rate", "3e-3", "--max_steps", "8", "--max_length", "256",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+    "--gradient_checkpointing", "false", "--logging_steps", "2", "--warmup_ratio", "0",
+]
+
+
+def load_fine_tune():
+    """training/trainer/fine_tune.py imported by path, as the cluster runs it (it imports nothing from the repo)."""
+    import importlib.util
+    import sys
+
+    if "fine_tune" in sys.modules:
+        return sys.modules["fine_tune"]
+    spec = importlib.util.spec_from_file_location("fine_tune", REPO_ROOT / "training" / "trainer" / "fine_tune.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fine_tune"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_training_flags() -> list[str]:
+    """Trainer flags for a seconds-long CPU run of the tiny model (add the file/model/output flags)."""
+    return list(TINY_TRAINING_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def fine_tune():
+    """The trainer module, imported by path."""
+    return load_fine_tune()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir: Path, sample_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A short CPU run of the real trainer on the tiny model and the sample; its summary plus `output_dir`."""
+    fine_tune = load_fine_tune()
+    output_dir = tmp_path_factory.mktemp("trained") / "model"
+    args = fine_tune.parse_args([
+        "--model_name_or_path", str(tiny_model_dir),
+        "--train_file", str(sample_data_dir / "train.jsonl"),
+        "--eval_file", str(sample_data_dir / "test.jsonl"),
+        "--output_dir", str(output_dir),
+        *TINY_TRAINING_FLAGS,
+    ])
+    summary = fine_tune.train(args)
+    return {**summary, "output_dir": output_dir}
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(trained_run: dict) -> Path:
+    """The MLflow model folder (the job's named `model` output) of a short CPU training run of the tiny model."""
+    return trained_run["output_dir"]

@@ -18,6 +18,7 @@ RECIPE_SFT = "sft"
 RECIPE_REGISTRY = "registry"
 OUTPUT_NAMES: dict[str, str] = {RECIPE_SFT: "model", RECIPE_REGISTRY: "trained_model"}
 """The named job output that holds the MLflow model, per recipe."""
+JOB_TYPES: dict[str, str] = {RECIPE_SFT: "command", RECIPE_REGISTRY: "pipeline"}
 
 COMPLETED = "Completed"
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
@@ -42,16 +43,19 @@ def _created_at(job: Any) -> datetime:
     return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
 
 
+def _ours(job: Any, experiment_name: str) -> bool:
+    if job is None:  # the SDK yields None for jobs it cannot parse
+        return False
+    recipe = (getattr(job, "tags", None) or {}).get(TAG_KEY)
+    if recipe not in OUTPUT_NAMES or getattr(job, "experiment_name", None) != experiment_name:
+        return False
+    kind = getattr(job, "type", None)  # guards against a pipeline's steps, should they inherit the tag
+    return kind is None or kind == JOB_TYPES[recipe]
+
+
 def finetune_jobs(jobs: Iterable[Any], experiment_name: str = EXPERIMENT_NAME) -> list[Any]:
-    """This project's jobs (tag + experiment), newest first. Entries the SDK could not parse are None: skipped."""
-    ours = [
-        job
-        for job in jobs
-        if job is not None
-        and (getattr(job, "tags", None) or {}).get(TAG_KEY) in OUTPUT_NAMES
-        and getattr(job, "experiment_name", None) == experiment_name
-    ]
-    return sorted(ours, key=_created_at, reverse=True)
+    """This project's jobs (tag + experiment + job type), newest first."""
+    return sorted((job for job in jobs if _ours(job, experiment_name)), key=_created_at, reverse=True)
 
 
 def latest_completed_job(ml_client: Any, experiment_name: str = EXPERIMENT_NAME) -> tuple[str, str]:

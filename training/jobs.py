@@ -43,7 +43,9 @@ def registry_model_uri(name: str, label: str = "latest") -> str:
 
 
 def _is_asset_or_local(model: str) -> bool:
-    return model.startswith("azureml:") or Path(model).is_dir()
+    """A registered asset or a local folder (absolute paths count even before they exist: a dry run
+    names the tiny model's folder without building it); anything else is a Hugging Face id."""
+    return model.startswith("azureml:") or Path(model).is_absolute() or Path(model).is_dir()
 
 
 @dataclass
@@ -107,7 +109,8 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
             "code": str(Path(job.code_dir).resolve()),
             "command": command,
             "environment": job.environment if isinstance(job.environment, str) else dict(job.environment),
-            "environment_variables": {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_EXPERIMENT_NAME": job.experiment_name},
+            # Azure ML sets MLFLOW_TRACKING_URI and MLFLOW_RUN_ID itself: the trainer logs into the job's run
+            "environment_variables": {"TOKENIZERS_PARALLELISM": "false"},
             "compute": f"azureml:{job.compute}",
             "inputs": inputs,
             "outputs": {"model": {"type": "uri_folder", "mode": "rw_mount"}},

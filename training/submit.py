@@ -19,8 +19,9 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from common.cli import UserError, run_cli, say, step
 from training import hyperparams, local_runs
@@ -190,7 +191,8 @@ def _dry_run_azure(args: argparse.Namespace, outputs: Any, files: Any, values: d
         + "\nSubmit as is with: az ml job create -f FILE"
     )
     if args.recipe == "sft":
-        model = _resolve_sft_model(args.model, "azure")
+        # a dry run builds nothing: `tiny` names the folder it would be built in
+        model = str(local_runs.tiny_model_dir()) if args.model == TINY else _resolve_sft_model(args.model, "azure")
         spec = environment_spec()
         job = jobs.SftJob(
             model=model,
@@ -417,8 +419,7 @@ def _run_azure(args: argparse.Namespace, values: dict[str, Any], ml_client: Any,
     if args.dry_run:
         return _dry_run_azure(args, outputs, files, values)
 
-    from common.azure import azure_errors, make_ml_client, studio_url, with_retries
-    from training import jobs
+    from common.azure import make_ml_client
 
     if ml_client is None or (args.recipe == "registry" and registry_client is None):
         if credential is None:
@@ -428,6 +429,29 @@ def _run_azure(args: argparse.Namespace, values: dict[str, Any], ml_client: Any,
     if ml_client is None:
         ml_client = make_ml_client(outputs, credential)
     say(f"==> workspace {outputs.workspace_name} ({outputs.resource_group_name}, {outputs.location}); stack: {outputs.source}")
+    with _sdk_errors():
+        return _submit_and_follow(args, values, outputs, files, ml_client, registry_client, credential)
+
+
+@contextmanager
+def _sdk_errors() -> Iterator[None]:
+    """The SDK's own client-side refusals (validation, upload) as one message instead of a traceback."""
+    from azure.ai.ml.exceptions import JobException, MlException
+
+    try:
+        yield
+    except JobException:
+        raise
+    except MlException as err:
+        lines = [line for line in str(err).strip().splitlines() if line.strip()][:6]
+        raise UserError("Azure ML refused the request: " + " ".join(lines)) from None
+
+
+def _submit_and_follow(args: argparse.Namespace, values: dict[str, Any], outputs: Any, files: Any,
+                       ml_client: Any, registry_client: Any, credential: Any) -> int:
+    from common.azure import azure_errors, studio_url, with_retries
+    from training import jobs
+
     with step(f"checking cluster {outputs.compute_name} and quota"):
         vm = _check_cluster(ml_client, outputs, args)
     env_spec = None
@@ -437,7 +461,7 @@ def _run_azure(args: argparse.Namespace, values: dict[str, Any], ml_client: Any,
         if registry_client is None:
             from azure.ai.ml import MLClient
 
-            registry_client = MLClient(credential, registry_name=jobs.REGISTRY)
+            registry_client = MLClient(credential, registry_name=jobs.REGISTRY)  # no network until used
         spec = _registry_spec(ml_client, registry_client, args, outputs, files, values, vm)
     job = jobs.load(spec)
     with step(f"submitting job {spec['name']}"):

@@ -202,3 +202,16 @@ def test_endpoint_name_rules(outputs):
     for bad in ("1abc", "ab", "a" * 33, "bad_name", "ends-"):
         with pytest.raises(UserError):
             definitions.check_endpoint_name(bad)
+
+
+def test_connection_failure_after_a_good_deploy_says_it_is_live(fake_client, outputs, runs):
+    def broken(endpoint: str, key: str, deployment: str) -> None:
+        raise UserError(f"could not write the Prompt flow connection 'phi_endpoint': no keyring ({key})")
+
+    fake_client.add_job("job-1")
+    with pytest.raises(UserError) as err:
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+                        write_connection=broken, poll_interval=0.01)
+    assert "blue is live" in str(err.value) and "no keyring" in str(err.value)
+    assert SECRET_KEY not in str(err.value)
+    assert fake_client.endpoints[EP].traffic == {"blue": 100}

@@ -202,3 +202,12 @@ def test_environment_entity_accepts_the_spec() -> None:
     env = Environment(name=spec["name"], version=spec["version"], image=spec["image"], conda_file=spec["conda_file"])
     assert env.conda_file["dependencies"][0] == "python=3.11"
     assert environment.environment_ref(spec) == f"azureml:finetune-phi-train:{spec['version']}"
+
+
+def test_azure_dry_run_with_tiny_builds_nothing(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
+    from training import local_runs
+
+    spec = yaml.safe_load(_dry_run(argv + ["--model", "tiny"], capsys, monkeypatch))
+    assert spec["inputs"]["model"]["path"] == str(local_runs.tiny_model_dir().resolve())
+    assert "--model_name_or_path ${{inputs.model}}" in spec["command"]
+    assert not local_runs.tiny_model_dir().exists()

@@ -322,3 +322,13 @@ def test_size_table_fallback_matches_service_sizes() -> None:
     service = vm_info(A100, default_sizes())
     assert (service.vcpus, service.gpus, service.family) == (24, 1, "standardNCADSA100v4Family")
     assert known_vm(A100) == service
+
+
+def test_sdk_validation_errors_become_one_message(argv: list[str]) -> None:
+    from azure.ai.ml.exceptions import ValidationException
+
+    fake = FakeMLClient()
+    fake.jobs.fail_submit = [ValidationException(message="There is no file on target path: /x", no_personal_data_message="x",
+                                                 target=ErrorTarget.JOB, error_category=ErrorCategory.USER_ERROR)]
+    with pytest.raises(UserError, match="Azure ML refused the request: There is no file on target path"):
+        submit.main(argv, ml_client=fake)

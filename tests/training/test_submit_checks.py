@@ -61,9 +61,11 @@ def test_unknown_vm_size_is_a_clear_error() -> None:
 # ---------------------------------------------------------------- discovery
 
 
-def _job(name: str, recipe: str | None, status: str, minute: int, experiment: str = "finetune-phi") -> SimpleNamespace:
+def _job(name: str, recipe: str | None, status: str, minute: int, experiment: str = "finetune-phi",
+         kind: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(
         name=name,
+        type=kind or ("pipeline" if recipe == "registry" else "command"),
         status=status,
         experiment_name=experiment,
         tags={"finetune-phi": recipe} if recipe else {},
@@ -79,6 +81,7 @@ def test_latest_completed_job_picks_newest_completed_of_ours() -> None:
         _job("running", "sft", "Running", 9),
         _job("someone-elses", None, "Completed", 10),
         _job("other-experiment", "sft", "Completed", 11, experiment="other"),
+        _job("a-pipeline-step", "registry", "Completed", 12, kind="command"),
         None,  # the SDK yields None for jobs it cannot parse
     ]
     assert discovery.latest_completed_job(fake) == ("new-registry", "trained_model")

@@ -20,7 +20,8 @@ What it gets right that the Phi-3 cookbook's fine_tune.py does not:
 Python API (the benchmark imports this file by path): `parse_args(argv)`, `build_trainer(args)`,
 `train(args)`, `main(argv)`.
 """
-from __future__ import annotations
+# No `from __future__ import annotations`: the file must also load by path (importlib) without being
+# registered in sys.modules, which dataclasses with string annotations would need.
 
 import argparse
 import importlib.util

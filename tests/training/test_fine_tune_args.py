@@ -1,0 +1,164 @@
+"""The trainer's flags, its `auto` decisions and its clear failures (no training here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TRAINER = Path(__file__).resolve().parents[2] / "training" / "trainer" / "fine_tune.py"
+
+
+def base(tmp_path: Path, *extra: str) -> list[str]:
+    train = tmp_path / "train.jsonl"
+    if not train.exists():
+        row = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+        train.write_text(row + "\n")
+        (tmp_path / "eval.jsonl").write_text(row + "\n")
+    return ["--train_file", str(train), "--eval_file", str(tmp_path / "eval.jsonl"),
+            "--output_dir", str(tmp_path / "model"), *extra]
+
+
+def test_every_contract_flag_parses(fine_tune, tmp_path: Path) -> None:
+    args = fine_tune.parse_args(base(
+        tmp_path, "--model_name_or_path", "m", "--epochs", "2", "--learning_rate", "2e-5",
+        "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "5", "--gradient_accumulation_steps", "4",
+        "--max_length", "512", "--packing", "false", "--method", "full", "--lora_r", "8", "--lora_alpha", "16",
+        "--lora_dropout", "0.1", "--attn_implementation", "eager", "--gradient_checkpointing", "false",
+        "--model_dtype", "bfloat16", "--seed", "42", "--assistant_only_loss", "false", "--max_steps", "7",
+        "--warmup_ratio", "0.1", "--lr_scheduler_type", "linear", "--logging_steps", "3", "--weight_decay", "0.01"))
+    assert (args.epochs, args.learning_rate, args.per_device_train_batch_size, args.per_device_eval_batch_size) == (2, 2e-5, 3, 5)
+    assert (args.gradient_accumulation_steps, args.max_length, args.packing, args.method) == (4, 512, False, "full")
+    assert (args.lora_r, args.lora_alpha, args.lora_dropout, args.attn_implementation) == (8, 16, 0.1, "eager")
+    assert (args.gradient_checkpointing, args.model_dtype, args.seed, args.assistant_only_loss) == (False, "bfloat16", 42, "false")
+    assert (args.max_steps, args.warmup_ratio, args.lr_scheduler_type, args.logging_steps, args.weight_decay) == \
+        (7, 0.1, "linear", 3, 0.01)
+
+
+def test_defaults(fine_tune, tmp_path: Path) -> None:
+    args = fine_tune.parse_args(base(tmp_path))
+    assert args.model_name_or_path == "microsoft/Phi-3.5-mini-instruct"
+    assert (args.method, args.learning_rate, args.packing, args.attn_implementation) == ("lora", 1e-4, True, "auto")
+    assert (args.gradient_checkpointing, args.model_dtype, args.assistant_only_loss) == (True, "float32", "auto")
+    assert fine_tune.parse_args(base(tmp_path, "--method", "full")).learning_rate == 5e-6
+
+
+@pytest.mark.parametrize("extra", [
+    ["--packing", "maybe"], ["--method", "qlora"], ["--attn_implementation", "flash"], ["--max_steps", "0"],
+    ["--lora_dropout", "1.5"], ["--epochs", "0"], ["--per_device_train_batch_size", "-1"],
+    ["--model_dtype", "float16"], ["--assistant_only_loss", "yes please"],
+])
+def test_bad_arguments_are_argparse_errors(fine_tune, tmp_path: Path, extra, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        fine_tune.parse_args(base(tmp_path, *extra))
+    assert exit_info.value.code == 2
+    assert extra[0] in capsys.readouterr().err
+
+
+def test_missing_inputs_and_busy_output_fail_before_any_work(fine_tune, tmp_path: Path) -> None:
+    args = fine_tune.parse_args(base(tmp_path))
+    args.train_file = str(tmp_path / "nope.jsonl")
+    with pytest.raises(fine_tune.TrainerError, match="--train_file .*nope.jsonl: no such file"):
+        fine_tune.check_paths(args)
+    args = fine_tune.parse_args(base(tmp_path))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "old").write_text("x")
+    with pytest.raises(fine_tune.TrainerError, match="--output_dir .* not empty"):
+        fine_tune.check_paths(args)
+    args = fine_tune.parse_args(base(tmp_path, "--model_name_or_path", str(tmp_path)))
+    args.output_dir = str(tmp_path / "fresh")
+    with pytest.raises(fine_tune.TrainerError, match="no config.json"):
+        fine_tune.check_paths(args)
+
+
+def test_cli_prints_one_error_and_exits_nonzero(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(TRAINER), "--train_file", str(tmp_path / "missing.jsonl"),
+                           "--eval_file", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: --train_file") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_and_parsing_import_nothing_heavy(tmp_path: Path) -> None:
+    code = (f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('ft', {str(TRAINER)!r}); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            f"m.parse_args({base(tmp_path)!r}); "
+            "print([x for x in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'mlflow') if x in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_the_trainer_imports_nothing_from_the_repo() -> None:
+    import ast
+
+    allowed = {"torch", "transformers", "trl", "peft", "datasets", "mlflow", "accelerate"}
+    for path in TRAINER.parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
+# ---------------------------------------------------------------- auto decisions
+
+def test_attention_auto_prefers_flash_on_cuda_else_sdpa(fine_tune, monkeypatch) -> None:
+    assert fine_tune.resolve_attention("auto", cuda=False) == "sdpa"
+    assert fine_tune.resolve_attention("eager", cuda=False) == "eager"
+    with pytest.raises(fine_tune.TrainerError, match="flash-attn"):
+        fine_tune.resolve_attention("flash_attention_2", cuda=False)
+    real_find_spec = fine_tune.importlib.util.find_spec
+    monkeypatch.setattr(fine_tune.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
+    assert fine_tune.resolve_attention("auto", cuda=True) == "flash_attention_2"
+    assert fine_tune.resolve_attention("auto", cuda=False) == "sdpa"
+
+
+def test_packing_is_only_trusted_where_sequences_are_isolated(fine_tune, monkeypatch) -> None:
+    from transformers import masking_utils
+
+    assert fine_tune.packing_isolates_sequences("flash_attention_2")
+    assert fine_tune.packing_isolates_sequences("sdpa")  # transformers 5 builds a block-diagonal mask
+    monkeypatch.delattr(masking_utils, "find_packed_sequence_indices")
+    assert not fine_tune.packing_isolates_sequences("sdpa")  # an older transformers: fall back to padding
+    assert fine_tune.packing_isolates_sequences("flash_attention_2")
+
+
+def test_assistant_only_loss_auto(fine_tune, tiny_model_dir: Path, caplog) -> None:
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import phi3_chat_template
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert fine_tune.resolve_assistant_only_loss("auto", tok) is True  # generation markers
+    assert fine_tune.resolve_assistant_only_loss("false", tok) is False
+    tok.chat_template = phi3_chat_template  # Phi-3's own template: no markers, but TRL ships a marked variant
+    assert fine_tune.resolve_assistant_only_loss("auto", tok) is True
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with caplog.at_level("WARNING", logger="fine_tune"):
+        assert fine_tune.resolve_assistant_only_loss("auto", tok) is False
+    assert "assistant-only loss off" in caplog.text
+    with pytest.raises(fine_tune.TrainerError, match="generation"):
+        fine_tune.resolve_assistant_only_loss("true", tok)
+
+
+def test_mlflow_params_are_bounded_and_requirements_installable(fine_tune, tmp_path: Path) -> None:
+    args = fine_tune.parse_args(base(tmp_path, "--model_name_or_path", "x" * 1000))
+    plan = fine_tune.Plan(attn_implementation="sdpa", packing=True, assistant_only_loss=True, precision="fp32",
+                          world_size=1)
+    params = fine_tune.bounded_params(args, plan)
+    assert len(params) <= 40 and all(len(v) <= fine_tune.MAX_PARAM_CHARS for v in params.values())
+    assert {"method", "learning_rate", "packing", "lora_r", "attn_implementation"} <= params.keys()
+    reqs = fine_tune.serving_requirements()
+    assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("transformers==") for r in reqs)
+    assert not any("+" in r or r.startswith("torchvision") for r in reqs)
+
+
+def test_oom_advice(fine_tune, tmp_path: Path) -> None:
+    args = fine_tune.parse_args(base(tmp_path, "--method", "full", "--gradient_checkpointing", "false"))
+    message = fine_tune._oom_message(args)
+    assert "--per_device_train_batch_size" in message and "--method lora" in message
+    assert "--gradient_checkpointing true" in message
