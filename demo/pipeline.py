@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from common.cli import UserError, say
 from training import local_runs
@@ -108,8 +108,15 @@ def parse_flow_answer(stdout: str) -> str:
     raise UserError(f"`pf flow test` printed no answer:\n{stdout[-1000:]}")
 
 
-def run_demo(budget: Budget = Budget(), env: dict[str, str] | None = None) -> DemoResult:
-    """Run every step; the local endpoint is torn down even when a step fails."""
+def run_demo(
+    budget: Budget = Budget(),
+    env: dict[str, str] | None = None,
+    on_deployed: Callable[[], None] | None = None,
+) -> DemoResult:
+    """Run every step; the local endpoint is torn down even when a step fails.
+
+    `on_deployed` runs while the local endpoint is up (the end-to-end test probes the server there).
+    """
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     if env.get("FINETUNE_PHI_RUNS"):
@@ -133,6 +140,8 @@ def run_demo(budget: Budget = Budget(), env: dict[str, str] | None = None) -> De
             result.eval_loss_before, result.eval_loss_after = float(loss["before"]), float(loss["after"])
             say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
         _run_step("deploy", [python, "-m", "deployment.deploy", "--target", "local"], logs, result, env)
+        if on_deployed is not None:
+            on_deployed()
         for number, (question, reference) in enumerate(held_out_questions(data_dir / "test.jsonl", budget.questions), 1):
             out = _run_step(f"chat-{number}", [pf, "flow", "test", "--flow", "flows/chat", "--inputs", f"question={question}"],
                             logs, result, env)

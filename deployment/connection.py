@@ -7,14 +7,25 @@ PF_HOME_DIRECTORY (default ~/.promptflow), with the encryption key kept in the s
 a headless machine or in CI there is no keyring daemon; `keyrings.alt` (installed by `make setup`)
 provides a file keyring under $XDG_DATA_HOME/python_keyring (default ~/.local/share).
 
+For an endpoint deploy did not create (a tutorial's, a teammate's):
+    PHI_ENDPOINT_KEY=... python -m deployment.connection set --endpoint URL [--deployment NAME]
+(without PHI_ENDPOINT_KEY the key is asked for, hidden; it is never a command-line argument),
+`python -m deployment.connection show` and `python -m deployment.connection delete`.
+
 promptflow is imported only inside the functions: `--help` of the commands that import this stays
 instant.
 """
 from __future__ import annotations
 
+import argparse
+import getpass
+import json
+import os
+import sys
+from typing import Sequence
 from urllib.parse import urlparse
 
-from common.cli import UserError
+from common.cli import UserError, run_cli
 
 CONNECTION_NAME = "phi_endpoint"
 REQUEST_FORMATS = ("contract", "registry", "mlflow")  # the same list as flows/chat/phi_client.py
@@ -121,3 +132,52 @@ class _promptflow_errors:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else "(no message)"
+
+
+KEY_ENV = "PHI_ENDPOINT_KEY"
+
+
+def _read_key() -> str:
+    """The key from $PHI_ENDPOINT_KEY, else a hidden prompt (or one line of stdin when piped)."""
+    key = os.environ.get(KEY_ENV, "")
+    if key:
+        return key.strip()
+    if sys.stdin.isatty():
+        return getpass.getpass("endpoint key (hidden): ").strip()
+    return sys.stdin.readline().strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployment.connection",
+        description=f"Write, show or delete the Prompt flow connection {CONNECTION_NAME} the chat flow uses.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    put = sub.add_parser("set", help=f"create or replace it (key from ${KEY_ENV} or a hidden prompt)")
+    put.add_argument("--endpoint", required=True, help="the scoring URL (https://<name>.<region>.inference.ml.azure.com/score)")
+    put.add_argument("--deployment", help="pin one deployment (azureml-model-deployment header)")
+    put.add_argument("--request-format", default="contract", choices=REQUEST_FORMATS)
+    put.add_argument("--max-tokens", type=int)
+    put.add_argument("--temperature", type=float)
+    sub.add_parser("show", help="print its configs (never the key)")
+    sub.add_parser("delete", help="delete it (no error when absent)")
+    args = parser.parse_args(argv)
+    if args.action == "set":
+        connection_configs(args.endpoint, args.deployment, args.request_format)  # fail before asking for the key
+        write_phi_connection(
+            args.endpoint, _read_key(), args.deployment, args.request_format,
+            max_tokens=args.max_tokens, temperature=args.temperature,
+        )
+        print(f"connection {CONNECTION_NAME} written (key stored as its secret)")
+    elif args.action == "show":
+        configs = read_phi_connection()
+        if configs is None:
+            raise UserError(f"no connection {CONNECTION_NAME}: run `python -m deployment.deploy` (or `set`)")
+        print(json.dumps(configs, indent=2))
+    else:
+        print(f"connection {CONNECTION_NAME} " + ("deleted" if delete_phi_connection() else "did not exist"))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

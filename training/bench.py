@@ -43,8 +43,9 @@ from common.cli import UserError, run_cli, say, step
 TRAINER_FILE = Path(__file__).resolve().parent / "trainer" / "fine_tune.py"
 SHAPES = ("tiny", "phi-3.5-mini")
 DEFAULT_CONFIGS = {
-    "tiny": ("tutorial", "default", "sdpa-nopack", "packing", "full", "no-checkpointing"),
-    "phi-3.5-mini": ("tutorial", "default", "sdpa-nopack", "packing", "full", "no-checkpointing", "liger"),
+    "tiny": ("tutorial", "default", "sdpa-nopack", "packing", "default-bs1", "no-checkpointing"),
+    "phi-3.5-mini": ("tutorial", "default", "sdpa-nopack", "packing", "default-bs1", "full", "no-checkpointing",
+                     "liger"),
 }
 DEFAULT_STEPS = {"tiny": (12, 2), "phi-3.5-mini": (20, 5)}  # (measured steps, warm-up steps)
 
@@ -87,6 +88,9 @@ CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
                 ("--method", "full", "--attn_implementation", "sdpa", "--packing", "false")),
     BenchConfig("packing", "sdpa-nopack + padding-free packing",
                 ("--method", "full", "--attn_implementation", "sdpa", "--packing", "true")),
+    BenchConfig("default-bs1", "defaults with batch 1 x 4 accumulation steps (same tokens per optimizer step; "
+                "a padding-free pack of 2048 instead of 8192 tokens per forward)",
+                ("--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "4")),
     BenchConfig("no-checkpointing", "defaults without gradient checkpointing", ("--gradient_checkpointing", "false")),
     BenchConfig("lora", "defaults with LoRA", ("--method", "lora")),
     BenchConfig("full", "defaults with a full fine-tune (fp32 master weights)", ("--method", "full")),
@@ -357,6 +361,8 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     argv = ["--model_name_or_path", spec["model_dir"], "--train_file", spec["train_file"],
             "--eval_file", spec["eval_file"], "--output_dir", str(work / "model"), "--work_dir", str(work / "trainer"),
             "--max_steps", str(warmup + steps), "--logging_steps", "1", *config.flags]
+    if spec.get("max_length"):
+        argv += ["--max_length", str(spec["max_length"])]
     args = ft.parse_args(argv)
     trainer, plan = ft.build_trainer(args, str(work / "trainer"))
     model = trainer.model
@@ -468,7 +474,15 @@ def _skip_reason(config: BenchConfig, cuda: bool) -> str | None:
     return None
 
 
-def run_training_suite(shape: str, names: Sequence[str], steps: int, warmup: int, scratch: Path) -> dict[str, Any]:
+def _worker_env() -> dict[str, str]:
+    """Quieter workers: no progress bars or deprecation chatter between our own progress lines."""
+    return {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+            "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS") or "ignore::FutureWarning,ignore::UserWarning"}
+
+
+def run_training_suite(shape: str, names: Sequence[str], steps: int, warmup: int, scratch: Path,
+                       max_length: int | None = None) -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -485,13 +499,15 @@ def run_training_suite(shape: str, names: Sequence[str], steps: int, warmup: int
         work.mkdir()
         spec = {"config": name, "shape": shape, "model_dir": str(model_dir), "train_file": str(train),
                 "eval_file": str(test), "steps": steps, "warmup_steps": warmup, "work_dir": str(work),
-                "result_file": str(work / "result.json")}
+                "result_file": str(work / "result.json"),
+                "max_length": max_length}
         spec_file = work / "spec.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
         started = time.perf_counter()
         with step(f"{name}: {config.description} ({warmup} warm-up + {steps} measured steps)"):
+            # the trainer prints its log lines on stdout: keep ours for the report (worker stdout -> stderr)
             code = subprocess.call([sys.executable, "-m", "training.bench", "--worker", str(spec_file)],
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=_worker_env())
         result_file = work / "result.json"
         if result_file.is_file():
             result = json.loads(result_file.read_text(encoding="utf-8"))
@@ -506,14 +522,16 @@ def run_training_suite(shape: str, names: Sequence[str], steps: int, warmup: int
         else:
             say(f"    {name}: {result['status']}: {result.get('error')}")
         results.append(result)
-    return {"shape": shape, "steps": steps, "warmup_steps": warmup, "data": data_note, "results": results}
+    return {"shape": shape, "steps": steps, "warmup_steps": warmup, "max_length_override": max_length,
+            "data": data_note, "results": results}
 
 
 def training_markdown(suite: dict[str, Any]) -> str:
     rows = suite["results"]
     base = next((r for r in rows if r["config"] == "tutorial" and r["status"] == "ok"), None)
     lines = [
-        f"Shape `{suite['shape']}`, {suite['warmup_steps']} warm-up + {suite['steps']} measured steps; data: {suite['data']}.",
+        f"Shape `{suite['shape']}`, {suite['warmup_steps']} warm-up + {suite['steps']} measured steps; data: {suite['data']}"
+        + (f"; max length overridden to {suite['max_length_override']}." if suite.get("max_length_override") else "."),
         "",
         "| config | tokens/s | vs tutorial | s/step | peak memory | MFU | loss first -> last | padding | attention / packing / precision / method |",
         "|---|---:|---:|---:|---:|---:|---|---:|---|",
@@ -564,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{' '.join(DEFAULT_CONFIGS['tiny'])}; on phi-3.5-mini also liger)")
     parser.add_argument("--steps", type=int, default=None, help="measured optimizer steps (default: 12 tiny, 20 phi-3.5-mini)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="steps run before measuring (default: 2 tiny, 5 phi-3.5-mini)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="override every configuration's --max_length (quick checks; the tables use 2048)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON and Markdown reports (default: runs/bench)")
     parser.add_argument("--json", type=Path, default=None, help="JSON report path (default: OUT/bench-<suite>[-<shape>].json)")
     parser.add_argument("--markdown", type=Path, default=None, help="Markdown report path (default: next to the JSON, .md)")
@@ -582,6 +602,8 @@ def _check(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "steps" else 0):
             raise UserError(f"--{flag.replace('_', '-')} must be {'at least 1' if flag == 'steps' else '0 or more'}, got {value}")
+    if args.max_length is not None and args.max_length < 16:
+        raise UserError(f"--max-length must be at least 16, got {args.max_length}")
     if args.data_rows < 1 or args.data_row_chars < 10 or args.scoring_requests < 0:
         raise UserError("--data-rows must be >= 1, --data-row-chars >= 10 and --scoring-requests >= 0")
 
@@ -626,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scratch = Path(scratch_name)
         if training:
             (scratch / "training").mkdir()
-            report["training"] = run_training_suite(args.shape, names, steps, warmup, scratch / "training")
+            report["training"] = run_training_suite(args.shape, names, steps, warmup, scratch / "training",
+                                                    args.max_length)
             markdown += ["\n## Training throughput\n\n", training_markdown(report["training"])]
         if args.suite in ("other", "all"):
             from training import bench_other

@@ -278,7 +278,6 @@ def test_key_never_in_repr_or_messages_even_when_echoed(fake) -> None:
     with pytest.raises(EndpointError) as info:
         client.chat("hi")
     assert KEY not in str(info.value) and KEY not in repr(info.value)
-    assert KEY not in repr(client.__dict__.get("endpoint"))
 
 
 def test_constructor_validation_does_not_echo_the_key() -> None:
@@ -289,3 +288,14 @@ def test_constructor_validation_does_not_echo_the_key() -> None:
     with pytest.raises(ValueError, match="request_format") as info:
         PhiClient("http://127.0.0.1:1/score", KEY, request_format="nope")
     assert KEY not in str(info.value)
+
+
+@pytest.mark.parametrize("request_format", ["contract", "registry", "mlflow"])
+def test_every_request_format_is_accepted_by_the_projects_scoring_script(request_format) -> None:
+    """The client's payloads and deployment/score.py's parser agree (ARCHITECTURE section 5)."""
+    from deployment.score import parse_request
+
+    messages = build_messages("And now?", PF_HISTORY, system_prompt="Be brief.")
+    parsed = parse_request(build_payload(messages, request_format, PARAMS | {"temperature": 0.5}))
+    assert parsed.messages == messages
+    assert (parsed.max_tokens, parsed.temperature, parsed.top_p) == (64, 0.5, 0.9)

@@ -59,3 +59,31 @@ def test_bad_input_is_refused_before_anything_is_written(pf_ready, kwargs, match
         write_phi_connection(**kwargs)
     assert KEY not in str(info.value)
     assert read_phi_connection() is None
+
+
+def test_cli_set_reads_the_key_from_stdin_and_never_prints_it(pf_ready) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PHI_ENDPOINT_KEY"}
+    cmd = [sys.executable, "-m", "deployment.connection"]
+    done = subprocess.run(
+        cmd + ["set", "--endpoint", "http://127.0.0.1:5002/score", "--request-format", "mlflow"],
+        input=KEY + "\n", capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = subprocess.run(cmd + ["show"], capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0
+    assert '"request_format": "mlflow"' in shown.stdout
+    assert KEY not in done.stdout + done.stderr + shown.stdout + shown.stderr
+    assert stored_secret() == KEY
+
+
+def test_project_prompt_flow_settings_land_in_pf_home(pf_ready) -> None:
+    """`make setup` runs common.pf_settings: no tracing service, no telemetry, in PF_HOME_DIRECTORY."""
+    import yaml
+
+    config = yaml.safe_load((pf_ready / "pf.yaml").read_text())
+    assert config["trace"]["destination"] == "none"
+    assert str(config["telemetry"]["enabled"]).lower() == "false"

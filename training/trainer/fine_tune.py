@@ -320,8 +320,9 @@ def sft_config(args: argparse.Namespace, runtime: Runtime, plan: Plan, work_dir:
         # precision: set both explicitly (SFTConfig defaults bf16=True, wrong on CPU)
         bf16=runtime.bf16,
         fp16=runtime.fp16,
-        gradient_checkpointing=args.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
+        # transformers 5 name for gradient checkpointing (SFTConfig's old-name default is True)
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
         # data
         max_length=args.max_length,
         packing=plan.packing,
@@ -511,6 +512,7 @@ def _oom_message(args: argparse.Namespace) -> str:
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate, train, evaluate, save (rank 0). Returns eval losses, plan and timings."""
+    check_paths(args)  # before importing torch: a typo costs a second, not a model load
     import torch
 
     runtime = detect_runtime()

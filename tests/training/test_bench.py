@@ -1,0 +1,87 @@
+"""training.bench runs and reports sane fields. No timing assertions: the numbers depend on the machine."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training import bench, bench_other
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "FINETUNE_PHI_RUNS": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"}
+
+
+def test_tiny_benchmark_two_configs_reports_expected_fields(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "training.bench", "--shape", "tiny", "--config", "tutorial", "default",
+         "--steps", "2", "--warmup-steps", "1", "--max-length", "256", "--json", str(out)],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    machine = report["machine"]
+    assert machine["cpu_cores"] >= 1 and machine["torch_version"] and machine["trl_version"] and machine["date"]
+    suite = report["training"]
+    assert (suite["shape"], suite["steps"], suite["warmup_steps"], suite["max_length_override"]) == ("tiny", 2, 1, 256)
+    rows = {r["config"]: r for r in suite["results"]}
+    assert list(rows) == ["tutorial", "default"]
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["steps_measured"] == 2 and len(row["step_times_s"]) == 2
+        assert row["tokens_per_s"] > 0 and row["mean_step_s"] > 0
+        assert 0 < row["real_tokens"] <= row["total_tokens"]
+        assert 0 < row["loss_tokens"] <= row["real_tokens"]
+        assert 0 <= row["padding_fraction"] < 1
+        assert math.isfinite(row["loss_first"]) and math.isfinite(row["loss_last"])
+        assert len(row["losses"]) == 3  # warm-up step included
+        assert row["peak_memory_bytes"] > 0 and row["peak_memory_kind"] in ("process_peak_rss", "cuda_max_allocated")
+        assert row["model_flops_per_token"] > 0
+        if row["device"] == "cpu":
+            assert row["mfu"] is None
+    # the configurations really differ the way they claim to
+    tutorial, default = rows["tutorial"]["plan"], rows["default"]["plan"]
+    assert (tutorial["attn_implementation"], tutorial["packing_strategy"], tutorial["method"], tutorial["model_dtype"]) == \
+        ("eager", "wrapped", "full", "bfloat16")
+    assert tutorial["gradient_checkpointing"] and tutorial["per_device_train_batch_size"] == 4
+    assert tutorial["max_length"] == default["max_length"] == 256
+    assert default["attn_implementation"] in ("sdpa", "flash_attention_2") and default["packing_strategy"] == "bfd"
+    assert rows["tutorial"]["trainable_params"] > rows["default"]["trainable_params"]  # full vs LoRA
+    # wrapped packing fills every row but the dataset's last one: (almost) no padding
+    assert rows["tutorial"]["padding_fraction"] < 0.05
+    # Markdown: next to the JSON, and on stdout (progress stays on stderr)
+    markdown = out.with_suffix(".md").read_text()
+    assert "| tutorial |" in markdown and "| default |" in markdown and "1.00x" in markdown
+    assert "| tutorial |" in done.stdout and "step 1/3" not in done.stdout and "step 1/3" in done.stderr
+
+
+def test_phi35_on_cpu_refuses_before_allocating(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    run = bench_other.timed([sys.executable, "-m", "training.bench", "--shape", "phi-3.5-mini"], tmp_path, env)
+    assert run["exit_code"] == 1
+    assert "needs a CUDA GPU" in run["stderr_tail"] and "--shape tiny" in run["stderr_tail"]
+    assert "Traceback" not in run["stderr_tail"] and run["stdout"] == ""
+    # nothing allocated: the child's peak RSS stays far below even a bf16 copy of 3.8B parameters (7 GB)
+    assert run["peak_rss_bytes"] < 2 * 2**30
+    assert not (tmp_path / "runs" / "bench").exists()  # and no report written
+
+
+def test_config_table_and_flag_checks() -> None:
+    assert {"tutorial", "default", "sdpa-nopack", "packing", "no-checkpointing", "lora", "full", "liger"} <= set(bench.CONFIGS)
+    parsed = bench.load_trainer_module().parse_args(
+        ["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *bench.CONFIGS["tutorial"].flags])
+    assert (parsed.method, parsed.model_dtype, parsed.attn_implementation, parsed.learning_rate, parsed.max_length) == \
+        ("full", "bfloat16", "eager", 5e-6, 2048)
+    assert bench.CONFIGS["tutorial-nopack"].flags[bench.CONFIGS["tutorial-nopack"].flags.index("--packing") + 1] == "false"
+    assert bench.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bench.gpu_peak_flops(None) is None
+    with pytest.raises(bench.UserError, match="--steps must be at least 1"):
+        bench.main(["--steps", "0"])
