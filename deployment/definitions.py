@@ -10,11 +10,11 @@ import hashlib
 import io
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from common.cli import UserError
+from common.vm_sizes import KNOWN_SIZES, VmSize
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
@@ -37,34 +37,13 @@ REQUEST_TIMEOUT_MS = 90_000
 MAX_CONCURRENT_REQUESTS = 2
 
 
-@dataclass(frozen=True)
-class InstanceType:
-    sku: str
-    usd_per_hour: float
-    vcpus: int
-    quota_family: str
-    note: str
-
-
-INSTANCE_TYPES: dict[str, InstanceType] = {
-    t.sku.lower(): t
-    for t in (
-        InstanceType("Standard_NC24ads_A100_v4", 3.673, 24, "Standard NCADSA100v4 Family Cluster Dedicated vCPUs",
-                     "1x A100 80 GB; Phi-3.5-mini in bf16 with room for long contexts (default)"),
-        InstanceType("Standard_NC40ads_H100_v5", 6.98, 40, "Standard NCadsH100v5 Family Cluster Dedicated vCPUs",
-                     "1x H100 94 GB; faster, twice the price"),
-        InstanceType("Standard_E16s_v3", 1.008, 16, "Standard ESv3 Family Cluster Dedicated vCPUs",
-                     "CPU only, 128 GB RAM: Phi-3.5-mini answers, slowly (tens of seconds)"),
-        InstanceType("Standard_E4s_v3", 0.252, 4, "Standard ESv3 Family Cluster Dedicated vCPUs",
-                     "CPU only, 32 GB RAM: small fine-tunes / smoke tests, not Phi-3.5-mini"),
-    )
-}
+INSTANCE_TYPES: dict[str, VmSize] = {key: size for key, size in KNOWN_SIZES.items() if size.serving_note}
 DEFAULT_INSTANCE_TYPE = "Standard_NC24ads_A100_v4"
 
 _ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 
 
-def instance_info(sku: str) -> InstanceType | None:
+def instance_info(sku: str) -> VmSize | None:
     return INSTANCE_TYPES.get(sku.lower())
 
 

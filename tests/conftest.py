@@ -21,9 +21,12 @@ _ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "MLFLOW_TRACKING_URI": (_STATE / "mlruns").as_uri(),
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3.17 refuses file: tracking URIs without it
     "DO_NOT_TRACK": "true",
     "PF_HOME_DIRECTORY": str(_STATE / "promptflow"),
     "PF_DISABLE_TRACING": "true",
+    # keyrings.alt (Prompt flow's secret store on headless machines) writes under XDG_DATA_HOME
+    "XDG_DATA_HOME": str(_STATE / "xdg-data"),
     "TOKENIZERS_PARALLELISM": "false",
     "STACK_OUTPUTS_FILE": "",
 }

@@ -7,11 +7,12 @@ fallback for dry runs and for sizes the service does not list.
 """
 from __future__ import annotations
 
-import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from common.cli import UserError, say
+from common.vm_sizes import VmSize, family_display, known_vm
 
 QUOTA_HELP = (
     "Request it in Azure ML studio (Quota > {family} > Request quota) or the Azure portal "
@@ -19,55 +20,17 @@ QUOTA_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class VmInfo:
-    name: str
-    family: str
-    """The quota family's id, e.g. standardNCADSA100v4Family."""
-    vcpus: int
-    gpus: int
-
-
-KNOWN_SIZES: dict[str, VmInfo] = {
-    info.name.lower(): info
-    for info in (
-        VmInfo("Standard_NC24ads_A100_v4", "standardNCADSA100v4Family", 24, 1),
-        VmInfo("Standard_NC48ads_A100_v4", "standardNCADSA100v4Family", 48, 2),
-        VmInfo("Standard_NC96ads_A100_v4", "standardNCADSA100v4Family", 96, 4),
-        VmInfo("Standard_NC40ads_H100_v5", "standardNCadsH100v5Family", 40, 1),
-        VmInfo("Standard_NC80adis_H100_v5", "standardNCadsH100v5Family", 80, 2),
-        VmInfo("Standard_ND96asr_v4", "standardNDASv4_A100Family", 96, 8),
-        VmInfo("Standard_ND96amsr_A100_v4", "standardNDAMSv4_A100Family", 96, 8),
-        VmInfo("Standard_ND96isr_H100_v5", "standardNDSH100v5Family", 96, 8),
-        VmInfo("Standard_NC4as_T4_v3", "standardNCASv3_T4Family", 4, 1),
-        VmInfo("Standard_NC64as_T4_v3", "standardNCASv3_T4Family", 64, 4),
-        VmInfo("Standard_E4s_v3", "standardESv3Family", 4, 0),
-        VmInfo("Standard_DS3_v2", "standardDSv2Family", 4, 0),
-    )
-}
-
-
-def family_display(family: str) -> str:
-    """standardNCADSA100v4Family -> 'Standard NCADSA100v4 Family Cluster Dedicated vCPUs' (the portal's name)."""
-    match = re.fullmatch(r"standard(.+?)Family", family, flags=re.IGNORECASE)
-    core = match.group(1).strip("_ ") if match else family
-    return f"Standard {core} Family Cluster Dedicated vCPUs"
-
-
-def known_vm(vm_size: str) -> VmInfo | None:
-    return KNOWN_SIZES.get(vm_size.lower())
-
-
-def vm_info(vm_size: str, sizes: Iterable[Any] | None = None) -> VmInfo:
+def vm_info(vm_size: str, sizes: Iterable[Any] | None = None) -> VmSize:
     """From the service's VM size list when given, else the table; unknown sizes: a clear error."""
     for size in sizes or ():
         if str(getattr(size, "name", "")).lower() == vm_size.lower():
-            return VmInfo(
-                name=size.name,
+            reported = dict(
                 family=str(_field(size, "family") or ""),
                 vcpus=int(_field(size, "v_cp_us", "vCPUs") or 0),
                 gpus=int(_field(size, "gpus") or 0),
             )
+            known = known_vm(vm_size)  # keeps the table's price and notes; the service's facts win
+            return dataclasses.replace(known, **reported) if known else VmSize(name=size.name, **reported)
     info = known_vm(vm_size)
     if info is None:
         where = "the workspace's region" if sizes is not None else "this tool's table"
@@ -119,7 +82,7 @@ def _find(usages: list[Any], predicate: Any) -> QuotaLine | None:
     return None
 
 
-def check_quota(usages: Iterable[Any], vm: VmInfo, nodes: int, location: str) -> None:
+def check_quota(usages: Iterable[Any], vm: VmSize, nodes: int, location: str) -> None:
     """Fail when the family's (or the region's) dedicated vCPU limit can never fit the job; warn when it must queue."""
     usages = list(usages)
     needed = vm.vcpus * nodes

@@ -230,7 +230,7 @@ def _dry_run_azure(args: argparse.Namespace, outputs: Any, files: Any, values: d
 
 
 def _check_cluster(ml_client: Any, outputs: Any, args: argparse.Namespace) -> Any:
-    """The cluster exists, fits the node count, and the subscription's quota fits the job. Returns VmInfo."""
+    """The cluster exists, fits the node count, and the subscription's quota fits the job. Returns its VmSize."""
     from azure.core.exceptions import ResourceNotFoundError
 
     from common.azure import azure_errors, with_retries

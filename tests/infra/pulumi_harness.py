@@ -12,6 +12,7 @@ into a map. In preview they leave what Azure computes at create time (ids, princ
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import runpy
@@ -186,6 +187,9 @@ def run_program(
         runpy.run_path(str(repo_root / "infra"), run_name="__main__")
 
     def in_fresh_context() -> None:
+        # Pulumi's mocks create futures on the current event loop; a library that ran
+        # asyncio.run() earlier in the session (promptflow does) leaves the thread without one.
+        asyncio.set_event_loop(asyncio.new_event_loop())
         pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview)
         pulumi_settings.ROOT.set(None)  # run_in_stack registers its own Stack, as under the engine
         _sync_await(pulumi_stack.run_in_stack(program))
