@@ -560,7 +560,8 @@ def training_markdown(suite: dict[str, Any]) -> str:
 def machine_markdown(machine: dict[str, Any]) -> str:
     gpu = f"{machine['gpu']} x{machine['gpu_count']}" if machine.get("gpu") else "none"
     return (f"Run {machine['date']} on {machine['cpu']} ({machine['cpu_cores']} cores, {machine.get('memory_gib', '?')} GiB), "
-            f"GPU: {gpu}; load average at start {machine['load_average_1m']:.1f}; torch {machine['torch_version']}, "
+            f"GPU: {gpu}; load average (1 min) {machine['load_average_1m']:.1f} at start, "
+            f"{machine['load_average_1m_end']:.1f} at end; torch {machine['torch_version']}, "
             f"transformers {machine['transformers_version']}, trl {machine['trl_version']}, peft {machine['peft_version']}.\n")
 
 
@@ -643,24 +644,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup = warmup_default if args.warmup_steps is None else args.warmup_steps
     names = args.config or list(DEFAULT_CONFIGS[args.shape])
 
-    machine = machine_info()
-    report: dict[str, Any] = {"machine": machine, "command": "python -m training.bench " + " ".join(argv or sys.argv[1:])}
-    markdown = [f"# training.bench ({args.suite})\n", machine_markdown(machine)]
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    report: dict[str, Any] = {"command": "python -m training.bench " + " ".join(argv or sys.argv[1:])}
+    sections: list[str] = []
     with tempfile.TemporaryDirectory(prefix="finetune-phi-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        if training:
-            (scratch / "training").mkdir()
-            report["training"] = run_training_suite(args.shape, names, steps, warmup, scratch / "training",
-                                                    args.max_length)
-            markdown += ["\n## Training throughput\n\n", training_markdown(report["training"])]
-        if args.suite in ("other", "all"):
+        if args.suite in ("other", "all"):  # first, while this process is small (children inherit its peak RSS)
             from training import bench_other
 
             (scratch / "other").mkdir()
             report["other"] = bench_other.run_other(scratch / "other", data_rows=args.data_rows,
                                                     row_chars=args.data_row_chars, scoring_requests=args.scoring_requests)
-            markdown += ["\n## Other speeds users feel\n\n", bench_other.other_markdown(report["other"])]
-    machine["load_average_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            sections += ["\n## Other speeds users feel\n\n", bench_other.other_markdown(report["other"])]
+        if training:
+            (scratch / "training").mkdir()
+            report["training"] = run_training_suite(args.shape, names, steps, warmup, scratch / "training",
+                                                    args.max_length)
+            sections = ["\n## Training throughput\n\n", training_markdown(report["training"])] + sections
+    machine = machine_info()
+    machine["load_average_1m"], machine["load_average_1m_end"] = load_start, machine["load_average_1m"]
+    report = {"machine": machine, **report}
+    markdown = [f"# training.bench ({args.suite})\n", machine_markdown(machine), *sections]
     text = "".join(markdown)
     write_atomic(json_path, json.dumps(report, indent=2) + "\n")
     write_atomic(md_path, text)

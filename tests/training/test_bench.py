@@ -85,3 +85,30 @@ def test_config_table_and_flag_checks() -> None:
     assert bench.gpu_peak_flops(None) is None
     with pytest.raises(bench.UserError, match="--steps must be at least 1"):
         bench.main(["--steps", "0"])
+
+
+def test_other_suite_measures_the_real_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
+    suite = bench_other.run_other(tmp_path, data_rows=300, row_chars=200, scoring_requests=0)
+    rows = {r["what"]: r for r in suite["results"]}
+    help_row, dry_run = rows["training.submit --help"], rows["training.submit --dry-run"]
+    assert help_row["status"] == dry_run["status"] == "ok", (help_row, dry_run)
+    assert help_row["repeats"] == 3 and 0 < help_row["wall_s_min"] <= help_row["wall_s"]
+    assert dry_run["stdout_bytes"] > 500  # the job YAML really came out
+    data = rows["training.data, 300 rows"]
+    assert data["status"] == "ok" and data["rows_per_s"] > 0 and data["input_bytes"] > 300 * 150
+    assert data["peak_rss_bytes"] > 0 and data["peak_rss_floor_bytes"] > 0
+    assert not (tmp_path / "synthetic.jsonl").exists()  # the big input is removed after use
+    assert rows["make demo (total)"]["status"] == "not measured here"
+    markdown = bench_other.other_markdown(suite)
+    assert "| training.submit --dry-run |" in markdown and "rows/s" in markdown
+
+
+def test_synthetic_chat_rows_are_valid_training_data(tmp_path: Path) -> None:
+    from training.data import scan_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    size = bench_other.synthetic_chat_rows(path, 50, 1000)
+    scan = scan_jsonl(path)
+    assert scan.bad_rows == 0 and len(scan.offsets) == 50
+    assert 50 * 500 < size < 50 * 3000  # about row_chars of text per row
