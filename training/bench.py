@@ -218,15 +218,20 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def tokens_per_word(tokenizer_dir: Path) -> float:
+def tokens_per_word(tokenizer_dir: Path, mean_tokens: float) -> float:
     """How many tokens one synthetic word costs with this tokenizer (chat formatting included)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    rows = list(synthetic_rows(20, 400, 1.0, seed=99))
+    rows = list(synthetic_rows(20, mean_tokens, 1.0, seed=99))
     n_words = sum(len(m["content"].split()) for r in rows for m in r["messages"])
-    n_tokens = sum(len(tokenizer.apply_chat_template(r["messages"], tokenize=True)) for r in rows)
-    return n_tokens / n_words
+    return sum(chat_tokens(tokenizer, r["messages"]) for r in rows) / n_words
+
+
+def chat_tokens(tokenizer, messages: list[dict[str, str]]) -> int:
+    """Tokens of one chat-formatted conversation, as the trainer sees it."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def prepare_inputs(shape: str, scratch: Path, total_steps: int) -> tuple[Path, Path, Path, str]:
@@ -252,7 +257,7 @@ def prepare_inputs(shape: str, scratch: Path, total_steps: int) -> tuple[Path, P
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
     Phi3Config(**PHI35_MINI_CONFIG, bos_token_id=tokenizer.bos_token_id, eos_token_id=[end_id, tokenizer.eos_token_id],
                pad_token_id=tokenizer.pad_token_id).save_pretrained(model_dir)
-    ratio = tokens_per_word(tiny)
+    ratio = tokens_per_word(tiny, ULTRACHAT_MEAN_TOKENS)
     rows = max(64, total_steps * 4 * 3)  # enough for every step of the unpacked configs, with room
     with step(f"writing {rows} synthetic ultrachat-length conversations (~{ULTRACHAT_MEAN_TOKENS} tokens each)"):
         data = scratch / "data"
@@ -307,8 +312,8 @@ class TokenMeter:
                 "attn_flops": float(self.attn_coef * sum(n * n for n in lengths))}
 
 
-def _phi35_loader(ft_module):
-    """Replacement for the trainer's `load_model`: the architecture from config, random weights, on the GPU.
+def _config_only_loader(device: str):
+    """Replacement for the trainer's `load_model`: the architecture from config.json, random weights, on `device`.
 
     No 15 GB checkpoint is written or read; the trainer builds everything else as usual.
     """
@@ -320,7 +325,7 @@ def _phi35_loader(ft_module):
         config = AutoConfig.from_pretrained(args.model_name_or_path)
         dtype = torch.float32 if args.model_dtype == "float32" else torch.bfloat16
         torch.manual_seed(args.seed)
-        with torch.device("cuda"):
+        with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
         model.config.use_cache = False
         return model
@@ -354,7 +359,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
 
         apply_liger_kernel_to_phi3()
     if spec["shape"] == "phi-3.5-mini":
-        ft.load_model = _phi35_loader(ft)
+        ft.load_model = _config_only_loader(spec.get("device", "cuda"))
     if config.packing_strategy:
         ft.sft_config = _with_packing_strategy(ft.sft_config, config.packing_strategy)
     warmup, steps = spec["warmup_steps"], spec["steps"]

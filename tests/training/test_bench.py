@@ -112,3 +112,40 @@ def test_synthetic_chat_rows_are_valid_training_data(tmp_path: Path) -> None:
     scan = scan_jsonl(path)
     assert scan.bad_rows == 0 and len(scan.offsets) == 50
     assert 50 * 500 < size < 50 * 3000  # about row_chars of text per row
+
+
+def test_phi35_inputs_have_the_published_shape_and_ultrachat_lengths(tmp_path: Path) -> None:
+    # Everything the GPU run needs except the GPU: config (no weights) and synthetic data.
+    import statistics
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir, train, test, _ = bench.prepare_inputs("phi-3.5-mini", tmp_path, total_steps=10)
+    config = AutoConfig.from_pretrained(str(model_dir))
+    assert (config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+            config.num_attention_heads, config.num_key_value_heads) == (32064, 3072, 8192, 32, 32, 32)
+    assert not list(model_dir.glob("*.safetensors"))  # no weights: the worker builds them on the GPU
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    lengths = [bench.chat_tokens(tokenizer, json.loads(line)["messages"]) for line in train.read_text().splitlines()]
+    assert len(lengths) >= 10 * 4
+    assert 0.85 * bench.ULTRACHAT_MEAN_TOKENS < statistics.mean(lengths) < 1.15 * bench.ULTRACHAT_MEAN_TOKENS
+    assert test.read_text().count("\n") == 8
+
+
+def test_config_only_model_path_trains_through_the_real_trainer(tmp_path: Path, tiny_model_dir: Path,
+                                                                 sample_data_dir: Path) -> None:
+    # The phi-3.5-mini worker path (random weights from config.json, no checkpoint), on CPU with the tiny shape.
+    import shutil
+
+    model_dir = tmp_path / "config-only"
+    model_dir.mkdir()
+    for item in tiny_model_dir.iterdir():
+        if not item.name.endswith(".safetensors"):
+            shutil.copy(item, model_dir / item.name)
+    spec = {"config": "default", "shape": "phi-3.5-mini", "device": "cpu", "model_dir": str(model_dir),
+            "train_file": str(sample_data_dir / "train.jsonl"), "eval_file": str(sample_data_dir / "test.jsonl"),
+            "steps": 2, "warmup_steps": 0, "work_dir": str(tmp_path / "work"), "max_length": 128}
+    row = bench.run_config(spec)
+    assert row["status"] == "ok" and row["steps_measured"] == 2 and row["tokens_per_s"] > 0
+    assert row["plan"]["method"] == "lora" and 0 < row["trainable_params"] < row["params_without_embedding"]
+    assert not (tmp_path / "work" / "model").exists()  # the benchmark never saves a model
