@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 
 from serving_helpers import free_port, load_score_module, stop, wait_healthy
+from deploy_fixtures import *  # noqa: E402,F401,F403 (the deploy/teardown tests' fixtures, shared here once)
 
 # Prompt flow keeps its connection encryption key in the keyring; keyrings.alt's file keyring
 # writes under $XDG_DATA_HOME. Keep it in the session's state folder, not in $HOME.

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy_fixtures import *  # noqa: F401,F403 (fixtures)
 from deploy_fixtures import UAI_ID
 from common.cli import UserError
 from deployment import definitions

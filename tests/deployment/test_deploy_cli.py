@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_fixtures import *  # noqa: F401,F403 (fixtures)
 from deploy_fixtures import OUTPUTS, UAI_ID
 from common.cli import run_cli
 from deployment import deploy

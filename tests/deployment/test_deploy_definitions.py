@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
-from deploy_fixtures import *  # noqa: F401,F403 (fixtures)
 from common.cli import UserError
 from deployment import definitions
 from deployment.environment import CPU_BASE_IMAGE, GPU_BASE_IMAGE, serve_requirements, serving_environment

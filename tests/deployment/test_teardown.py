@@ -6,7 +6,6 @@ import io
 import pytest
 from azure.ai.ml.entities import ManagedOnlineEndpoint
 
-from deploy_fixtures import *  # noqa: F401,F403 (fixtures)
 from common.cli import run_cli
 from deployment import teardown
 from deployment.definitions import build_endpoint

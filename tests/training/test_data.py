@@ -284,7 +284,7 @@ def test_cli_bad_input_exits_nonzero_with_file_and_line(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", numbered_rows(3), raw_lines={2: b'{"messages": [{"role": "bot"}]}'})
     proc = run_cli("--source", str(src), "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 1
-    assert f"error: 1 of 3 rows" in proc.stderr and f"{src}:2: messages[0]: role 'bot'" in proc.stderr
+    assert "error: 1 of 3 rows" in proc.stderr and f"{src}:2: messages[0]: role 'bot'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 

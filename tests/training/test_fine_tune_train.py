@@ -1,7 +1,6 @@
 """Real TRL + MLflow on the tiny Phi-3 and the sample data, on CPU."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
