@@ -74,7 +74,7 @@ def test_phi35_on_cpu_refuses_before_allocating(tmp_path: Path) -> None:
 
 
 def test_config_table_and_flag_checks() -> None:
-    assert {"tutorial", "default", "sdpa-nopack", "packing", "no-checkpointing", "lora", "full", "liger"} <= set(bench.CONFIGS)
+    assert {"tutorial", "default", "sdpa-nopack", "packing", "batch4", "checkpointing", "lora", "full", "liger"} <= set(bench.CONFIGS)
     parsed = bench.load_trainer_module().parse_args(
         ["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *bench.CONFIGS["tutorial"].flags])
     assert (parsed.method, parsed.model_dtype, parsed.attn_implementation, parsed.learning_rate, parsed.max_length) == \

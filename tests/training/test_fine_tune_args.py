@@ -41,8 +41,12 @@ def test_defaults(fine_tune, tmp_path: Path) -> None:
     args = fine_tune.parse_args(base(tmp_path))
     assert args.model_name_or_path == "microsoft/Phi-3.5-mini-instruct"
     assert (args.method, args.learning_rate, args.packing, args.attn_implementation) == ("lora", 1e-4, True, "auto")
-    assert (args.gradient_checkpointing, args.model_dtype, args.assistant_only_loss) == (True, "float32", "auto")
-    assert fine_tune.parse_args(base(tmp_path, "--method", "full")).learning_rate == 5e-6
+    assert (args.gradient_checkpointing, args.model_dtype, args.assistant_only_loss) == (False, "float32", "auto")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 4)
+    full = fine_tune.parse_args(base(tmp_path, "--method", "full"))
+    assert (full.learning_rate, full.gradient_checkpointing) == (5e-6, True)
+    assert fine_tune.parse_args(base(tmp_path, "--method", "full", "--gradient_checkpointing", "false")).gradient_checkpointing is False
+    assert fine_tune.parse_args(base(tmp_path, "--gradient_checkpointing", "true")).gradient_checkpointing is True
 
 
 @pytest.mark.parametrize("extra", [

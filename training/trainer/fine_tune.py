@@ -92,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_steps", type=int, default=-1, help="stop after N optimizer steps (-1: run the epochs)")
     p.add_argument("--learning_rate", type=_positive(float), default=None,
                    help=f"default: {DEFAULT_LEARNING_RATE['full']} for full, {DEFAULT_LEARNING_RATE['lora']} for lora")
-    p.add_argument("--per_device_train_batch_size", type=_positive(int), default=4)
+    # Batch 1 x 4 accumulation (the tutorial's 4 sequences per step): with padding-free packing a
+    # batch of 4 is one 8,192-token row whose attention SDPA computes densely (docs/BENCHMARKS.md).
+    p.add_argument("--per_device_train_batch_size", type=_positive(int), default=1)
     p.add_argument("--per_device_eval_batch_size", type=_positive(int), default=4)
-    p.add_argument("--gradient_accumulation_steps", type=_positive(int), default=1)
+    p.add_argument("--gradient_accumulation_steps", type=_positive(int), default=4)
     p.add_argument("--max_length", type=_positive(int), default=2048, help="tokens per sequence (per pack with packing)")
     p.add_argument("--packing", type=_bool, default=True, metavar="{true,false}",
                    help="padding-free packing (only where the attention isolates packed sequences)")
@@ -106,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="`all-linear` or a comma-separated list such as qkv_proj,o_proj")
     p.add_argument("--attn_implementation", choices=("auto", "sdpa", "eager", "flash_attention_2"), default="auto",
                    help="auto: flash_attention_2 when installed and on CUDA, else sdpa")
-    p.add_argument("--gradient_checkpointing", type=_bool, default=True, metavar="{true,false}")
+    p.add_argument("--gradient_checkpointing", choices=("auto", "true", "false"), default="auto",
+                   help="auto: on for full fine-tuning (fp32 master weights + AdamW leave little room on 80 GB), "
+                        "off for LoRA (recomputation costs about a third of a step)")
     p.add_argument("--model_dtype", choices=("float32", "bfloat16"), default="float32",
                    help="weights as loaded; bfloat16 reproduces the tutorial (bf16 master weights lose updates)")
     p.add_argument("--seed", type=int, default=0)
@@ -132,6 +136,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--eval_steps must be >= 0")
     if args.learning_rate is None:
         args.learning_rate = DEFAULT_LEARNING_RATE[args.method]
+    args.gradient_checkpointing = (
+        args.method == "full" if args.gradient_checkpointing == "auto" else args.gradient_checkpointing == "true"
+    )
     return args
 
 
