@@ -16,5 +16,17 @@ def apply() -> None:
         config.set_config(key, value)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m common.pf_settings",
+        description="Turn off Prompt flow's tracing service and telemetry (in PF_HOME_DIRECTORY or ~/.promptflow).",
+    )
+    parser.parse_args(argv)
     apply()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

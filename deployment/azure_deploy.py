@@ -284,6 +284,10 @@ def deploy_to_azure(
             answer = (getattr(reply, "text", "") or "").strip()
             if not answer:
                 raise UserError("the deployment answered with an empty reply")
+        except KeyboardInterrupt:
+            say(f"interrupted: deployment {new} is running without traffic and bills per hour; delete it with "
+                f"`az ml online-deployment delete -e {ep_name} -n {new} --yes` (traffic was not moved)")
+            raise
         except Exception as err:
             raise fail("the smoke test", err, key) from None
         say(f"    answered: {_redact(answer, key)[:160]!r}")
@@ -295,7 +299,13 @@ def deploy_to_azure(
             wait(poller, "moving traffic", interval=poll_interval)
         except Exception as err:
             now = _current_traffic(ml_client, ep_name)
-            if now is not None and int(now.get(new, 0) or 0) > 0:
+            if now is None:
+                raise UserError(
+                    f"moving traffic to {new} failed ({_first_line(err)}) and the endpoint's traffic could not be read "
+                    f"back, so both deployments were kept. Check the endpoint {ep_name} in Azure ML studio, then "
+                    f"re-run the deploy or delete {new} with `az ml online-deployment delete -e {ep_name} -n {new} --yes`."
+                ) from None
+            if int(now.get(new, 0) or 0) > 0:
                 raise UserError(
                     f"moving traffic to {new} reported an error ({_first_line(err)}), but {new} now takes traffic "
                     f"({now}); the old deployment(s) {', '.join(live) or '-'} were kept. Check the endpoint in Azure ML studio."

@@ -29,6 +29,9 @@ DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_CAP = 2048
 DEFAULT_TEMPERATURE = 0.0  # greedy unless the caller asks for sampling: reproducible answers
 DEFAULT_TOP_P = 1.0
+# Below this, sampling is greedy in all but name, and the logits divided by it overflow to inf
+# (NaN probabilities, a failed generation): such temperatures decode greedily.
+MIN_SAMPLING_TEMPERATURE = 1e-6
 MAX_BODY_CHARS = 1_000_000
 ROLES = ("system", "user", "assistant")
 END_OF_TURN = "<|end|>"
@@ -120,15 +123,23 @@ def locate_model(root: Path | str) -> ModelLocation:
 # -- request parsing -------------------------------------------------------------------------------
 
 
+def _text(value: str, where: str) -> str:
+    try:  # JSON escapes can carry lone surrogates, which the tokenizer cannot encode
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{where} is not valid Unicode (a lone surrogate escape such as \\ud800)") from None
+    return value
+
+
 def _content(value: Any, where: str) -> str:
     if isinstance(value, str):
-        return value
+        return _text(value, where)
     if isinstance(value, list):  # OpenAI-style content parts: only text parts are supported
         parts = []
         for i, part in enumerate(value):
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
                 raise RequestError(f"{where}[{i}] must be a text part {{\"type\": \"text\", \"text\": \"...\"}}")
-            parts.append(part["text"])
+            parts.append(_text(part["text"], f"{where}[{i}].text"))
         return "".join(parts)
     raise RequestError(f"{where} must be a string, got {type(value).__name__}")
 
@@ -159,7 +170,10 @@ def _number(params: dict, name: str, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(f"{name} must be a number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond the float range
+        raise RequestError(f"{name} is out of range") from None
 
 
 def _parameters(params: Any, where: str, cap: int) -> tuple[int, float, float]:
@@ -212,6 +226,8 @@ def parse_request(raw_data: Any, cap: int = MAX_TOKENS_CAP) -> ChatRequest:
         except ValueError as err:
             raise RequestError(f"request body is not valid JSON ({err.__class__.__name__} at position "
                                f"{getattr(err, 'pos', '?')})") from None
+        except RecursionError:
+            raise RequestError("request body is nested too deeply") from None
     else:
         body = raw_data
     if not isinstance(body, dict):
@@ -243,7 +259,7 @@ def parse_request(raw_data: Any, cap: int = MAX_TOKENS_CAP) -> ChatRequest:
         if all(isinstance(item, str) for item in data):
             if len(data) != 1:
                 raise RequestError("input_data holds several texts: send one per request")
-            messages = [{"role": "user", "content": data[0]}]
+            messages = [{"role": "user", "content": _content(data[0], "input_data[0]")}]
         elif len(data) == 1 and isinstance(data[0], list):
             messages = _messages(data[0], "input_data[0]")
         else:
@@ -342,7 +358,7 @@ class ChatEngine:
                 )
             # A long prompt leaves less room: generation stops at the context ("length").
             max_new = min(request.max_tokens, self.context - prompt_tokens)
-            sampling = request.temperature > 0
+            sampling = request.temperature >= MIN_SAMPLING_TEMPERATURE
             config = GenerationConfig(
                 max_new_tokens=max_new,
                 do_sample=sampling,

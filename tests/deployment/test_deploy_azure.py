@@ -214,3 +214,33 @@ def test_connection_failure_after_a_good_deploy_says_it_is_live(fake_client, out
     assert "blue is live" in str(err.value) and "no keyring" in str(err.value)
     assert SECRET_KEY not in str(err.value)
     assert fake_client.endpoints[EP].traffic == {"blue": 100}
+
+
+def test_ctrl_c_during_the_smoke_test_says_how_to_delete_the_new_deployment(
+    fake_client, outputs, runs, write_connection, capsys
+):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+                        smoke_client=interrupted, write_connection=write_connection, poll_interval=0.01)
+    assert fake_client.endpoints[EP].traffic == {"blue": 100}
+    assert f"az ml online-deployment delete -e {EP} -n green --yes" in capsys.readouterr().err
+
+
+def test_unreadable_traffic_after_a_failed_switch_keeps_both_deployments(
+    fake_client, outputs, runs, write_connection, scoring_server, monkeypatch
+):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    fake_client.fail_traffic = True
+    monkeypatch.setattr("deployment.azure_deploy._current_traffic", lambda *_: None)
+
+    with pytest.raises(UserError, match="could not be read back, so both deployments were kept"):
+        _deploy(fake_client, outputs, runs, write_connection)
+    assert fake_client.count("online_deployments.begin_delete", name="green") == 0
+    assert sorted(name for _, name in fake_client.deployments) == ["blue", "green"]

@@ -158,6 +158,31 @@ BAD_REQUESTS = {
 }
 
 
+# Raw JSON bodies a client can send that once made score.py answer 500 instead of 400.
+NASTY_REQUESTS = {
+    "temperature-beyond-float": ('{"messages": [{"role": "user", "content": "hi"}], "temperature": 1' + "0" * 400 + "}",
+                                 "temperature"),
+    "top-p-beyond-float": ('{"messages": [{"role": "user", "content": "hi"}], "top_p": 1' + "0" * 400 + "}", "top_p"),
+    "nested-too-deep": ('{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    "lone-surrogate": ('{"messages": [{"role": "user", "content": "a\\ud800b"}]}', "not valid Unicode"),
+    "lone-surrogate-mlflow-text": ('{"input_data": ["a\\udfffb"]}', "not valid Unicode"),
+}
+
+
+@pytest.mark.parametrize("body, message", NASTY_REQUESTS.values(), ids=NASTY_REQUESTS.keys())
+def test_nasty_requests_get_400_not_500(score, body: str, message: str) -> None:
+    status, answer = call(score, body)
+    assert status == 400, answer
+    assert message in answer["error"]
+
+
+def test_tiny_positive_temperature_is_answered_not_500(score) -> None:
+    # 1e-300 is in [0, 2] but divides the logits to inf (NaN probabilities); it is greedy in the limit.
+    status, answer = call(score, {"messages": USER, "max_tokens": 3, "temperature": 1e-300})
+    assert status == 200, answer
+    assert answer == call(score, {"messages": USER, "max_tokens": 3, "temperature": 0})[1]
+
+
 @pytest.mark.parametrize("body, message", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
 def test_bad_requests_get_400_with_a_message(score, body, message: str) -> None:
     status, answer = call(score, body if isinstance(body, str) else json.dumps(body))
