@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from common.cli import UserError, say
+from common.cli import UserError, first_line, say
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.ai.ml import MLClient
@@ -68,9 +68,9 @@ def azure_errors(action: str) -> Iterator[None]:
             "AZURE_CLIENT_SECRET, or use a managed or workload identity), then try again."
         ) from None
     except ResourceNotFoundError as err:
-        raise UserError(f"{action}: not found ({_first_line(err)}). Check the stack with `pulumi stack output`.") from None
+        raise UserError(f"{action}: not found ({first_line(err)}). Check the stack with `pulumi stack output`.") from None
     except ServiceRequestError as err:
-        raise UserError(f"{action}: cannot reach Azure ({_first_line(err)}). Check the network and retry.") from None
+        raise UserError(f"{action}: cannot reach Azure ({first_line(err)}). Check the network and retry.") from None
     except HttpResponseError as err:
         code = _status_code(err)
         if code == 403:
@@ -78,7 +78,7 @@ def azure_errors(action: str) -> Iterator[None]:
                 f"{action}: permission denied (403). Your identity needs Contributor (or AzureML Data "
                 "Scientist) on the workspace; role assignments can take a few minutes to apply after `pulumi up`."
             ) from None
-        raise UserError(f"{action}: Azure answered {code or 'an error'}: {_first_line(err)}") from None
+        raise UserError(f"{action}: Azure answered {code or 'an error'}: {first_line(err)}") from None
 
 
 def with_retries(
@@ -95,11 +95,6 @@ def with_retries(
             if not transient or attempt == attempts:
                 raise
             delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            say(f"    {action}: transient error ({_first_line(err)}); retrying in {delay:.0f}s ({attempt}/{attempts - 1})")
+            say(f"    {action}: transient error ({first_line(err)}); retrying in {delay:.0f}s ({attempt}/{attempts - 1})")
             sleep(delay)
     raise AssertionError("unreachable")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__

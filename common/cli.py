@@ -23,6 +23,12 @@ class UserError(Exception):
             self.exit_code = exit_code
 
 
+def first_line(err: BaseException, limit: int = 400) -> str:
+    """An exception's first non-blank line, capped: SDK errors carry pages of detail."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(err).__name__
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
     """Run `main(argv)` and exit with its code; turn expected failures into one clear message."""
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from common.azure import azure_errors, with_retries
-from common.cli import UserError, say, step
+from common.cli import UserError, first_line, say, step
 from deployment import definitions
 from deployment.environment import serving_environment
 from deployment.registration import ModelChoice, RegisteredModel, resolve_model
@@ -72,11 +72,6 @@ def wait(poller: Any, what: str, *, interval: float = 30.0) -> Any:
     return poller.result()
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0][:400] if lines else type(err).__name__
-
-
 def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "<hidden>") if secret else text
 
@@ -104,7 +99,7 @@ def _log_tail(ml_client: Any, endpoint: str, name: str) -> str:
             kwargs = {"container_type": container} if container else {}
             text = ml_client.online_deployments.get_logs(name=name, endpoint_name=endpoint, lines=LOG_LINES, **kwargs)
         except Exception as err:  # a failed log fetch must not hide the real failure
-            say(f"    (could not fetch the {container or 'inference server'} log of {name}: {_first_line(err)})")
+            say(f"    (could not fetch the {container or 'inference server'} log of {name}: {first_line(err)})")
             continue
         if text and str(text).strip():
             return str(text).rstrip()
@@ -125,7 +120,7 @@ def _delete_deployment(ml_client: Any, endpoint: str, name: str, *, interval: fl
     except ResourceNotFoundError:
         return True
     except Exception as err:
-        say(f"    could not delete deployment {name}: {_first_line(err)}")
+        say(f"    could not delete deployment {name}: {first_line(err)}")
         return False
 
 
@@ -238,7 +233,7 @@ def deploy_to_azure(
     cost = f" about ${info.usd_per_hour:.2f}/h" if info else ""
 
     def fail(stage: str, err: BaseException, secret: str | None = None) -> UserError:
-        detail = _redact(_first_line(err), secret)
+        detail = _redact(first_line(err), secret)
         say(f"!!! {stage} failed: {detail}")
         say(f"    traffic stays where it was ({', '.join(f'{n}={p}%' for n, p in traffic_before.items() if p) or 'none'})")
         logs = _log_tail(ml_client, ep_name, new)
@@ -301,13 +296,13 @@ def deploy_to_azure(
             now = _current_traffic(ml_client, ep_name)
             if now is None:
                 raise UserError(
-                    f"moving traffic to {new} failed ({_first_line(err)}) and the endpoint's traffic could not be read "
+                    f"moving traffic to {new} failed ({first_line(err)}) and the endpoint's traffic could not be read "
                     f"back, so both deployments were kept. Check the endpoint {ep_name} in Azure ML studio, then "
                     f"re-run the deploy or delete {new} with `az ml online-deployment delete -e {ep_name} -n {new} --yes`."
                 ) from None
             if int(now.get(new, 0) or 0) > 0:
                 raise UserError(
-                    f"moving traffic to {new} reported an error ({_first_line(err)}), but {new} now takes traffic "
+                    f"moving traffic to {new} reported an error ({first_line(err)}), but {new} now takes traffic "
                     f"({now}); the old deployment(s) {', '.join(live) or '-'} were kept. Check the endpoint in Azure ML studio."
                 ) from None
             raise fail("moving traffic", err, key) from None

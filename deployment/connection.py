@@ -25,7 +25,7 @@ import sys
 from typing import Sequence
 from urllib.parse import urlparse
 
-from common.cli import UserError, run_cli
+from common.cli import UserError, first_line, run_cli
 
 CONNECTION_NAME = "phi_endpoint"
 REQUEST_FORMATS = ("contract", "registry", "mlflow")  # the same list as flows/chat/phi_client.py
@@ -126,12 +126,7 @@ class _promptflow_errors:
             ) from None
         if not isinstance(exc, Exception):
             return False
-        raise UserError(f"could not {self.action}: {kind}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else "(no message)"
+        raise UserError(f"could not {self.action}: {kind}: {first_line(exc)}") from None
 
 
 KEY_ENV = "PHI_ENDPOINT_KEY"

@@ -8,18 +8,14 @@ takes 10-20 minutes); a changed pin gives a new version.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.cli import UserError
+from common.pins import PYPROJECT, conda_spec, content_version, extra_pins
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 ENVIRONMENT_NAME = "phi3-serve"
-PYTHON_VERSION = "3.11"
 
 # Azure ML's minimal inference images (the inference server's runtime user, ports and log
 # plumbing). The conda env replaces their Python; the GPU image brings the CUDA user space
@@ -56,24 +52,8 @@ class ServingEnvironment:
 
 
 def serve_requirements(pyproject: Path = PYPROJECT) -> list[str]:
-    """The `serve` extra's requirement strings, in file order."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise UserError(f"cannot read the serving pins from {pyproject}: {err}") from None
-    extras = data.get("project", {}).get("optional-dependencies", {})
-    reqs = [r for r in extras.get("serve", []) if not r.startswith("finetune-phi")]
-    if not reqs:
-        raise UserError(f"{pyproject} has no `serve` extra; the serving environment is built from it.")
-    unpinned = [r for r in reqs if not re.search(r"==|<|>|~=|@", r)]
-    if unpinned:
-        raise UserError(
-            f"the `serve` extra in {pyproject} has unpinned packages ({', '.join(unpinned)}); pin them "
-            "(name==version) so the endpoint runs the versions the tests ran."
-        )
-    return reqs
+    """The `serve` extra's requirement strings, in file order (all pinned)."""
+    return extra_pins("serve", pyproject)
 
 
 def is_gpu_sku(instance_type: str) -> bool:
@@ -84,10 +64,7 @@ def is_gpu_sku(instance_type: str) -> bool:
 def serving_environment(instance_type: str, pyproject: Path = PYPROJECT) -> ServingEnvironment:
     """The environment for `instance_type` (GPU or CPU base image), versioned by content hash."""
     image = GPU_BASE_IMAGE if is_gpu_sku(instance_type) else CPU_BASE_IMAGE
-    conda = {
-        "name": "phi3-serve",
-        "channels": ["conda-forge"],
-        "dependencies": [f"python={PYTHON_VERSION}", "pip", {"pip": serve_requirements(pyproject)}],
-    }
-    digest = hashlib.sha256(json.dumps({"image": image, "conda": conda}, sort_keys=True).encode()).hexdigest()
-    return ServingEnvironment(name=ENVIRONMENT_NAME, version=digest[:16], image=image, conda=conda)
+    conda = conda_spec(ENVIRONMENT_NAME, serve_requirements(pyproject))
+    return ServingEnvironment(
+        name=ENVIRONMENT_NAME, version=content_version({"image": image, "conda": conda}), image=image, conda=conda
+    )

@@ -6,66 +6,31 @@ The version is a hash of the whole definition, so an unchanged environment is fo
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from common.cli import UserError, say
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PYPROJECT = REPO_ROOT / "pyproject.toml"
+from common.cli import say
+from common.pins import PYPROJECT, conda_spec as _conda_spec, content_version, extra_pins, package_name
 
 ENVIRONMENT_NAME = "finetune-phi-train"
 BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.4-ubuntu22.04:latest"
 """Azure ML's maintained GPU base (Ubuntu 22.04, CUDA 12.4, OpenMPI 5). The torch wheel brings
 its own CUDA runtime; the image supplies the driver-compatible userland and MPI."""
-PYTHON_VERSION = "3.11"
-
 CLOUD_EXTRAS = ("azureml-mlflow==1.62.0.post6",)
 """Cloud-only: lets MLflow inside the job log to the workspace (MLFLOW_TRACKING_URI=azureml://...)."""
 CLOUD_OVERRIDES = {"mlflow": "mlflow==3.15.0"}
 """azureml-mlflow 1.62.0.post6 (the newest) requires mlflow-skinny<=3.15.0, so the cloud job uses
 mlflow 3.15.0 instead of the local 3.17.0; the MLflow model format it writes loads in both."""
 
-_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def _package(requirement: str) -> str:
-    match = _NAME.match(requirement)
-    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
-
 
 def train_pins(pyproject: Path = PYPROJECT) -> list[str]:
     """The `train` extra of pyproject.toml, with the cloud overrides applied and extras added."""
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        pins = list(data["project"]["optional-dependencies"]["train"])
-    except (OSError, KeyError, tomllib.TOMLDecodeError) as err:
-        raise UserError(f"cannot read the `train` extra from {pyproject} ({err}); restore the file from git.") from None
-    pins = [CLOUD_OVERRIDES.get(_package(pin), pin) for pin in pins]
-    return pins + [extra for extra in CLOUD_EXTRAS if _package(extra) not in {_package(p) for p in pins}]
+    pins = [CLOUD_OVERRIDES.get(package_name(pin), pin) for pin in extra_pins("train", pyproject)]
+    return pins + [extra for extra in CLOUD_EXTRAS if package_name(extra) not in {package_name(p) for p in pins}]
 
 
 def conda_spec(pyproject: Path = PYPROJECT) -> dict[str, Any]:
-    return {
-        "name": ENVIRONMENT_NAME,
-        "channels": ["conda-forge"],
-        "dependencies": [f"python={PYTHON_VERSION}", "pip", {"pip": train_pins(pyproject)}],
-    }
-
-
-def content_version(payload: Any, length: int = 16) -> str:
-    """A stable version string for any JSON-able definition."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+    return _conda_spec(ENVIRONMENT_NAME, train_pins(pyproject))
 
 
 def environment_spec(pyproject: Path = PYPROJECT) -> dict[str, Any]:
