@@ -3,6 +3,7 @@
 runs/                      git-ignored
   models/tiny/             the tiny Phi-3 built on first use (`--model tiny`)
   mlruns/                  local MLflow tracking store
+  cache/datasets/          the datasets library's Arrow cache of the local JSON files
   jobs/<job-name>/         one local training job: logs, checkpoints, and
   jobs/<job-name>/model/   the named `model` output (an MLflow transformers model)
   jobs/LATEST              the name of the last job that completed

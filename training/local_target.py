@@ -79,6 +79,8 @@ def run_local(
         "MLFLOW_TRACKING_URI": local_runs.mlflow_tracking_uri(),
         "MLFLOW_EXPERIMENT_NAME": EXPERIMENT_NAME,
         "PYTHONUNBUFFERED": "1",
+        # the Arrow cache of the local JSON files is run output: keep it under runs/, not in ~/.cache
+        "HF_DATASETS_CACHE": os.environ.get("HF_DATASETS_CACHE") or str(local_runs.runs_dir() / "cache" / "datasets"),
         **(extra_env or {}),
     }
     (job / "command.txt").write_text(" ".join(_shown(command)) + "\n", encoding="utf-8")

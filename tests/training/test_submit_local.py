@@ -38,6 +38,7 @@ def test_local_target_trains_tiny_model_end_to_end(sample_data_dir: Path, capsys
     AutoTokenizer.from_pretrained(model_dir / "components" / "tokenizer")
     assert AutoModelForCausalLM.from_pretrained(model_dir / "model").config.model_type == "phi3"
     assert Path(local_runs.mlflow_tracking_uri().removeprefix("file://")).is_dir()  # tracked locally
+    assert any((local_runs.runs_dir() / "cache" / "datasets").iterdir())  # the Arrow cache is run output, not ~/.cache
 
 
 def test_local_failure_shows_the_log_tail_and_keeps_latest(tmp_path: Path, sample_data_dir: Path) -> None:
