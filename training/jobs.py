@@ -97,15 +97,12 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
             *(shlex.quote(part) for part in trainer_argv(job.hyperparameters)),
         ]
     )
-    spec: dict[str, Any] = {"$schema": COMMAND_SCHEMA, "type": "command"}
-    if job.name:
-        spec["name"] = job.name
+    spec = _job_header(
+        job, COMMAND_SCHEMA, "command", "sft",
+        "Supervised fine-tuning of a Phi-3 model with TRL (training/trainer/fine_tune.py).",
+    )
     spec.update(
         {
-            "display_name": job.display_name or "finetune-phi-sft",
-            "experiment_name": job.experiment_name,
-            "description": "Supervised fine-tuning of a Phi-3 model with TRL (training/trainer/fine_tune.py).",
-            "tags": {**{k: str(v) for k, v in job.tags.items()}, **job_tags("sft")},
             "code": str(Path(job.code_dir).resolve()),
             "command": command,
             "environment": job.environment if isinstance(job.environment, str) else dict(job.environment),
@@ -158,6 +155,22 @@ def merge_registry_params(
     return merged
 
 
+def _job_header(job: Any, schema: str, job_type: str, recipe: str, description: str) -> dict[str, Any]:
+    """What both recipes' job specs start with: schema, name, display name, experiment, tags."""
+    spec: dict[str, Any] = {"$schema": schema, "type": job_type}
+    if job.name:
+        spec["name"] = job.name
+    spec.update(
+        {
+            "display_name": job.display_name or f"finetune-phi-{recipe}",
+            "experiment_name": job.experiment_name,
+            "description": description,
+            "tags": {**{k: str(v) for k, v in job.tags.items()}, **job_tags(recipe)},
+        }
+    )
+    return spec
+
+
 def build_registry_job(job: RegistryJob) -> dict[str, Any]:
     """The tutorial's pipeline: chat_completion_pipeline on the foundation model, output `trained_model`."""
     node_inputs: dict[str, Any] = {
@@ -173,15 +186,12 @@ def build_registry_job(job: RegistryJob) -> dict[str, Any]:
     if job.instance_count > 1:
         node_inputs["num_nodes_finetune"] = job.instance_count
     node_inputs.update(job.parameters)
-    spec: dict[str, Any] = {"$schema": PIPELINE_SCHEMA, "type": "pipeline"}
-    if job.name:
-        spec["name"] = job.name
+    spec = _job_header(
+        job, PIPELINE_SCHEMA, "pipeline", "registry",
+        "Azure ML registry recipe: chat_completion_pipeline from registry azureml.",
+    )
     spec.update(
         {
-            "display_name": job.display_name or "finetune-phi-registry",
-            "experiment_name": job.experiment_name,
-            "description": "Azure ML registry recipe: chat_completion_pipeline from registry azureml.",
-            "tags": {**{k: str(v) for k, v in job.tags.items()}, **job_tags("registry")},
             "settings": {
                 "default_compute": f"azureml:{job.compute}",
                 "force_rerun": True,
