@@ -46,7 +46,7 @@ SHAPES = ("tiny", "phi-3.5-mini")
 DEFAULT_CONFIGS = {
     "tiny": ("tutorial", "default", "sdpa-nopack", "packing", "batch4", "checkpointing"),
     "phi-3.5-mini": ("tutorial", "default", "sdpa-nopack", "packing", "batch4", "full", "checkpointing",
-                     "liger"),
+                     "bf16-base", "liger"),
 }
 DEFAULT_STEPS = {"tiny": (8, 2), "phi-3.5-mini": (20, 5)}  # (measured steps, warm-up steps)
 
@@ -94,6 +94,8 @@ CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
                 ("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1")),
     BenchConfig("checkpointing", "the defaults with gradient checkpointing on (LoRA's default is off)",
                 ("--gradient_checkpointing", "true")),
+    BenchConfig("bf16-base", "the defaults with the frozen base loaded in bf16 (LoRA adapters stay fp32): half the "
+                "weight memory, no per-forward weight casts", ("--model_dtype", "bfloat16")),
     BenchConfig("lora", "defaults with LoRA", ("--method", "lora")),
     BenchConfig("full", "defaults with a full fine-tune (fp32 master weights)", ("--method", "full")),
     BenchConfig("liger", "defaults + Liger kernels (fused RMSNorm/SwiGLU/RoPE/linear-cross-entropy)", liger=True),
@@ -590,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "weights, needs a CUDA GPU (default: tiny)")
     parser.add_argument("--config", nargs="+", choices=sorted(CONFIGS), default=None, metavar="NAME",
                         help=f"configurations to run, in order: {', '.join(CONFIGS)} (default: "
-                             f"{' '.join(DEFAULT_CONFIGS['tiny'])}; on phi-3.5-mini also liger)")
+                             f"{' '.join(DEFAULT_CONFIGS['tiny'])}; phi-3.5-mini: "
+                             f"{' '.join(DEFAULT_CONFIGS['phi-3.5-mini'])})")
     parser.add_argument("--steps", type=int, default=None, help="measured optimizer steps (default: 8 tiny, 20 phi-3.5-mini)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="steps run before measuring (default: 2 tiny, 5 phi-3.5-mini)")
     parser.add_argument("--max-length", type=int, default=None,

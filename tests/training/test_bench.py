@@ -80,6 +80,13 @@ def test_config_table_and_flag_checks() -> None:
     assert (parsed.method, parsed.model_dtype, parsed.attn_implementation, parsed.learning_rate, parsed.max_length) == \
         ("full", "bfloat16", "eager", 5e-6, 2048)
     assert bench.CONFIGS["tutorial-nopack"].flags[bench.CONFIGS["tutorial-nopack"].flags.index("--packing") + 1] == "false"
+    trainer = bench.load_trainer_module()
+    for name, config in bench.CONFIGS.items():  # every configuration is a valid trainer command line
+        trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *config.flags])
+    bf16_base = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o",
+                                    *bench.CONFIGS["bf16-base"].flags])
+    assert (bf16_base.method, bf16_base.model_dtype) == ("lora", "bfloat16")
+    assert set(bench.DEFAULT_CONFIGS["phi-3.5-mini"]) <= set(bench.CONFIGS)
     assert bench.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert bench.gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert bench.gpu_peak_flops(None) is None

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: on for full fine-tuning (fp32 master weights + AdamW leave little room on 80 GB), "
                         "off for LoRA (recomputation costs about a third of a step)")
     p.add_argument("--model_dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="weights as loaded; bfloat16 reproduces the tutorial (bf16 master weights lose updates)")
+                   help="weights as loaded; with --method full, bfloat16 reproduces the tutorial (bf16 master "
+                        "weights lose updates); with lora it halves the frozen base's memory (adapters stay fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--assistant_only_loss", choices=("auto", "true", "false"), default="auto",
                    help="auto: on when the chat template marks assistant turns (or TRL has a marked variant)")
@@ -268,7 +269,7 @@ def load_model(args: argparse.Namespace, attn_implementation: str):
     from transformers import AutoModelForCausalLM
 
     dtype = torch.float32 if args.model_dtype == "float32" else torch.bfloat16
-    if args.model_dtype == "bfloat16":
+    if args.model_dtype == "bfloat16" and args.method == "full":
         log.warning("--model_dtype bfloat16 keeps bf16 master weights: AdamW updates smaller than bf16 can "
                     "represent round to nothing (the tutorial's setting; use it only to compare).")
     model = AutoModelForCausalLM.from_pretrained(
@@ -362,7 +363,9 @@ def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime
         plan.notes.append(f"packing off: {attn} attention in this transformers version would let packed "
                           "sequences attend to each other; padding instead")
     if args.model_dtype == "bfloat16":
-        plan.notes.append("bf16 master weights (tutorial setting): small updates are lost")
+        # a frozen base receives no updates, so bf16 loses nothing there; full fine-tunes lose small updates
+        plan.notes.append("bf16 frozen base, fp32 adapters" if args.method == "lora"
+                          else "bf16 master weights (tutorial setting): small updates are lost")
 
     torch.manual_seed(args.seed)
     model = load_model(args, attn)
