@@ -56,6 +56,7 @@ def azure_errors(action: str) -> Iterator[None]:
         HttpResponseError,
         ResourceNotFoundError,
         ServiceRequestError,
+        ServiceResponseError,
     )
 
     try:
@@ -71,6 +72,11 @@ def azure_errors(action: str) -> Iterator[None]:
         raise UserError(f"{action}: not found ({first_line(err)}). Check the stack with `pulumi stack output`.") from None
     except ServiceRequestError as err:
         raise UserError(f"{action}: cannot reach Azure ({first_line(err)}). Check the network and retry.") from None
+    except ServiceResponseError as err:  # the connection dropped mid-answer: the request may or may not have applied
+        raise UserError(
+            f"{action}: the connection to Azure broke before it answered ({first_line(err)}). "
+            "Check the network and run the command again (it is safe to re-run)."
+        ) from None
     except HttpResponseError as err:
         code = _status_code(err)
         if code == 403:

@@ -120,6 +120,11 @@ def _from_file(path: Path, how: str) -> StackOutputs:
         ) from None
     except OSError as err:
         raise StackOutputsError(f"cannot read the stack outputs file {path} (from {how}): {err.strerror}.") from None
+    except UnicodeDecodeError:
+        raise StackOutputsError(
+            f"the stack outputs file {path} (from {how}) is not UTF-8 text; "
+            "write it with `pulumi stack output --json > FILE`."
+        ) from None
     return StackOutputs.from_mapping(_parse(text, str(path)), source=str(path))
 
 

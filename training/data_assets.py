@@ -63,6 +63,11 @@ def prepare_hint(data_dir: Path, source: str) -> str:
 
 def check_data(data_dir: Path, *, source_hint: str = "hf") -> DataFiles:
     """Both files present and non-empty, or one message saying how to make them."""
+    if data_dir.is_file():
+        raise UserError(
+            f"the data folder {data_dir} is a file; --data takes the folder that holds {TRAIN_FILE} and {EVAL_FILE} "
+            f"(here perhaps {data_dir.parent})."
+        )
     missing = []
     for name in (TRAIN_FILE, EVAL_FILE):
         path = data_dir / name

@@ -82,19 +82,49 @@ def _find(usages: list[Any], predicate: Any) -> QuotaLine | None:
     return None
 
 
-def check_quota(usages: Iterable[Any], vm: VmSize, nodes: int, location: str) -> None:
-    """Fail when the family's (or the region's) dedicated vCPU limit can never fit the job; warn when it must queue."""
+def _is_low_priority_total(value: str, localized: str) -> bool:
+    return value.lower() == "totallowprioritycores" or "total cluster lowpriority regional vcpus" in localized.lower()
+
+
+def check_quota(usages: Iterable[Any], vm: VmSize, nodes: int, location: str, *, low_priority: bool = False) -> None:
+    """Fail when the family's (or the region's) dedicated vCPU limit can never fit the job; warn when it must queue.
+
+    A low-priority cluster draws on a separate, family-independent regional quota
+    ("Total Cluster LowPriority Regional vCPUs") instead of the dedicated ones.
+    """
     usages = list(usages)
     needed = vm.vcpus * nodes
     shape = f"{nodes} node(s) x {vm.vcpus} vCPUs of {vm.name}"
-    family = _find(usages, lambda value, localized: value.lower() == vm.family.lower())
+    if low_priority:
+        pool = _find(usages, _is_low_priority_total)
+        if pool is None:
+            say(
+                f"    warning: no low-priority quota entry in {location}; the job may wait for capacity. "
+                "Check Quota in Azure ML studio."
+            )
+            return
+        _check_lines([pool], needed, shape, location)
+        say(f"    quota ok: '{pool.label}' {pool.used}/{pool.limit} vCPUs used; job needs {needed} (low priority)")
+        return
+    family = _find(
+        usages,
+        # the service names the entry by family id; accept its display name too
+        lambda value, localized: vm.family.lower() in (value.lower(), localized.lower())
+        or localized.lower() == family_display(vm.family).lower(),
+    )
     total = _find(usages, lambda value, localized: "total cluster dedicated regional vcpus" in localized.lower())
     if family is None:
         say(
             f"    warning: no quota entry for {family_display(vm.family)} in {location}; "
             "the job may wait for capacity. Check Quota in Azure ML studio."
         )
-    for line in (family, total):
+    _check_lines([family, total], needed, shape, location)
+    if family is not None:
+        say(f"    quota ok: '{family.label}' {family.used}/{family.limit} vCPUs used; job needs {needed}")
+
+
+def _check_lines(lines: list[QuotaLine | None], needed: int, shape: str, location: str) -> None:
+    for line in lines:
         if line is None:
             continue
         if line.limit < needed:
@@ -109,5 +139,3 @@ def check_quota(usages: Iterable[Any], vm: VmSize, nodes: int, location: str) ->
                 f"    note: '{line.label}' has {line.limit - line.used} of {line.limit} vCPUs free; "
                 f"the job will queue until {needed} are free."
             )
-    if family is not None:
-        say(f"    quota ok: '{family.label}' {family.used}/{family.limit} vCPUs used; job needs {needed}")

@@ -38,6 +38,15 @@ def default_data_dir() -> Path:
     return local_runs.runs_dir() / "data"
 
 
+def _shm_size(text: str) -> str:
+    """Docker's `<number><unit>` (b, k, m or g), as Azure ML expects; checked here, not on the cluster."""
+    import re
+
+    if not re.fullmatch(r"[1-9][0-9]*[bkmgBKMG]", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected a size such as 16g or 512m, got {text!r}")
+    return text.strip().lower()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.submit",
@@ -62,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder with train.jsonl and test.jsonl from `python -m training.data` (default: runs/data)")
     how = parser.add_argument_group("how")
     how.add_argument("--instance-count", type=int, default=1, help="nodes to train on; PyTorch distribution when nodes x GPUs > 1 (default: 1)")
-    how.add_argument("--shm-size", default="16g", help="shared memory per node for DataLoader workers and NCCL (default: 16g)")
+    how.add_argument("--shm-size", default="16g", type=_shm_size, help="shared memory per node for DataLoader workers and NCCL (default: 16g)")
     how.add_argument("--experiment", default=EXPERIMENT_NAME,
-                     help=f"Azure ML experiment; deployment finds jobs in it (default: {EXPERIMENT_NAME})")
+                     help=f"Azure ML experiment (default: {EXPERIMENT_NAME}, the only one `deployment.deploy` "
+                          "searches for the latest job; deploy a job from another with --job NAME)")
     how.add_argument("--display-name", default=None, help="job display name (default: model-recipe-time)")
     how.add_argument("--dry-run", action="store_true",
                      help="print the job as YAML (local: the trainer command) and exit; no credential, no network")
@@ -115,6 +125,10 @@ def _resolve_sft_model(model: str | None, target: str) -> str:
         if not (path / "config.json").is_file():
             raise UserError(f"--model {model} is a local path but not a Hugging Face model folder (no config.json).")
         return str(path.resolve())
+    if model.startswith(("/", "./", "../", "~")) or path.is_absolute():
+        # a Hugging Face id never looks like this; without the check a typo becomes a job that fails on the cluster
+        raise UserError(f"--model {model}: no such folder. Pass a Hugging Face model id, an existing model folder, "
+                        "azureml:NAME:VERSION or `tiny`.")
     return model
 
 
@@ -229,6 +243,12 @@ def _dry_run_azure(args: argparse.Namespace, outputs: Any, files: Any, values: d
     return 0
 
 
+def _low_priority(compute: Any, outputs: Any) -> bool:
+    """The cluster's VM priority (`tier` low_priority / LowPriority), else the stack's `compute_priority` output."""
+    tier = getattr(compute, "tier", None) or outputs.extra.get("compute_priority") or ""
+    return str(tier).replace("_", "").lower() == "lowpriority"
+
+
 def _check_cluster(ml_client: Any, outputs: Any, args: argparse.Namespace) -> Any:
     """The cluster exists, fits the node count, and the subscription's quota fits the job. Returns its VmSize."""
     from azure.core.exceptions import ResourceNotFoundError
@@ -263,7 +283,7 @@ def _check_cluster(ml_client: Any, outputs: Any, args: argparse.Namespace) -> An
         raise UserError(f"cluster {outputs.compute_name} runs {vm.name}, which has no GPU; fine-tuning needs a GPU size.")
     with azure_errors(f"reading quota in {outputs.location}"):
         usages = with_retries(lambda: list(ml_client.compute.list_usage(location=outputs.location)), action="quota")
-    quota.check_quota(usages, vm, args.instance_count, outputs.location)
+    quota.check_quota(usages, vm, args.instance_count, outputs.location, low_priority=_low_priority(compute, outputs))
     say(f"    cluster {outputs.compute_name}: {vm.name}, {vm.gpus} GPU(s) and {vm.vcpus} vCPUs per node, up to {max_nodes} nodes")
     return vm
 
@@ -369,7 +389,15 @@ def _az_args(outputs: Any) -> str:
     return f"-g {outputs.resource_group_name} -w {outputs.workspace_name}"
 
 
-def _follow(ml_client: Any, name: str, outputs: Any, url: str, env_spec: dict | None) -> int:
+def _deploy_hint(name: str, experiment: str) -> str:
+    if experiment == EXPERIMENT_NAME:
+        return "Deploy it with `python -m deployment.deploy` (it finds this job)."
+    return (f"Deploy it with `python -m deployment.deploy --job {name}` (deploy's own search looks only in "
+            f"experiment {EXPERIMENT_NAME}, not {experiment}).")
+
+
+def _follow(ml_client: Any, name: str, outputs: Any, url: str, env_spec: dict | None,
+            experiment: str = EXPERIMENT_NAME) -> int:
     """Stream the job's logs; the exit code is the job's final status. Ctrl-C stops following only."""
     from azure.ai.ml.exceptions import JobException
 
@@ -402,7 +430,7 @@ def _follow(ml_client: Any, name: str, outputs: Any, url: str, env_spec: dict | 
     with azure_errors(f"reading job {name}"):
         status = str(getattr(ml_client.jobs.get(name), "status", "") or "unknown")
     if status == "Completed":
-        say(f"<== job {name} completed. Deploy it with `python -m deployment.deploy` (it finds this job).")
+        say(f"<== job {name} completed. {_deploy_hint(name, experiment)}")
         return 0
     raise UserError(f"job {name} ended with status {status}. Details and logs: {url}")
 
@@ -474,7 +502,7 @@ def _submit_and_follow(args: argparse.Namespace, values: dict[str, Any], outputs
     if args.no_stream:
         say(f"    follow it: `az ml job stream -n {name} {_az_args(outputs)}`; cancel: `az ml job cancel -n {name} {_az_args(outputs)}`")
         return 0
-    return _follow(ml_client, name, outputs, url, env_spec)
+    return _follow(ml_client, name, outputs, url, env_spec, args.experiment)
 
 
 def main(
@@ -485,8 +513,13 @@ def main(
     credential: Any = None,
 ) -> int:
     """Entry point; tests inject fake MLClients (workspace and registry) at the network edge."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     values = hyperparams.given(args)
+    try:
+        hyperparams.check_with_trainer(values)
+    except hyperparams.RefusedByTrainer as err:
+        parser.error(str(err))  # usage line + exit 2, like any other bad flag
     if args.target == "local":
         return _run_local(args, values)
     return _run_azure(args, values, ml_client, registry_client, credential)

@@ -201,6 +201,10 @@ def test_file_errors(tmp_path) -> None:
         load_stack_outputs(outputs_file=tmp_path / "missing.json")
     with pytest.raises(StackOutputsError, match=rf"cannot read the stack outputs file {tmp_path} \(from {ENV_VAR}\)"):
         load_stack_outputs(env={ENV_VAR: str(tmp_path)})  # a directory
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xaf\x00\xff{")
+    with pytest.raises(StackOutputsError, match=r"binary\.json \(from --outputs-file\) is not UTF-8 text"):
+        load_stack_outputs(outputs_file=binary)
 
 
 @pytest.mark.parametrize(

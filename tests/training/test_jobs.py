@@ -211,3 +211,23 @@ def test_azure_dry_run_with_tiny_builds_nothing(argv, capsys, monkeypatch) -> No
     assert spec["inputs"]["model"]["path"] == str(local_runs.tiny_model_dir().resolve())
     assert "--model_name_or_path ${{inputs.model}}" in spec["command"]
     assert not local_runs.tiny_model_dir().exists()
+
+
+@pytest.mark.parametrize("model", ["/no/such/model", "./no-such-model", "~/no-such-model"])
+def test_a_model_path_that_does_not_exist_is_refused(argv, model, monkeypatch) -> None:  # noqa: ANN001
+    """A typo in a local path must not become a job (or a dry-run YAML) that fails on the cluster."""
+    from common.cli import UserError
+
+    monkeypatch.setenv("HOME", "/nonexistent-home")
+    with pytest.raises(UserError, match="no such folder"):
+        submit.main(argv + ["--model", model])
+    assert submit.main(argv + ["--model", "microsoft/Phi-3-mini-4k-instruct"]) == 0  # a hub id still passes
+
+
+def test_shm_size_is_checked_before_anything_is_built(argv, capsys) -> None:  # noqa: ANN001
+    for bad in ("lots", "0g", "16 gb"):
+        with pytest.raises(SystemExit) as exit_:
+            submit.main(argv + ["--shm-size", bad])
+        assert exit_.value.code == 2 and "expected a size such as 16g" in capsys.readouterr().err
+    assert submit.main(argv + ["--shm-size", "32G"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["resources"]["shm_size"] == "32g"

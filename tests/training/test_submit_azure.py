@@ -67,6 +67,16 @@ def test_sft_order_of_operations(argv: list[str], capsys: pytest.CaptureFixture[
     assert "completed" in err
 
 
+def test_another_experiment_is_not_promised_to_deployment(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """deployment.deploy's latest-job search looks only in experiment finetune-phi: say --job NAME instead."""
+    fake = FakeMLClient()
+    assert submit.main(argv + ["--experiment", "phi-trials"], ml_client=fake) == 0
+    (job,) = fake.jobs.submitted
+    assert job.experiment_name == "phi-trials"
+    err = capsys.readouterr().err
+    assert f"python -m deployment.deploy --job {job.name}" in err and "(it finds this job)" not in err
+
+
 def test_second_submit_reuses_environment_and_data(argv: list[str]) -> None:
     fake = FakeMLClient()
     assert submit.main(argv, ml_client=fake) == 0
@@ -156,6 +166,37 @@ def test_quota_counts_every_node(argv: list[str]) -> None:
     with pytest.raises(UserError, match="needs 48"):
         submit.main(argv + ["--instance-count", "2"], ml_client=fake)
     assert "jobs.create_or_update" not in fake.record.names()
+
+
+def _low_priority_client(lp_limit: int) -> FakeMLClient:
+    from azure.ai.ml.entities import AmlCompute
+
+    return FakeMLClient(
+        computes={"gpu-a100": AmlCompute(name="gpu-a100", size=A100, tier="low_priority", max_instances=2)},
+        # no dedicated A100 quota at all: a low-priority cluster does not draw on it
+        usages=a100_usages(used=0, limit=0)
+        + [usage("TotalLowPriorityCores", "Total Cluster LowPriority Regional vCPUs", 0, lp_limit)],
+    )
+
+
+def test_low_priority_cluster_is_checked_against_the_low_priority_quota(argv: list[str]) -> None:
+    fake = _low_priority_client(lp_limit=100)
+    assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
+    assert len(fake.jobs.submitted) == 1
+
+    fake = _low_priority_client(lp_limit=0)
+    with pytest.raises(UserError) as err:
+        submit.main(argv, ml_client=fake)
+    assert "Total Cluster LowPriority Regional vCPUs" in str(err.value) and "needs 24" in str(err.value)
+    assert fake.record.names() == ["compute.get", "compute.list_sizes", "compute.list_usage"]
+
+
+def test_low_priority_from_the_stack_outputs_when_the_cluster_does_not_say(tmp_path: Path) -> None:
+    outputs = write_stack_outputs(tmp_path / "lp.json", compute_priority="LowPriority")
+    argv = ["--outputs-file", str(outputs), "--data", str(write_data(tmp_path / "data")), "--no-stream"]
+    fake = FakeMLClient(usages=a100_usages(used=0, limit=0)
+                        + [usage("TotalLowPriorityCores", "Total Cluster LowPriority Regional vCPUs", 0, 48)])
+    assert submit.main(argv, ml_client=fake) == 0
 
 
 def test_missing_cluster_stops_before_submission(argv: list[str]) -> None:

@@ -52,6 +52,14 @@ def test_quota_regional_total_is_checked_too() -> None:
         quota.check_quota(usages, vm, 1, "eastus")
 
 
+def test_quota_family_found_by_its_display_name_too() -> None:
+    """Usage entries may carry the display name as their value (the REST reference's sample does)."""
+    vm = quota.vm_info(A100, default_sizes())
+    label = "Standard NCADSA100v4 Family Cluster Dedicated vCPUs"
+    with pytest.raises(UserError, match="allows 0 vCPUs"):
+        quota.check_quota([usage(label, label, 0, 0)], vm, 1, "eastus")
+
+
 def test_unknown_vm_size_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="Standard_Nope is not offered"):
         quota.vm_info("Standard_Nope", default_sizes())
@@ -126,6 +134,14 @@ def test_missing_data_names_the_prepare_command(tmp_path: Path) -> None:
     assert f"python -m training.data --source sample --out {tmp_path / 'nowhere'}" in done.stderr
 
 
+def test_data_pointing_at_a_file_names_the_folder(tmp_path: Path) -> None:
+    outputs = write_stack_outputs(tmp_path / "outputs.json")
+    train = write_data(tmp_path / "data") / "train.jsonl"
+    done = _cli(["--outputs-file", str(outputs), "--dry-run", "--data", str(train)], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "is a file" in done.stderr and f"perhaps {tmp_path / 'data'}" in done.stderr
+
+
 def test_incomplete_stack_outputs_name_the_missing_keys(tmp_path: Path) -> None:
     outputs = write_stack_outputs(tmp_path / "outputs.json", compute_name="")
     done = _cli(["--outputs-file", str(outputs), "--dry-run", "--data", str(write_data(tmp_path / "data"))], tmp_path)
@@ -135,3 +151,21 @@ def test_incomplete_stack_outputs_name_the_missing_keys(tmp_path: Path) -> None:
 def test_registry_recipe_is_azure_only(tmp_path: Path) -> None:
     done = _cli(["--target", "local", "--recipe", "registry", "--data", str(write_data(tmp_path / "data"))], tmp_path)
     assert done.returncode == 1 and "only on Azure" in done.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "-1"], "argument --epochs: must be > 0"),
+    (["--max-steps", "0"], "--max-steps must be a positive step count or -1"),
+    (["--warmup-ratio", "1.5"], "argument --warmup-ratio: must be in [0, 1)"),
+    (["--lora-dropout", "1"], "argument --lora-dropout: must be in [0, 1)"),
+])
+def test_values_the_trainer_refuses_are_refused_before_any_job(tmp_path: Path, flags: list[str], message: str) -> None:
+    outputs = write_stack_outputs(tmp_path / "outputs.json")
+    data = write_data(tmp_path / "data")
+    for target in (["--outputs-file", str(outputs), "--dry-run"], ["--target", "local", "--dry-run"]):
+        done = _cli([*target, "--data", str(data), *flags], tmp_path)
+        assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+        assert message in done.stderr.splitlines()[-1]
+    done = _cli(["--outputs-file", str(outputs), "--dry-run", "--data", str(data), "--epochs", "2", "--max-steps", "5"],
+                tmp_path)
+    assert done.returncode == 0 and "--epochs 2" in done.stdout and "--max_steps 5" in done.stdout

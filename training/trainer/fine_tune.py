@@ -255,10 +255,22 @@ class Plan:
 
 # ---------------------------------------------------------------- building blocks
 
+def _load_failure(what: str, path: str, err: Exception) -> TrainerError:
+    """One line for a model or tokenizer that will not load (bad folder, unknown id, no network)."""
+    detail = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return TrainerError(
+        f"cannot load the {what} from --model_name_or_path {path}: {detail.rstrip('.: ')}. "
+        "Pass a Hugging Face model id or a save_pretrained folder (config.json, weights and tokenizer files)."
+    )
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _load_failure("tokenizer", path, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -272,8 +284,11 @@ def load_model(args: argparse.Namespace, attn_implementation: str):
     if args.model_dtype == "bfloat16" and args.method == "full":
         log.warning("--model_dtype bfloat16 keeps bf16 master weights: AdamW updates smaller than bf16 can "
                     "represent round to nothing (the tutorial's setting; use it only to compare).")
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+    except (OSError, ValueError) as err:
+        raise _load_failure("model", args.model_name_or_path, err) from err
     model.config.use_cache = False  # no KV cache while training (and needed with checkpointing)
     return model
 
