@@ -316,15 +316,27 @@ def deploy_to_azure(
                     leftovers.append(name)
 
     with step("write the Prompt flow connection phi_endpoint"):
+        which = "the connection"
         try:
             write_connection(scoring_uri, key, new)
             if foundry_writer is not None:
+                which = "the Foundry project connection (the local one was written)"
                 foundry_writer(scoring_uri, key, new)
-        except UserError as err:
+        except Exception as err:  # any failure here: the deployment is live, say so (never a traceback)
+            detail = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {first_line(err)}"
+            still_bill = (
+                f" Also, the old deployment(s) {', '.join(leftovers)} could not be deleted and still bill per hour: "
+                + "; ".join(f"`az ml online-deployment delete -e {ep_name} -n {n} --yes`" for n in leftovers)
+                + "."
+                if leftovers
+                else ""
+            )
             raise UserError(
-                f"deployment {new} is live on {scoring_uri} with 100% of the traffic, but the connection was not "
-                f"written: {_redact(str(err), key)} Fix that and run deploy again (it reuses the registered model "
-                "and the environment)."
+                f"deployment {new} is live on {scoring_uri} with 100% of the traffic, but {which} was not "
+                f"written: {_redact(detail, key).rstrip()} Fix that and run deploy again (it reuses the registered "
+                f"model and the environment), or write the local connection alone with `python -m "
+                f"deployment.connection set --endpoint {scoring_uri} --deployment {new}` (key from "
+                f"`az ml online-endpoint get-credentials -n {ep_name}`).{still_bill}"
             ) from None
 
     if leftovers:

@@ -53,10 +53,19 @@ def job_output_path(job: str, output_name: str) -> str:
 
 def _job_output_name(ml_client: Any, job_name: str) -> str:
     """The named output holding the MLflow model of `--job NAME`; the job must have completed."""
+    from azure.core.exceptions import ResourceNotFoundError
+
     from training.discovery import COMPLETED, OUTPUT_NAMES, TAG_KEY
 
     with azure_errors(f"looking up job {job_name!r}"):
-        job = with_retries(lambda: ml_client.jobs.get(job_name), action="getting the job")
+        try:
+            job = with_retries(lambda: ml_client.jobs.get(job_name), action="getting the job")
+        except ResourceNotFoundError:
+            raise UserError(
+                f"there is no job {job_name!r} in {_workspace(ml_client)}: check the name "
+                "(`az ml job list --query \"[].name\"`, or Azure ML studio > Jobs), or leave --job out to deploy "
+                "the latest completed fine-tuning job."
+            ) from None
     status = getattr(job, "status", None)
     if status != COMPLETED:
         raise UserError(
@@ -65,6 +74,11 @@ def _job_output_name(ml_client: Any, job_name: str) -> str:
         )
     recipe = (getattr(job, "tags", None) or {}).get(TAG_KEY)
     return OUTPUT_NAMES.get(recipe, DEFAULT_OUTPUT)
+
+
+def _workspace(ml_client: Any) -> str:
+    name = getattr(ml_client, "workspace_name", None)
+    return f"workspace {name}" if name else "the stack's workspace"
 
 
 def _existing_versions(ml_client: Any, name: str) -> list[Any]:
@@ -105,10 +119,19 @@ def register_job_model(ml_client: Any, job_name: str, output_name: str, name: st
 
 def resolve_model(ml_client: Any, choice: ModelChoice) -> RegisteredModel:
     """The registered model to deploy: the named one, or the job's (given or latest) registered now."""
+    from azure.core.exceptions import ResourceNotFoundError
+
     if choice.model:
         name, version = parse_model_ref(choice.model)
         with azure_errors(f"looking up model {name}:{version}"):
-            found = with_retries(lambda: ml_client.models.get(name=name, version=version), action="getting the model")
+            try:
+                found = with_retries(lambda: ml_client.models.get(name=name, version=version), action="getting the model")
+            except ResourceNotFoundError:
+                raise UserError(
+                    f"model {name}:{version} is not registered in {_workspace(ml_client)}: list its "
+                    f"versions with `az ml model list --name {name}`, or deploy a fine-tuning job's model with "
+                    "--job NAME (or no flag: the latest completed job)."
+                ) from None
         source = (getattr(found, "tags", None) or {}).get(SOURCE_JOB_TAG)
         say(f"    using registered model {name}:{version}")
         return RegisteredModel(name, version, source, reused=True)

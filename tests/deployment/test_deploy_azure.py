@@ -186,6 +186,23 @@ def test_unfinished_job_is_refused_before_anything_is_created(fake_client, outpu
     assert not fake_client.endpoints and not fake_client.model_store
 
 
+@pytest.mark.parametrize(
+    ("choice", "needles"),
+    [
+        (ModelChoice(model="phi3-finetuned:9"), ["phi3-finetuned:9 is not registered", "az ml model list --name phi3-finetuned", "--job"]),
+        (ModelChoice(job="no-such-job"), ["no job 'no-such-job'", "az ml job list", "leave --job out"]),
+    ],
+    ids=["model", "job"],
+)
+def test_missing_model_or_job_says_what_to_do(fake_client, outputs, runs, write_connection, choice, needles):
+    with pytest.raises(UserError) as err:
+        _deploy(fake_client, outputs, runs, write_connection, choice=choice)
+    for needle in needles:
+        assert needle in str(err.value)
+    assert "pulumi stack output" not in str(err.value)  # not a stack problem
+    assert not fake_client.endpoints and fake_client.count("online_deployments.begin_create_or_update") == 0
+
+
 def test_choose_slot():
     assert choose_slot({}, []) == "blue"
     assert choose_slot({"blue": 100}, ["blue"]) == "green"
@@ -214,6 +231,44 @@ def test_connection_failure_after_a_good_deploy_says_it_is_live(fake_client, out
     assert "blue is live" in str(err.value) and "no keyring" in str(err.value)
     assert SECRET_KEY not in str(err.value)
     assert fake_client.endpoints[EP].traffic == {"blue": 100}
+
+
+def test_unexpected_connection_writer_error_is_one_message_without_the_key(
+    fake_client, outputs, runs, write_connection, connection_writes
+):
+    """The Foundry writer relies on private SDK hooks: any exception from it (not only a UserError)
+    must end in one message saying the deployment is live, with the key redacted, not a traceback."""
+
+    def foundry(endpoint: str, key: str, deployment: str) -> None:
+        raise ValueError(f"invalid credentials {{'key': '{key}'}}")
+
+    fake_client.add_job("job-1")
+    with pytest.raises(UserError) as err:
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+                        write_connection=write_connection, foundry_writer=foundry, poll_interval=0.01)
+    message = str(err.value)
+    assert "blue is live" in message and "Foundry project connection" in message and "ValueError" in message
+    assert SECRET_KEY not in message and "<hidden>" in message
+    assert len(connection_writes) == 1  # the local connection was written before
+    assert fake_client.endpoints[EP].traffic == {"blue": 100}
+
+
+def test_connection_failure_still_names_old_deployments_that_bill(
+    fake_client, outputs, runs, write_connection, monkeypatch
+):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    monkeypatch.setattr("deployment.azure_deploy._delete_deployment", lambda *_a, **_k: False)
+
+    def broken(endpoint: str, key: str, deployment: str) -> None:
+        raise UserError("could not write the Prompt flow connection 'phi_endpoint': no keyring")
+
+    with pytest.raises(UserError) as err:
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+                        write_connection=broken, poll_interval=0.01)
+    message = str(err.value)
+    assert "green is live" in message and "no keyring" in message
+    assert f"az ml online-deployment delete -e {EP} -n blue --yes" in message
 
 
 def test_ctrl_c_during_the_smoke_test_says_how_to_delete_the_new_deployment(

@@ -77,6 +77,20 @@ def test_purge_takes_the_foundry_project_and_hub_first(client, cleaned, outputs,
     assert "proj-phi permanently deleted" in capsys.readouterr().out
 
 
+def test_a_failing_connection_cleanup_does_not_stop_the_purge_or_hide_the_report(client, outputs, outputs_file, monkeypatch, capsys):
+    from common.cli import UserError
+
+    def broken(deleted):
+        raise UserError("could not read the Prompt flow connection 'phi_endpoint': no keyring backend")
+
+    monkeypatch.setattr(teardown, "_default_connection_cleanup", broken)
+    assert _run(["--outputs-file", str(outputs_file), "--purge-workspace", "--yes"]) == 0
+    out, err = capsys.readouterr()
+    assert "deleted endpoints: phi3-a, phi3-b" in out and "permanently deleted" in out
+    assert "no keyring backend" in err and "phi_endpoint" in err
+    assert client.count("workspaces.begin_delete", name=outputs.workspace_name) == 1
+
+
 def test_refuses_without_a_terminal_and_without_yes(client, cleaned, outputs_file, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert _run(["--outputs-file", str(outputs_file)]) == 1

@@ -113,11 +113,12 @@ def test_flow_forwards_chat_history(pf_client, flow_copy, fake, connect) -> None
         (Reply(403, "forbidden"), ["HTTP 403", "key is wrong or was rotated"]),
         (Reply(404, {"error": "not found"}), ["HTTP 404", "was not found", "deleted"]),
         (Reply(400, {"error": "max_tokens must be <= 2048"}), ["HTTP 400", "max_tokens must be <= 2048"]),
+        (Reply(408, "request timed out"), ["HTTP 408", "unhealthy", "See its logs"]),
         (Reply(424, {"message": "model worker died"}), ["HTTP 424", "unhealthy", "model worker died", "See its logs"]),
         (Reply(500, "internal error"), ["HTTP 500", "unhealthy", "See its logs"]),
         (Reply(200, {"unexpected": True}), ["cannot read", "request_format"]),
     ],
-    ids=["401", "403", "404", "400", "424", "500", "malformed"],
+    ids=["401", "403", "404", "400", "408", "424", "500", "malformed"],
 )
 def test_flow_errors_have_one_clear_message(pf_client, flow_copy, fake, connect, reply, needles) -> None:
     fake.queue(reply)
@@ -151,6 +152,24 @@ def test_flow_retries_a_connection_reset(pf_client, flow_copy, fake, connect) ->
     fake.queue(Reply(reset=True))
     assert run_flow(pf_client, flow_copy, "Who founded Microsoft?") == {"answer": ANSWER}
     assert len(fake.requests) == 2
+
+
+def test_flow_with_the_endpoint_down_says_so_after_bounded_retries(pf_client, flow_copy, pf_ready) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once the socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from promptflow.client import PFClient
+    from promptflow.entities import CustomConnection
+
+    PFClient().connections.create_or_update(CustomConnection(
+        name="phi_endpoint", configs={"endpoint": f"http://127.0.0.1:{port}/score", "max_retries": "1", "backoff": "0.1"},
+        secrets={"key": KEY},
+    ))
+    message = flow_error(pf_client, flow_copy)
+    assert "could not reach the endpoint" in message and "after 2 attempt(s)" in message
+    assert "Connection refused" in message
 
 
 @pytest.mark.parametrize("question", ["", "   "])
