@@ -49,14 +49,35 @@ class TeardownReport:
     failed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     """Endpoints left in place because this tool did not create them (use --all)."""
+    ours_in_kept: dict[str, list[str]] = field(default_factory=dict)
+    """Deployments this tool created inside kept endpoints (`deploy --endpoint-name` on someone's endpoint)."""
     workspace_purged: bool = False
     workspace_missing: bool = False
     connection_deleted: bool = False
     foundry_purged: list[str] = field(default_factory=list)
 
 
-def _is_ours(endpoint: Any) -> bool:
-    return (getattr(endpoint, "tags", None) or {}).get(CREATED_BY[0]) == CREATED_BY[1]
+def _is_ours(resource: Any) -> bool:
+    """Endpoints and deployments that deploy created carry the created-by tag."""
+    return (getattr(resource, "tags", None) or {}).get(CREATED_BY[0]) == CREATED_BY[1]
+
+
+def _our_deployments(ml_client: Any, endpoint_names: Sequence[str]) -> dict[str, list[str]]:
+    """Our deployments inside endpoints we did not create. Not deleted: their traffic is someone else's to move."""
+    from common.azure import with_retries
+
+    found: dict[str, list[str]] = {}
+    for name in endpoint_names:
+        try:
+            deployments = with_retries(lambda: list(ml_client.online_deployments.list(endpoint_name=name)),
+                                       action=f"listing the deployments of {name}")
+        except Exception as err:  # only a report: never stop the teardown for it
+            say(f"    could not list the deployments of endpoint {name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            continue
+        ours = [d.name for d in deployments if _is_ours(d)]
+        if ours:
+            found[name] = ours
+    return found
 
 
 def _endpoint_name_of(url: str) -> str | None:
@@ -99,6 +120,7 @@ def teardown_azure(
             endpoints, report.workspace_missing = [], True
     targets = [e.name for e in endpoints if all_endpoints or _is_ours(e)]
     report.kept = [e.name for e in endpoints if e.name not in targets]
+    report.ours_in_kept = _our_deployments(ml_client, report.kept)
 
     if report.workspace_missing:
         say(f"workspace {workspace_name} does not exist (already deleted or purged): no endpoint to delete")
@@ -186,6 +208,10 @@ def _print_report(report: TeardownReport, workspace: str, purge: bool) -> None:
     if report.kept:
         print(f"left in place (not created by this tool; they bill if they have deployments): {', '.join(report.kept)} "
               "- delete them with --all")
+    for endpoint, deployments in report.ours_in_kept.items():
+        print(f"warning: endpoint {endpoint} was not created by this tool but holds deployment(s) {', '.join(deployments)} "
+              f"that deploy created; they bill per hour until deleted: move their traffic, then "
+              + "; ".join(f"`az ml online-deployment delete -e {endpoint} -n {d} --yes`" for d in deployments))
     for name in report.foundry_purged:
         print(f"Foundry workspace {name} permanently deleted")
     if report.workspace_purged:

@@ -50,6 +50,20 @@ def test_deletes_only_ours_and_is_safe_twice(client, cleaned, outputs_file, caps
     assert client.count("online_endpoints.begin_delete") == 0 and cleaned == [["phi3-a", "phi3-b"]]
 
 
+def test_our_deployment_inside_someone_elses_endpoint_is_reported_not_deleted(client, cleaned, outputs_file, capsys):
+    from azure.ai.ml.entities import ManagedOnlineDeployment
+
+    # `deploy --endpoint-name someone-else` adds a tagged deployment to an endpoint this tool did not create
+    client.deployments[("someone-else", "green")] = ManagedOnlineDeployment(
+        name="green", endpoint_name="someone-else", tags={"created-by": "finetune-phi"})
+    client.deployments[("someone-else", "theirs")] = ManagedOnlineDeployment(name="theirs", endpoint_name="someone-else")
+    assert _run(["--outputs-file", str(outputs_file), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert ("someone-else", "green") in client.deployments and "someone-else" in client.endpoints  # not ours to delete
+    assert "warning: endpoint someone-else was not created by this tool but holds deployment(s) green" in out
+    assert "`az ml online-deployment delete -e someone-else -n green --yes`" in out and "theirs" not in out
+
+
 def test_all_and_purge_then_twice(client, cleaned, outputs, outputs_file, capsys):
     assert _run(["--outputs-file", str(outputs_file), "--all", "--purge-workspace", "--yes"]) == 0
     assert client.endpoints == {}
