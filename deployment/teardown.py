@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-from common.cli import UserError, run_cli, say, step
+from common.cli import UserError, first_line, run_cli, say, step
 
 CREATED_BY = ("created-by", "finetune-phi")  # = deployment.definitions.CREATED_BY (no SDK import here)
 
@@ -72,7 +72,7 @@ def _our_deployments(ml_client: Any, endpoint_names: Sequence[str]) -> dict[str,
             deployments = with_retries(lambda: list(ml_client.online_deployments.list(endpoint_name=name)),
                                        action=f"listing the deployments of {name}")
         except Exception as err:  # only a report: never stop the teardown for it
-            say(f"    could not list the deployments of endpoint {name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            say(f"    could not list the deployments of endpoint {name}: {first_line(err)}")
             continue
         ours = [d.name for d in deployments if _is_ours(d)]
         if ours:
@@ -143,7 +143,7 @@ def teardown_azure(
             except ResourceNotFoundError:
                 report.deleted.append(name)
             except Exception as err:
-                say(f"    could not delete endpoint {name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+                say(f"    could not delete endpoint {name}: {first_line(err)}")
                 report.failed.append(name)
 
     if report.deleted:
