@@ -106,9 +106,21 @@ def _build_model(tokenizer):
     return model
 
 
+def _check_replaceable(out_dir: Path) -> None:
+    """`out_dir` is replaced as a whole: only a new or empty folder, or an earlier model folder, may be."""
+    from common.cli import UserError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder; choose a folder path.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise UserError(f"--out {out_dir} holds files but no model (no config.json); it would be replaced as a "
+                        "whole, so choose an empty or new folder.")
+
+
 def build_tiny_model(out_dir: Path) -> Path:
     """Build the tiny model into `out_dir` (save_pretrained layout; replaced atomically) and return it."""
     out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
     tokenizer = _train_tokenizer()
     model = _build_model(tokenizer)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m training.tiny_model",
         description="Build offline a tiny Phi-3-architecture model and Phi-3-chat tokenizer (save_pretrained layout).",
     )
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder to write (new, empty, or an earlier model folder, which is replaced)")
     args = parser.parse_args(argv)
     from common.cli import step
 

@@ -53,6 +53,7 @@ def test_defaults(fine_tune, tmp_path: Path) -> None:
     ["--packing", "maybe"], ["--method", "qlora"], ["--attn_implementation", "flash"], ["--max_steps", "0"],
     ["--lora_dropout", "1.5"], ["--epochs", "0"], ["--per_device_train_batch_size", "-1"],
     ["--model_dtype", "float16"], ["--assistant_only_loss", "yes please"],
+    ["--lr_scheduler_type", "bogus"], ["--lr_scheduler_type", "cosine_with_min_lr"], ["--weight_decay", "-0.1"],
 ])
 def test_bad_arguments_are_argparse_errors(fine_tune, tmp_path: Path, extra, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -75,6 +76,71 @@ def test_missing_inputs_and_busy_output_fail_before_any_work(fine_tune, tmp_path
     args.output_dir = str(tmp_path / "fresh")
     with pytest.raises(fine_tune.TrainerError, match="no config.json"):
         fine_tune.check_paths(args)
+
+
+CHAT_ROW = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"\xff{}", "not valid UTF-8"),
+    (b'{"messages": [', "not valid JSON"),
+    (b"[1]", "expected a JSON object"),
+    (b'{"prompt": "q"}', "`messages` must be a non-empty list"),
+    (b'{"messages": []}', "`messages` must be a non-empty list"),
+    (b'{"messages": "hello"}', "`messages` must be a non-empty list"),
+    (b'{"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]}', "messages[0] must be"),
+    (b'{"messages": [{"role": "user", "content": null}, {"role": "assistant", "content": "y"}]}',
+     "messages[0]: content must be a string"),
+    (b'{"messages": [{"role": "user", "content": "x"}]}', "no assistant turn"),
+])
+def test_bad_rows_fail_before_any_work_with_file_and_line(fine_tune, tmp_path: Path, line: bytes, expected: str) -> None:
+    args = fine_tune.parse_args(base(tmp_path))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(json.dumps(CHAT_ROW).encode() + b"\n\n" + line + b"\n")
+    args.eval_file = str(bad)
+    with pytest.raises(fine_tune.TrainerError) as err:
+        fine_tune.check_paths(args)
+    assert f"--eval_file {bad}: 1 of 2 rows" in str(err.value) and f"{bad}:3: {expected}" in str(err.value)
+    assert "python -m training.data" in str(err.value)
+
+
+def test_cli_bad_data_line_is_one_error_not_a_traceback(tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps(CHAT_ROW) + "\nnot json\n")
+    proc = subprocess.run([sys.executable, str(TRAINER), "--train_file", str(train), "--eval_file", str(train),
+                           "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: --train_file {train}: 1 of 2 rows") and f"{train}:2: not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_out_of_memory_anywhere_is_advice_and_a_failed_run(fine_tune, tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+    import torch
+
+    def oom_while_building(*args, **kwargs):  # e.g. moving the model to a small GPU
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    args = fine_tune.parse_args(base(tmp_path))
+    monkeypatch.setattr(fine_tune, "build_trainer", oom_while_building)
+    with pytest.raises(fine_tune.TrainerError, match="out of GPU memory. Try a smaller --per_device_train_batch_size"):
+        fine_tune.train(args)
+
+    class OomTrainer:
+        def add_callback(self, callback):
+            pass
+
+        def evaluate(self):
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    plan = fine_tune.Plan(attn_implementation="sdpa", packing=True, assistant_only_loss=True, precision="fp32",
+                          world_size=1)
+    monkeypatch.setattr(fine_tune, "build_trainer", lambda *a, **k: (OomTrainer(), plan))
+    with pytest.raises(fine_tune.TrainerError, match="out of GPU memory"):
+        fine_tune.train(args)
+    run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], output_format="list")[0]
+    assert run.info.status == "FAILED"
+    assert not (tmp_path / "model").exists()
 
 
 def test_cli_prints_one_error_and_exits_nonzero(tmp_path: Path) -> None:

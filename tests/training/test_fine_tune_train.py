@@ -110,6 +110,16 @@ def test_lora_trains_fp32_adapters_and_saves_a_merged_model(fine_tune, tiny_mode
     assert "model.safetensors" in saved and "adapter_config.json" not in saved  # merged: a plain model
 
 
+def test_lora_target_modules_matching_nothing_is_one_clear_error(fine_tune, tiny_model_dir, sample_data_dir, tmp_path,
+                                                                  tiny_training_flags) -> None:
+    flags = list(tiny_training_flags)
+    flags[flags.index("--method") + 1] = "lora"
+    args = trainer_args(fine_tune, tiny_model_dir, sample_data_dir, tmp_path / "model", flags,
+                        "--lora_target_modules", "qkv_projj")
+    with pytest.raises(fine_tune.TrainerError, match="--lora_target_modules qkv_projj matches no module"):
+        fine_tune.build_trainer(args, str(tmp_path / "work"))
+
+
 # ---------------------------------------------------------------- what the batches contain
 
 def test_assistant_only_loss_masks_everything_but_assistant_turns(fine_tune, tiny_model_dir, sample_data_dir,

@@ -120,3 +120,11 @@ def test_cli_builds_the_same_bytes_twice(tiny_model_dir: Path, tmp_path: Path) -
 def test_cli_requires_out() -> None:
     proc = subprocess.run([sys.executable, "-m", "training.tiny_model"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--out" in proc.stderr
+
+
+def test_cli_refuses_to_replace_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "training.tiny_model", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and "no config.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -41,6 +41,11 @@ DEFAULT_MODEL = "microsoft/Phi-3.5-mini-instruct"
 DEFAULT_LEARNING_RATE = {"full": 5e-6, "lora": 1e-4}
 KEEP_COLUMNS = ("messages",)  # ultrachat's `prompt` would send TRL down the prompt/completion path
 MAX_PARAM_CHARS = 250  # Azure ML / MLflow parameter values are bounded; keep ours short
+ROLES = ("system", "user", "assistant")
+MAX_LISTED_PROBLEMS = 5
+# transformers schedulers that need no `lr_scheduler_kwargs` and no metric (the others fail after the model loads)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
 
 log = logging.getLogger("fine_tune")
 
@@ -68,6 +73,13 @@ def _positive(kind: type):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -118,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assistant_only_loss", choices=("auto", "true", "false"), default="auto",
                    help="auto: on when the chat template marks assistant turns (or TRL has a marked variant)")
     p.add_argument("--warmup_ratio", type=_fraction, default=0.03)
-    p.add_argument("--lr_scheduler_type", default="cosine")
+    p.add_argument("--lr_scheduler_type", choices=LR_SCHEDULERS, default="cosine")
     p.add_argument("--logging_steps", type=_positive(int), default=10)
     p.add_argument("--eval_steps", type=int, default=0, help="also evaluate every N steps (0: before and after only)")
-    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--weight_decay", type=_non_negative, default=0.0)
     p.add_argument("--log_model_artifacts", type=_bool, default=True, metavar="{true,false}",
                    help="also log the saved model folder to the MLflow run (a second copy)")
     return p
@@ -143,20 +155,68 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_paths(args: argparse.Namespace) -> None:
-    """Fail before any heavy work: inputs exist, the output folder can take the model."""
+def check_paths(args: argparse.Namespace, rows: bool = True) -> None:
+    """Fail before any heavy work: inputs exist (and, with `rows`, hold valid chat rows), the output folder can take the model."""
     for flag in ("train_file", "eval_file"):
         path = Path(getattr(args, flag))
         if not path.is_file():
             raise TrainerError(f"--{flag} {path}: no such file. Prepare data with `python -m training.data`.")
         if path.stat().st_size == 0:
             raise TrainerError(f"--{flag} {path} is empty.")
+        if rows:
+            check_rows(flag, path)
     local_model = Path(args.model_name_or_path)
     if local_model.exists() and not (local_model / "config.json").is_file():
         raise TrainerError(f"--model_name_or_path {local_model} has no config.json: not a save_pretrained folder.")
     out = Path(args.output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainerError(f"--output_dir {out} exists and is not empty; the model needs an empty or new folder.")
+
+
+def _row_problem(line: bytes) -> str | None:
+    """What is wrong with one JSONL line (the rules of `python -m training.data`), or None."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return f"not valid UTF-8 (byte {err.start})"
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg} at column {err.colno})"
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "`messages` must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return f"messages[{i}] must be an object with a role among {', '.join(ROLES)}"
+        if not isinstance(message.get("content"), str):
+            return f"messages[{i}]: content must be a string"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no assistant turn"
+    return None
+
+
+def check_rows(flag: str, path: Path) -> int:
+    """Validate every row of a data file (one streaming pass); bad rows are a TrainerError naming file:line."""
+    problems, bad, rows = [], 0, 0
+    with open(path, "rb") as src:
+        for line_no, raw in enumerate(src, start=1):
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            rows += 1
+            problem = _row_problem(line)
+            if problem is not None:
+                bad += 1
+                if len(problems) < MAX_LISTED_PROBLEMS:
+                    problems.append(f"{path}:{line_no}: {problem}")
+    if rows == 0:
+        raise TrainerError(f"--{flag} {path} has no rows.")
+    if bad:
+        listed = "\n  ".join(problems)
+        raise TrainerError(f"--{flag} {path}: {bad} of {rows} rows are not valid chat rows:\n  {listed}\n"
+                           "Prepare the data with `python -m training.data` (it validates every row).")
+    return rows
 
 
 # ---------------------------------------------------------------- runtime decisions
@@ -361,12 +421,13 @@ def sft_config(args: argparse.Namespace, runtime: Runtime, plan: Plan, work_dir:
     )
 
 
-def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime: Runtime | None = None):
+def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime: Runtime | None = None,
+                  rows_checked: bool = False):
     """Load tokenizer, model and data, decide the `auto` settings, and return (SFTTrainer, Plan)."""
     import torch
     from trl import SFTTrainer
 
-    check_paths(args)
+    check_paths(args, rows=not rows_checked)
     runtime = runtime or detect_runtime()
     attn = resolve_attention(args.attn_implementation, runtime.cuda)
     tokenizer = load_tokenizer(args.model_name_or_path)
@@ -388,14 +449,20 @@ def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime
     plan.train_rows, plan.eval_rows = len(train_dataset), len(eval_dataset)
     if work_dir is None:
         work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(args, runtime, plan, work_dir),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(args) if args.method == "lora" else None,
-    )
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(args, runtime, plan, work_dir),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(args) if args.method == "lora" else None,
+        )
+    except ValueError as err:
+        if args.method == "lora" and "target modules" in str(err).lower():  # peft's NoMatchingPeftModuleError
+            raise TrainerError(f"--lora_target_modules {args.lora_target_modules} matches no module of the model: "
+                               f"{str(err).splitlines()[0]} Use all-linear or names such as qkv_proj,o_proj.") from err
+        raise
     if args.method == "lora":  # adapters stay fp32 whatever the base weights are
         for param in trainer.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
@@ -537,7 +604,7 @@ def _oom_message(args: argparse.Namespace) -> str:
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate, train, evaluate, save (rank 0). Returns eval losses, plan and timings."""
-    check_paths(args)  # before importing torch: a typo costs a second, not a model load
+    check_paths(args)  # before importing torch: a typo or a bad row costs a second, not a model load
     import torch
 
     runtime = detect_runtime()
@@ -547,7 +614,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
     run = None
     try:
-        trainer, plan = build_trainer(args, work_dir, runtime)
+        try:
+            trainer, plan = build_trainer(args, work_dir, runtime, rows_checked=True)
+        except torch.OutOfMemoryError as err:  # moving the model to the GPU
+            raise TrainerError(_oom_message(args)) from err
         log.info("plan: %s", json.dumps(asdict(plan)))
         for note in plan.notes:
             log.warning(note)
