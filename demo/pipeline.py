@@ -22,6 +22,8 @@ from common.cli import UserError, say
 from training import local_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STEP_INTERRUPT_GRACE_S = 30.0
+"""After Ctrl-C, how long a step may take to clean up before it is killed."""
 EVAL_LOSS_LINE = re.compile(r"eval loss: (?P<before>[\d.]+) before -> (?P<after>[\d.]+) after")
 
 
@@ -65,17 +67,30 @@ def _run_step(name: str, command: list[str], logs: Path, result: DemoResult, env
     log_path = logs / f"{name}.log"
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
-        done = subprocess.run(
+        process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL
         )
-        log.write("\n--- stdout ---\n" + done.stdout)
+        try:
+            stdout, _ = process.communicate()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the step too (same process group). Let it finish its own cleanup (deploy
+            # stops the server it started) instead of killing it 0.25 s later as subprocess.run does,
+            # which left a half-started local server running with no record for teardown to find.
+            try:
+                stdout, _ = process.communicate(timeout=STEP_INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, _ = process.communicate()
+            log.write("\n--- stdout ---\n" + (stdout or ""))
+            raise
+        log.write("\n--- stdout ---\n" + stdout)
     elapsed = time.perf_counter() - started
     result.timings[name] = elapsed
-    if done.returncode != 0:
+    if process.returncode != 0:
         tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
-        raise StepFailed(f"step '{name}' failed (exit {done.returncode}) after {elapsed:.1f}s; log {log_path}:\n{tail}")
+        raise StepFailed(f"step '{name}' failed (exit {process.returncode}) after {elapsed:.1f}s; log {log_path}:\n{tail}")
     say(f"<== {name}: done in {elapsed:.1f}s")
-    return done.stdout
+    return stdout
 
 
 def _shorten(arg: str) -> str:
@@ -126,11 +141,19 @@ def run_demo(
     data_dir = runs / "data"
     logs = runs / "demo" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # The demo's Prompt flow state (the phi_endpoint connection it writes, then deletes, and the
+    # keyring file that encrypts it) stays under runs/: in ~/.promptflow it would replace, and at
+    # teardown delete, the connection to a real Azure endpoint.
+    pf_home = runs / "demo" / "promptflow"
+    env["PF_HOME_DIRECTORY"] = str(pf_home)
+    env["XDG_DATA_HOME"] = str(runs / "demo" / "xdg-data")
     python = sys.executable
     pf = str(Path(python).with_name("pf"))
     result = DemoResult()
     started = time.perf_counter()
     try:
+        if not (pf_home / "pf.yaml").is_file():  # once: no tracing service, no telemetry (as `make setup` does)
+            _run_step("promptflow-settings", [python, "-m", "common.pf_settings"], logs, result, env)
         _run_step("data", [python, "-m", "training.data", "--source", "sample", "--out", str(data_dir)], logs, result, env)
         train_cmd = [python, "-m", "training.submit", "--target", "local", "--model", "tiny", "--data", str(data_dir),
                      "--epochs", str(budget.epochs), "--max-steps", str(budget.max_steps), *budget.extra_train_flags]

@@ -30,9 +30,6 @@ def _pid_alive(pid: int) -> bool:
 def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = tmp_path / "runs"
     monkeypatch.setenv("FINETUNE_PHI_RUNS", str(runs))
-    from common import pf_settings
-
-    pf_settings.apply()  # as `make setup` does, in this session's PF_HOME_DIRECTORY
     probed: dict = {}
 
     def probe_server() -> None:
@@ -41,7 +38,8 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         probed["pid"] = record.pid
         reply = requests.post(
             record.url,
-            json={"messages": [{"role": "user", "content": "Who founded Microsoft?"}], "max_tokens": 24},
+            # greedy: this checks the serving hand-off, not sampling (score.py's own tests cover that)
+            json={"messages": [{"role": "user", "content": "Who founded Microsoft?"}], "max_tokens": 24, "temperature": 0},
             timeout=60,
         )
         assert reply.status_code == 200, reply.text
@@ -80,3 +78,8 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not _pid_alive(probed["pid"])
     assert local.read_record() is None
     assert {"data", "train", "deploy", "chat-1", "teardown", "total"} <= set(result.timings)
+
+    # Prompt flow state stayed under runs/, not in the caller's PF_HOME_DIRECTORY (~/.promptflow),
+    # where it would replace and then delete the connection to a real endpoint
+    assert (runs / "demo" / "promptflow" / "pf.yaml").is_file()
+    assert (runs / "demo" / "promptflow" / "pf.sqlite").is_file()
