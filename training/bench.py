@@ -98,7 +98,8 @@ CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
                 "weight memory, no per-forward weight casts", ("--model_dtype", "bfloat16")),
     BenchConfig("lora", "defaults with LoRA", ("--method", "lora")),
     BenchConfig("full", "defaults with a full fine-tune (fp32 master weights)", ("--method", "full")),
-    BenchConfig("liger", "defaults + Liger kernels (fused RMSNorm/SwiGLU/RoPE/linear-cross-entropy)", liger=True),
+    BenchConfig("liger", "defaults + Liger kernels (fused RMSNorm/SwiGLU/RoPE; TRL's own fused LM head already "
+                "avoids the full logits)", liger=True),
 )}
 
 # Dense bf16 peak (TFLOP/s, no sparsity) by GPU name fragment; first match wins.
@@ -338,6 +339,15 @@ def _config_only_loader(device: str):
     return load_model
 
 
+def param_counts(model) -> tuple[int, int]:
+    """(N, N_trainable) for MFU: every parameter but the input embedding (a lookup, not a matmul), LoRA adapters included."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embed = base.get_input_embeddings().weight
+    n_params = sum(p.numel() for p in base.parameters() if p is not embed)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and p is not embed)
+    return n_params, n_trainable
+
+
 def _with_packing_strategy(original, strategy: str):
     def sft_config(*args, **kwargs):
         config = original(*args, **kwargs)
@@ -362,7 +372,11 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     if config.liger:
         from liger_kernel.transformers import apply_liger_kernel_to_phi3
 
-        apply_liger_kernel_to_phi3()
+        # Before the model is built (class-level patches). Not Liger's fused linear cross-entropy: it
+        # replaces Phi3ForCausalLM.forward, which SFTTrainer bypasses with its own fused LM head (it
+        # patches the instance's forward), so it would never run; TRL itself turns it off the same way.
+        apply_liger_kernel_to_phi3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                   fused_linear_cross_entropy=False)
     if spec["shape"] == "phi-3.5-mini":
         ft.load_model = _config_only_loader(spec.get("device", "cuda"))
     if config.packing_strategy:
@@ -378,9 +392,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     trainer, plan = ft.build_trainer(args, str(work / "trainer"))
     model = trainer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    embed = base.get_input_embeddings().weight.numel()
-    n_params = sum(p.numel() for p in base.parameters()) - embed
-    n_trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "embed_tokens" not in n)
+    n_params, n_trainable = param_counts(model)
     meter = TokenMeter(trainer.data_collator, base.config.num_hidden_layers, base.config.hidden_size)
     trainer.data_collator = meter
     consumed = [0]  # micro-batches handed to training_step, in order (the collator may run one ahead)
@@ -447,6 +459,8 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         "mfu": model_flops / seconds / peak if peak and seconds > 0 else None,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_memory_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
+        # what the caching allocator held (fragmentation, workspaces): the figure that decides "fits in 80 GB"
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None, "losses": losses,
     }
 

@@ -43,6 +43,10 @@ def test_tiny_benchmark_two_configs_reports_expected_fields(tmp_path: Path) -> N
         assert math.isfinite(row["loss_first"]) and math.isfinite(row["loss_last"])
         assert len(row["losses"]) == 3  # warm-up step included
         assert row["peak_memory_bytes"] > 0 and row["peak_memory_kind"] in ("process_peak_rss", "cuda_max_allocated")
+        if row["device"] == "cpu":
+            assert row["peak_reserved_bytes"] is None  # CPU: only the process peak RSS
+        else:
+            assert row["peak_reserved_bytes"] >= row["peak_memory_bytes"]
         assert row["model_flops_per_token"] > 0
         if row["device"] == "cpu":
             assert row["mfu"] is None
@@ -156,3 +160,58 @@ def test_config_only_model_path_trains_through_the_real_trainer(tmp_path: Path, 
     assert row["status"] == "ok" and row["steps_measured"] == 2 and row["tokens_per_s"] > 0
     assert row["plan"]["method"] == "lora" and 0 < row["trainable_params"] < row["params_without_embedding"]
     assert not (tmp_path / "work" / "model").exists()  # the benchmark never saves a model
+
+
+def test_mfu_counts_on_the_published_phi35_mini_shape() -> None:
+    # N and N_trainable as the worker computes them, on the real architecture built on the meta device (no memory).
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Phi3Config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(Phi3Config(**bench.PHI35_MINI_CONFIG), dtype=torch.float32)
+    n_full, trainable_full = bench.param_counts(model)
+    assert n_full == trainable_full == 3_821_079_552 - 32064 * 3072  # 3.72e9: all but the input embedding
+    trainer = bench.load_trainer_module()
+    args = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o"])  # the defaults: LoRA
+    lora = get_peft_model(model, trainer.lora_config(args))
+    n_lora, trainable_lora = bench.param_counts(lora)
+    # r16 on qkv/o/gate_up/down of 32 layers: 16 x ((3072+9216) + (3072+3072) + (3072+16384) + (8192+3072)) x 32
+    assert trainable_lora == 25_165_824 and n_lora == n_full + trainable_lora
+    flops_per_token = 4 * n_lora + 2 * trainable_lora + 12 * 32 * 3072 * 2048  # one 2,048-token sequence
+    assert 1.7e10 < flops_per_token < 1.8e10  # ~4.7N: LoRA is about 2/3 of a full fine-tune's 6N + attention
+
+
+def test_liger_patch_is_applied_before_the_model_and_without_the_bypassed_fused_cross_entropy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # liger-kernel is not installed here: a stand-in records the call, and the trainer stops at build_trainer.
+    import types
+
+    calls: list[tuple[str, dict]] = []
+    fake = types.ModuleType("liger_kernel.transformers")
+    fake.apply_liger_kernel_to_phi3 = lambda **kwargs: calls.append(("liger", kwargs))
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
+    real_loader = bench.load_trainer_module
+
+    class Built(Exception):
+        pass
+
+    def loader():
+        module = real_loader()
+
+        def build_trainer(args, work_dir=None):
+            calls.append(("build_trainer", {}))
+            raise Built
+
+        module.build_trainer = build_trainer
+        return module
+
+    monkeypatch.setattr(bench, "load_trainer_module", loader)
+    spec = {"config": "liger", "shape": "tiny", "model_dir": "m", "train_file": "t", "eval_file": "e",
+            "steps": 1, "warmup_steps": 0, "work_dir": str(tmp_path)}
+    with pytest.raises(Built):
+        bench.run_config(spec)
+    assert [name for name, _ in calls] == ["liger", "build_trainer"]
+    # TRL's SFTTrainer replaces the model's forward with its own fused LM head: Liger's forward would never run
+    assert calls[0][1].get("fused_linear_cross_entropy") is False
