@@ -27,50 +27,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from common.cli import UserError, say
+from training.trainer.fine_tune import row_problem  # the trainer's rules: one definition of a valid row
 
 HF_DATASET = "HuggingFaceH4/ultrachat_200k"
 HF_SPLIT = "train_sft"
 HF_DEFAULT_FRACTION = "1%"
-ROLES = ("system", "user", "assistant")
 OUTPUT_FILES = ("train.jsonl", "test.jsonl", "manifest.json")
 MAX_REPORTED_PROBLEMS = 10
 _BOM = b"\xef\xbb\xbf"
 
 
 # ---------------------------------------------------------------- validation
-
-def row_problem(line: bytes) -> str | None:
-    """What is wrong with one JSONL line (bytes, no line ending), or None if it is a valid chat row."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return f"not valid UTF-8 (byte {err.start})"
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        return f"not valid JSON ({err.msg} at column {err.colno})"
-    if not isinstance(row, dict):
-        return f"expected a JSON object, got {type(row).__name__}"
-    if "messages" not in row:
-        return "no `messages` field"
-    messages = row["messages"]
-    if not isinstance(messages, list) or not messages:
-        return "`messages` must be a non-empty list"
-    has_assistant = False
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"messages[{i}] must be an object with `role` and `content`"
-        role = message.get("role")
-        if role not in ROLES:
-            return f"messages[{i}]: role {role!r} is not one of {', '.join(ROLES)}"
-        content = message.get("content")
-        if not isinstance(content, str):
-            return f"messages[{i}]: content must be a string, got {type(content).__name__ if content is not None else 'null'}"
-        has_assistant = has_assistant or role == "assistant"
-    if not has_assistant:
-        return "no assistant turn"
-    return None
-
 
 def _strip_eol(line: bytes) -> bytes:
     if line.endswith(b"\n"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -188,36 +187,27 @@ class RefusedByTrainer(ValueError):
     """A value the trainer's own argument checks refuse (the message names the flag)."""
 
 
-def check_with_trainer(values: Mapping[str, Any], trainer_file: Path | None = None) -> None:
+def check_with_trainer(values: Mapping[str, Any]) -> None:
     """Run the trainer's own `parse_args` on these values, so `--epochs -1` fails here, not on the cluster.
 
-    The trainer file imports only the standard library at module level, so this stays instant.
+    The trainer imports only the standard library at module level, so this stays instant.
     """
     import contextlib
-    import importlib.util
     import io
 
-    path = trainer_file or TRAINER_DIR / TRAINER_ENTRY
-    spec = importlib.util.spec_from_file_location("_submit_checks_fine_tune", path)
-    if spec is None or spec.loader is None:
-        return
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look the module up while the file executes
+    from training.trainer import fine_tune
+
+    job_flags = ["--train_file", "train.jsonl", "--eval_file", "test.jsonl", "--output_dir", "model"]
+    stderr = io.StringIO()
     try:
-        spec.loader.exec_module(module)
-        job_flags = ["--train_file", "train.jsonl", "--eval_file", "test.jsonl", "--output_dir", "model"]
-        stderr = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(stderr):
-                module.parse_args(job_flags + trainer_argv(values))
-        except SystemExit:
-            lines = [line for line in stderr.getvalue().splitlines() if "error:" in line]
-            reason = lines[-1].split("error:", 1)[1].strip() if lines else "the trainer refused these flags"
-            for name in values:  # name the flag the way submit spells it
-                reason = reason.replace(f"--{name}", "--" + name.replace("_", "-"))
-            raise RefusedByTrainer(reason) from None
-    finally:
-        sys.modules.pop(spec.name, None)
+        with contextlib.redirect_stderr(stderr):
+            fine_tune.parse_args(job_flags + trainer_argv(values))
+    except SystemExit:
+        lines = [line for line in stderr.getvalue().splitlines() if "error:" in line]
+        reason = lines[-1].split("error:", 1)[1].strip() if lines else "the trainer refused these flags"
+        for name in values:  # name the flag the way submit spells it
+            reason = reason.replace(f"--{name}", "--" + name.replace("_", "-"))
+        raise RefusedByTrainer(reason) from None
 
 
 class NotOfferedByRegistry(ValueError):

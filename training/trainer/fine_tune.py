@@ -173,25 +173,39 @@ def check_paths(args: argparse.Namespace, rows: bool = True) -> None:
         raise TrainerError(f"--output_dir {out} exists and is not empty; the model needs an empty or new folder.")
 
 
-def _row_problem(line: bytes) -> str | None:
-    """What is wrong with one JSONL line (the rules of `python -m training.data`), or None."""
+def row_problem(line: bytes) -> str | None:
+    """What is wrong with one JSONL line (bytes, no line ending), or None if it is a valid chat row.
+
+    The one definition of a valid row: `python -m training.data` imports it from here, since this
+    file is uploaded to the cluster alone and cannot import the rest of the repository.
+    """
     try:
-        row = json.loads(line.decode("utf-8"))
+        text = line.decode("utf-8")
     except UnicodeDecodeError as err:
         return f"not valid UTF-8 (byte {err.start})"
+    try:
+        row = json.loads(text)
     except json.JSONDecodeError as err:
         return f"not valid JSON ({err.msg} at column {err.colno})"
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
-    messages = row.get("messages")
+    if "messages" not in row:
+        return "no `messages` field"
+    messages = row["messages"]
     if not isinstance(messages, list) or not messages:
         return "`messages` must be a non-empty list"
+    has_assistant = False
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return f"messages[{i}] must be an object with a role among {', '.join(ROLES)}"
-        if not isinstance(message.get("content"), str):
-            return f"messages[{i}]: content must be a string"
-    if not any(m["role"] == "assistant" for m in messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}] must be an object with `role` and `content`"
+        role = message.get("role")
+        if role not in ROLES:
+            return f"messages[{i}]: role {role!r} is not one of {', '.join(ROLES)}"
+        content = message.get("content")
+        if not isinstance(content, str):
+            return f"messages[{i}]: content must be a string, got {type(content).__name__ if content is not None else 'null'}"
+        has_assistant = has_assistant or role == "assistant"
+    if not has_assistant:
         return "no assistant turn"
     return None
 
@@ -205,7 +219,7 @@ def check_rows(flag: str, path: Path) -> int:
             if not line.strip():
                 continue
             rows += 1
-            problem = _row_problem(line)
+            problem = row_problem(line)
             if problem is not None:
                 bad += 1
                 if len(problems) < MAX_LISTED_PROBLEMS:
