@@ -60,3 +60,15 @@ def content_version(payload: Any, length: int = 16) -> str:
     """A stable version string for any JSON-able definition."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+CLOUD_TORCH_PIN = "torch==2.10.0"
+"""The torch build Azure ML environments install. PyPI's torch 2.11.0 and later (2.13.0 included,
+which the local CPU venv uses) are CUDA 13 builds that need NVIDIA driver >= 580; Azure ML GPU
+nodes run driver 535 (CUDA 12.x). torch 2.10.0 is the newest PyPI build on CUDA 12 (12.8, which
+runs on 535 through CUDA's minor-version compatibility), so cloud jobs and deployments pin it."""
+
+
+def cloud_pins(extra: str, pyproject: Path = PYPROJECT) -> list[str]:
+    """An extra's pins as an Azure ML environment installs them: torch swapped for CLOUD_TORCH_PIN."""
+    return [CLOUD_TORCH_PIN if package_name(pin) == "torch" else pin for pin in extra_pins(extra, pyproject)]
