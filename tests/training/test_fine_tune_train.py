@@ -260,3 +260,35 @@ def test_only_rank_zero_saves_and_logs(fine_tune, tiny_model_dir, sample_data_di
     assert not (tmp_path / "model").exists()
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
     assert "eval loss:" not in capsys.readouterr().out
+
+
+def test_torchrun_two_cpu_processes_train_and_only_rank_zero_logs_and_saves(tiny_model_dir, sample_data_dir,
+                                                                            tmp_path) -> None:
+    """The distributed path for real: torchrun, two processes, gloo on CPU, the trainer's own entry point."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "HF_DATASETS_CACHE": str(tmp_path / "cache"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "training.trainer.fine_tune", "--config", "test",
+         "--device", "cpu", "--max_steps", "3", "--model_name_or_path", str(tiny_model_dir),
+         "--train_file", str(sample_data_dir / "train.jsonl"), "--eval_file", str(sample_data_dir / "test.jsonl"),
+         "--output_dir", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("eval loss:") == 1  # rank 0 alone reports
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["plan"]["world_size"] == 2 and summary["plan"]["device"] == "cpu" and summary["global_steps"] == 3
+    assert (out / "MLmodel").is_file()
+    runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 never opened a run
+    assert runs[0].data.params["world_size"] == "2"
