@@ -4,6 +4,7 @@
     python -m training.bench --shape phi-3.5-mini              # the real architecture, random weights; GPU only
     python -m training.bench --config tutorial default --steps 20 --warmup-steps 3
     python -m training.bench --suite other                     # submit --help/--dry-run, training.data, scoring
+    python -m training.bench --suite other --data-fraction 1%  # training.data keeping 1% of 200k rows
 
 Every configuration runs in its own process (clean peak-memory figures, no kernel patches or
 CUDA state leaking between configurations, an out-of-memory configuration does not end the
@@ -204,29 +205,38 @@ def _human_bytes(value: float | None) -> str:
 # ---------------------------------------------------------------- data and models
 
 
-def synthetic_rows(n: int, mean_tokens: float, tokens_per_word: float, seed: int = 0):
-    """Ultrachat-shaped rows (prompt, prompt_id, messages) whose chat-formatted length averages `mean_tokens`.
+def synthetic_words() -> list[str]:
+    """The vocabulary of the synthetic rows: the ASCII words of the bundled sample corpus."""
+    from training.sample_data import corpus_text
 
-    Lengths follow a gamma distribution (shape 4: most conversations near the mean, a long
-    tail), turns alternate user/assistant with longer assistant replies, as in ultrachat_200k.
+    return sorted({w for text in corpus_text() for w in text.split() if w.isascii()})
+
+
+def synthetic_rows(n: int, mean_words: float, seed: int = 0):
+    """Ultrachat-shaped rows (prompt, prompt_id, messages) of `mean_words` words of message text on average.
+
+    The one generator of the benchmarks (training rows of a given token length, `training.data`
+    at full scale). Lengths follow a gamma distribution (shape 4: most conversations near the
+    mean, a long tail, capped at 6x the mean), turns alternate user/assistant with longer
+    assistant replies, as in ultrachat_200k. Every prompt_id is distinct.
     """
     import random
 
-    from training.sample_data import corpus_text, prompt_id
+    from training.sample_data import prompt_id
 
     rng = random.Random(seed)
-    words = sorted({w for text in corpus_text() for w in text.split() if w.isascii()})
-    for _ in range(n):
-        target = min(max(rng.gammavariate(4.0, mean_tokens / 4.0), 64.0), 6 * mean_tokens)
-        word_budget = max(8, int(target / tokens_per_word))
+    words = synthetic_words()
+    for i in range(n):
+        budget = max(8, int(min(rng.gammavariate(4.0, mean_words / 4.0), 6 * mean_words)))
         turns = rng.choice((1, 2, 2, 3, 3, 4))
         messages = []
-        for turn in range(turns):
-            share = word_budget // turns
-            user = max(3, share // 5)
+        for _ in range(turns):
+            share = max(4, budget // turns)
+            user = max(1, share // 5)
             messages.append({"role": "user", "content": " ".join(rng.choices(words, k=user)) + "?"})
-            messages.append({"role": "assistant", "content": " ".join(rng.choices(words, k=max(3, share - user))) + "."})
-        yield {"prompt": messages[0]["content"], "prompt_id": prompt_id(messages[0]["content"]), "messages": messages}
+            messages.append({"role": "assistant", "content": " ".join(rng.choices(words, k=share - user)) + "."})
+        prompt = messages[0]["content"]
+        yield {"prompt": prompt, "prompt_id": prompt_id(f"{i}:{prompt}"), "messages": messages}
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -241,7 +251,7 @@ def tokens_per_word(tokenizer_dir: Path, mean_tokens: float) -> float:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    rows = list(synthetic_rows(20, mean_tokens, 1.0, seed=99))
+    rows = list(synthetic_rows(20, mean_tokens, seed=99))
     n_words = sum(len(m["content"].split()) for r in rows for m in r["messages"])
     return sum(chat_tokens(tokenizer, r["messages"]) for r in rows) / n_words
 
@@ -280,8 +290,8 @@ def prepare_inputs(shape: str, scratch: Path, total_steps: int) -> tuple[Path, P
     with step(f"writing {rows} synthetic ultrachat-length conversations (~{ULTRACHAT_MEAN_TOKENS} tokens each)"):
         data = scratch / "data"
         data.mkdir()
-        train = write_jsonl(data / "train.jsonl", synthetic_rows(rows, ULTRACHAT_MEAN_TOKENS, ratio, seed=1))
-        test = write_jsonl(data / "test.jsonl", synthetic_rows(8, ULTRACHAT_MEAN_TOKENS, ratio, seed=2))
+        train = write_jsonl(data / "train.jsonl", synthetic_rows(rows, ULTRACHAT_MEAN_TOKENS / ratio, seed=1))
+        test = write_jsonl(data / "test.jsonl", synthetic_rows(8, ULTRACHAT_MEAN_TOKENS / ratio, seed=2))
     return model_dir, train, test, f"synthetic ultrachat-length chats (gamma lengths, mean ~{ULTRACHAT_MEAN_TOKENS} tokens)"
 
 
@@ -655,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--data-rows", type=int, default=200_000, help="rows of the synthetic training.data input (default: 200000)")
     other.add_argument("--data-row-chars", type=int, default=5_500,
                        help="characters of message text per synthetic row (default: 5500, about ultrachat's 1,375 tokens)")
+    other.add_argument("--data-fraction", default="100%",
+                       help="training.data --fraction for the data-prep measurement (default: 100%%)")
     other.add_argument("--scoring-requests", type=int, default=10,
                        help="requests per request shape for the local scoring measurement; 0 skips it (default: 10)")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -715,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             (scratch / "other").mkdir()
             report["other"] = bench_other.run_other(scratch / "other", data_rows=args.data_rows,
-                                                    row_chars=args.data_row_chars, scoring_requests=args.scoring_requests)
+                                                    row_chars=args.data_row_chars, scoring_requests=args.scoring_requests,
+                                                    fraction=args.data_fraction)
             sections += ["\n## Other speeds users feel\n\n", bench_other.other_markdown(report["other"])]
         if training:
             (scratch / "training").mkdir()
