@@ -301,6 +301,7 @@ def test_deploy_stops_before_anything_bills(outputs, example, tmp_path, monkeypa
     assert len(arm.requests) == 2
 
 
+@pytest.mark.slow
 def test_dry_runs_never_ask(example, tmp_path, monkeypatch, capsys) -> None:
     from deployment import deploy
 
@@ -324,3 +325,39 @@ def test_the_ml_client_carries_the_retry_policy(outputs: StackOutputs) -> None:
     for config in configs:
         policy = config.retry_policy
         assert (policy.total_retries, policy.backoff_factor, policy.backoff_max) == (8, 1.0, 60)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_the_cli_checks_submit_deploy_and_teardown_by_default(outputs, example, tmp_path, capsys) -> None:
+    s = scopes(outputs)
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(example))
+    arm = FakeArm({s["workspace"]: [SCIENTIST], s["endpoint_uai"]: [MI_OPERATOR]})
+    assert preflight.main(["--outputs-file", str(path)], credential=FakeCredential(), transport=arm) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if not line.startswith(" ")] == [
+        "submit: ok", "deploy: ok", "teardown: ok"]
+    assert "warning: teardown --purge-workspace also needs" in out
+
+
+def test_up_without_a_stack_needs_the_subscription(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    from infra.outputs import StackOutputsError
+
+    with pytest.raises(StackOutputsError, match="does not exist"):
+        preflight.main(["--outputs-file", str(tmp_path / "none.json"), "--for", "up"],
+                       credential=FakeCredential(), transport=FakeArm({}))
+
+
+def test_help_is_instant_and_imports_no_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy; sys.argv = ['x', '--help']\n"
+            "try:\n    runpy.run_module('infra.preflight', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'pulumi')), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--for {submit,deploy,teardown,up}" in done.stdout
+    assert done.stderr.strip().endswith("[]")
