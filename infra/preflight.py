@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import os
-import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from common.cli import UserError, first_line, run_cli, say
+from infra.permissions import PermissionsReader, allows
 
 if TYPE_CHECKING:  # pragma: no cover
     from infra.outputs import StackOutputs
 
-API_VERSION = "2022-04-01"
-ARM_ENDPOINT = "https://management.azure.com"
-ARM_SCOPE = "https://management.azure.com/.default"
 SETTLE = dt.timedelta(seconds=120)
 """How long submit and deploy wait after the stack's role assignments were created (mlops-v2 waits 120 s)."""
 PROPAGATION = dt.timedelta(minutes=10)
@@ -47,46 +43,6 @@ ROLE_ASSIGNER = ("Owner, or Contributor plus User Access Administrator or Role B
 
 class PreflightError(UserError):
     """The caller lacks a right the command needs (the message names the role), or is not signed in."""
-
-
-# ---------------------------------------------------------------- ARM's permission blocks
-
-
-@dataclass(frozen=True)
-class Permission:
-    """One block of ARM's answer: what one role definition allows at the scope."""
-
-    actions: tuple[str, ...] = ()
-    not_actions: tuple[str, ...] = ()
-    data_actions: tuple[str, ...] = ()
-    not_data_actions: tuple[str, ...] = ()
-
-    @classmethod
-    def from_arm(cls, item: Mapping[str, Any]) -> "Permission":
-        return cls(*(tuple(item.get(key) or ()) for key in ("actions", "notActions", "dataActions", "notDataActions")))
-
-    def allows(self, action: str, *, data: bool = False) -> bool:
-        granted, denied = (self.data_actions, self.not_data_actions) if data else (self.actions, self.not_actions)
-        return any(matches(p, action) for p in granted) and not any(matches(p, action) for p in denied)
-
-
-@functools.lru_cache(maxsize=512)
-def _regex(pattern: str) -> re.Pattern[str]:
-    # `*` is any text; `/*/` also matches a single `/`: AzureML Data Scientist's `workspaces/*/delete`
-    # covers `workspaces/delete` (which is why that role lists it in notActions), and Managed Identity
-    # Operator's `userAssignedIdentities/*/assign/action` is how it grants `userAssignedIdentities/assign/action`.
-    parts = [re.escape(part) for part in pattern.split("/*/")]
-    return re.compile("/(?:.*/)?".join(part.replace(r"\*", ".*") for part in parts), re.IGNORECASE)
-
-
-def matches(pattern: str, action: str) -> bool:
-    """Does an ARM action pattern (case-insensitive, with `*`) cover `action`?"""
-    return _regex(pattern).fullmatch(action) is not None
-
-
-def allows(permissions: Iterable[Permission], action: str, *, data: bool = False) -> bool:
-    """Any block grants it: notActions subtract within their own block only, as ARM evaluates them."""
-    return any(block.allows(action, data=data) for block in permissions)
 
 
 # ---------------------------------------------------------------- what each command needs
@@ -160,49 +116,6 @@ def _up_needs(outputs: "StackOutputs | None", subscription_id: str | None) -> li
     return [Need(action, scope, where, f"Contributor (or Owner) on the {kind}") for action in writes] + [
         Need("Microsoft.Authorization/roleAssignments/write", scope, where, f"{ROLE_ASSIGNER} on the {kind}"),
     ]
-
-
-# ---------------------------------------------------------------- asking ARM
-
-
-class PermissionsReader:
-    """GETs the caller's effective permissions through azure-core's ARM pipeline (its retries and auth)."""
-
-    def __init__(self, credential: Any, transport: Any = None) -> None:
-        from azure.core.pipeline import policies
-        from azure.mgmt.core import ARMPipelineClient
-        from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
-
-        from common.azure import RETRY
-
-        self._client = ARMPipelineClient(
-            ARM_ENDPOINT,
-            policies=[
-                policies.RequestIdPolicy(),
-                policies.HeadersPolicy({"Accept": "application/json"}),
-                policies.UserAgentPolicy(sdk_moniker="finetune-phi-preflight"),
-                policies.RetryPolicy(**RETRY),
-                ARMChallengeAuthenticationPolicy(credential, ARM_SCOPE),
-                ARMHttpLoggingPolicy(),
-            ],
-            transport=transport,
-        )
-
-    def read(self, scope: str) -> list[Permission]:
-        from azure.core.exceptions import HttpResponseError, map_error
-        from azure.core.rest import HttpRequest
-
-        url: str | None = f"{ARM_ENDPOINT}{scope}/providers/Microsoft.Authorization/permissions?api-version={API_VERSION}"
-        found: list[Permission] = []
-        while url:
-            response = self._client.send_request(HttpRequest("GET", url))
-            if response.status_code != 200:
-                map_error(response.status_code, response, {})
-                raise HttpResponseError(response=response)
-            page = response.json()
-            found += [Permission.from_arm(item) for item in page.get("value") or ()]
-            url = page.get("nextLink")
-        return found
 
 
 # ---------------------------------------------------------------- the check

@@ -17,7 +17,7 @@ from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._http_response_impl import HttpResponseImpl
 
-from infra.preflight import Permission
+from infra.permissions import Permission
 
 SUFFIX = "/providers/Microsoft.Authorization/permissions"
 

@@ -9,7 +9,7 @@ preflight names really grants the action it is named for.
 from __future__ import annotations
 
 from infra import roles
-from infra.preflight import Permission
+from infra.permissions import Permission
 
 DEFINITIONS: dict[str, Permission] = {
     roles.OWNER: Permission(actions=("*",)),

@@ -16,7 +16,8 @@ from test_program import ROLE_DEF, check_exports, check_roles, expected_roles, r
 
 from infra import roles
 from infra.outputs import StackOutputs
-from infra.preflight import Permission, allows, needs
+from infra.permissions import Permission, allows
+from infra.preflight import needs
 
 REPO = "acme/finetune-phi"
 WRITES_AND_GRANTS = [

@@ -14,7 +14,8 @@ import common.azure
 from common.cli import UserError
 from infra import preflight
 from infra.outputs import StackOutputs
-from infra.preflight import Permission, PermissionsReader, PreflightError, allows, matches, require
+from infra.permissions import Permission, PermissionsReader, allows, matches
+from infra.preflight import PreflightError, require
 
 NOW = dt.datetime(2026, 11, 29, 5, 0, 0, tzinfo=dt.timezone.utc)
 SCIENTIST, CONTRIBUTOR, OWNER = BY_NAME["AzureML Data Scientist"], BY_NAME["Contributor"], BY_NAME["Owner"]
