@@ -141,7 +141,12 @@ def evaluate(
     subscription_id: str | None = None,
 ) -> Verdict:
     """Ask ARM once per scope and compare; no exception for a missing right (see `require`)."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
 
     verdict = Verdict(purpose, [], [], [])
     by_scope: dict[str, list[Need]] = {}
@@ -166,7 +171,7 @@ def evaluate(
             # Microsoft.Authorization/permissions/read); the command's own calls will say what fails.
             verdict.unchecked.append(f"{where} (ARM answered {err.status_code}: {first_line(err, 200)})")
             continue
-        except ServiceRequestError as err:
+        except (ServiceRequestError, ServiceResponseError) as err:  # after azure-core's own retries
             verdict.unchecked.append(f"{where} (cannot reach ARM: {first_line(err, 200)})")
             continue
         verdict.missing += [need for need in scope_needs if not allows(granted, need.action)]
@@ -177,7 +182,7 @@ def evaluate(
 
 def role_age(outputs: "StackOutputs | None", now: dt.datetime) -> dt.timedelta | None:
     created = outputs.role_assignments_created_on if outputs else None
-    return None if created is None else now - created
+    return None if created is None else max(now - created, dt.timedelta(0))  # a clock behind ARM's: 0
 
 
 def wait_for_roles(

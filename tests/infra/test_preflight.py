@@ -362,3 +362,19 @@ def test_help_is_instant_and_imports_no_sdk() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--for {submit,deploy,teardown,up}" in done.stdout
     assert done.stderr.strip().endswith("[]")
+
+
+def test_an_unreachable_arm_is_a_warning_after_azure_cores_retries(outputs: StackOutputs, monkeypatch) -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    class Down(FakeArm):
+        def send(self, request, **kwargs):
+            self.requests.append(request)
+            raise ServiceRequestError("Name or service not known")
+
+    monkeypatch.setitem(common.azure.RETRY, "retry_total", 2)  # the shared policy, made quick for the test
+    monkeypatch.setitem(common.azure.RETRY, "retry_backoff_factor", 0)
+    arm = Down({})
+    verdict = preflight.evaluate("submit", outputs, PermissionsReader(FakeCredential(), arm))
+    assert verdict.ok and "cannot reach ARM" in verdict.unchecked[0]
+    assert len(arm.requests) == 3  # azure-core's RetryPolicy from common.azure.RETRY: 1 + 2 retries
