@@ -171,7 +171,7 @@ def test_config_only_model_path_trains_through_the_real_trainer(tmp_path: Path, 
 def test_mfu_counts_on_the_published_phi35_mini_shape() -> None:
     # N and N_trainable as the worker computes them, on the real architecture built on the meta device (no memory).
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, Phi3Config
 
     with torch.device("meta"):
