@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fake_ml_client import write_data, write_stack_outputs
+from common.pins import CLOUD_TORCH_PIN
 from training import environment, hyperparams, jobs, submit
 
 
@@ -185,7 +186,9 @@ def test_environment_pins_come_from_pyproject(tmp_path: Path) -> None:
 
     train = tomllib.loads(environment.PYPROJECT.read_text())["project"]["optional-dependencies"]["train"]
     pins = environment.train_pins()
-    assert [p for p in pins if not p.startswith(("mlflow==", "azureml-mlflow"))] == [p for p in train if not p.startswith("mlflow==")]
+    ours = [p for p in pins if not p.startswith(("mlflow==", "azureml-mlflow"))]
+    assert ours == [CLOUD_TORCH_PIN if p.startswith("torch==") else p for p in train if not p.startswith("mlflow==")]
+    assert "torch==2.10.0" in pins  # the CUDA 12 build Azure ML's driver runs, not the local CUDA 13 one
     assert "mlflow==3.15.0" in pins and "azureml-mlflow==1.62.0.post6" in pins
 
     spec = environment.environment_spec()
