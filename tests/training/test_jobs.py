@@ -71,13 +71,13 @@ def test_sft_dry_run_yaml_loads_and_validates(argv, capsys, monkeypatch, tmp_pat
 def test_registry_dry_run_yaml_loads_with_registry_uris(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
     from azure.ai.ml import load_job
 
-    text = _dry_run(argv + ["--recipe", "registry", "--model", "microsoft/Phi-3.5-mini-instruct", "--learning-rate", "1e-5"],
-                    capsys, monkeypatch)
+    text = _dry_run(argv + ["--recipe", "registry", "--learning-rate", "1e-5"], capsys, monkeypatch)
     job = load_job(io.StringIO(text))
     assert type(job).__name__ == "PipelineJob"
     node = job.jobs["chat_completion"]
     assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/labels/latest"
-    assert node.inputs["mlflow_model_path"]._data.path == "azureml://registries/azureml/models/Phi-3.5-mini-instruct/labels/latest"
+    # the default is the current Phi the registry fine-tunes, a fixed name (a dry run reads no registry)
+    assert node.inputs["mlflow_model_path"]._data.path == "azureml://registries/azureml/models/Phi-4/labels/latest"
     assert node.inputs["learning_rate"]._data == 1e-5  # the flag wins over the tutorial's 5e-6
     assert node.inputs["num_train_epochs"]._data == 3 and node.inputs["deepspeed_stage"]._data == "2"
     assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
@@ -106,9 +106,11 @@ def test_model_folder_becomes_an_input(tmp_path: Path) -> None:
     tiny_model_dir.mkdir()
     (tiny_model_dir / "config.json").write_text("{}")
     spec = jobs.build_sft_job(jobs.SftJob(model=str(tiny_model_dir), compute="c", environment="azureml:e:1",
+                                          code_dir=tmp_path, device="cuda",
                                           train_data="azureml:t:1", eval_data="azureml:v:1"))
     assert spec["inputs"]["model"] == {"type": "uri_folder", "path": str(tiny_model_dir.resolve()), "mode": "ro_mount"}
-    assert "--model_name_or_path ${{inputs.model}}" in spec["command"]
+    assert "--model_name_or_path ${{inputs.model}} --device cuda" in spec["command"]
+    assert "--model_revision" not in spec["command"]  # a folder is what it is: no hub revision
     assert "distribution" not in spec
     job = jobs.load(spec)
     assert job.inputs["model"].path == str(tiny_model_dir.resolve())

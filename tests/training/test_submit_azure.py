@@ -7,7 +7,6 @@ import pytest
 from azure.ai.ml.exceptions import ErrorCategory, ErrorTarget, JobException
 from azure.core.exceptions import ClientAuthenticationError
 
-import common.azure
 from common.cli import UserError
 from fake_ml_client import (
     A100,
@@ -26,8 +25,6 @@ from training import submit
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
-    # no real back-off waits in tests
-    monkeypatch.setitem(common.azure.with_retries.__kwdefaults__, "sleep", lambda seconds: None)
 
 
 @pytest.fixture
@@ -119,7 +116,12 @@ def test_job_comes_from_stack_outputs_and_flags(argv: list[str], tmp_path: Path)
     assert job.inputs["train_file"].path.removeprefix("azureml:").startswith("finetune-phi-train:")
     assert job.inputs["eval_file"].path.removeprefix("azureml:").startswith("finetune-phi-eval:")
     assert job.outputs["model"].type == "uri_folder"
-    assert Path(job.code) == Path(submit.__file__).parent / "trainer"
+    staged = Path(job.code)  # a copy of training/trainer/ named trainer/, run as a package
+    assert (staged / "trainer" / "fine_tune.py").read_bytes() == (Path(submit.__file__).parent / "trainer" / "fine_tune.py").read_bytes()
+    assert not list(staged.rglob("__pycache__"))
+    assert job.command.startswith("python -m trainer.fine_tune ")
+    assert "--device cuda" in job.command  # a GPU cluster: the trainer must not fall back to CPU
+    assert "--model_revision 2fe192450127e6a83f7441aef6e3ca586c338b77" in job.command
     assert "--learning_rate 2e-05" in job.command and "--packing false" in job.command
     assert "--epochs" not in job.command  # not given: the trainer's default applies
     assert "--model_name_or_path microsoft/Phi-3.5-mini-instruct" in job.command
@@ -225,13 +227,13 @@ def test_not_logged_in_says_az_login(argv: list[str]) -> None:
         submit.main(argv, ml_client=fake)
 
 
-def test_transient_submit_errors_are_retried(argv: list[str]) -> None:
+def test_service_errors_are_one_message_without_our_own_retries(argv: list[str]) -> None:
+    """azure-core's retry policy already retries 408/429/5xx inside the SDK call: submit adds no loop of its own."""
     fake = FakeMLClient()
-    fake.jobs.fail_submit = [http_error(503), http_error(429)]
-    assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
-    names = fake.record.names()
-    assert names.count("jobs.create_or_update") == 3
-    assert len({detail for what, detail in fake.calls if what == "jobs.create_or_update"}) == 1  # same name: idempotent
+    fake.jobs.fail_submit = [http_error(503, "Service Unavailable")]
+    with pytest.raises(UserError, match="submitting the job: Azure answered 503"):
+        submit.main(argv + ["--no-stream"], ml_client=fake)
+    assert fake.record.names().count("jobs.create_or_update") == 1
 
 
 def test_job_failure_gives_last_lines_and_studio_link(argv: list[str]) -> None:
@@ -299,8 +301,8 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
         "compute.get",
         "compute.list_sizes",
         "compute.list_usage",
-        "registry.components.get",
         "registry.models.get",
+        "registry.components.get",
         "data.get",
         "data.create_or_update",
         "data.get",
@@ -309,15 +311,15 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
         "jobs.stream",
         "jobs.get",
     ]
-    assert ("registry.models.get", ("Phi-3-mini-4k-instruct", "latest")) in fake.calls
+    assert ("registry.models.get", ("Phi-4", "latest")) in fake.calls
     (job,) = fake.jobs.submitted
     assert type(job).__name__ == "PipelineJob"
     assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
     assert job.tags["finetune-phi"] == "registry" and job.experiment_name == "finetune-phi"
     node = job.jobs["chat_completion"]
-    assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.57"
+    assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.82"
     inputs = {name: value._data for name, value in node.inputs.items()}
-    assert inputs["mlflow_model_path"].path == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
+    assert inputs["mlflow_model_path"].path == "azureml://registries/azureml/models/Phi-4/versions/8"
     assert inputs["compute_finetune"] == "gpu-a100"
     assert inputs["number_of_gpu_to_use_finetuning"] == 1
     assert inputs["train_file_path"].path.removeprefix("azureml:").startswith("finetune-phi-train:")
@@ -330,13 +332,48 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
     assert not any(name.startswith("environments.") for name in fake.record.names())
 
 
-def test_registry_model_option_for_phi35(argv: list[str]) -> None:
+@pytest.mark.parametrize("model", ["Phi-3-mini-4k-instruct", "Phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct"])
+def test_registry_refuses_a_retired_model_from_its_lifecycle_tags(argv: list[str], model: str) -> None:
+    """The registry model's FinetuneRetirementDate tag (as the SDK's Model entity carries it) is past: one message
+    naming the current choices, and nothing uploaded or submitted."""
     fake = FakeMLClient()
     registry = FakeRegistryClient(fake.record)
-    assert submit.main(argv + ["--recipe", "registry", "--model", "Phi-3.5-mini-instruct", "--no-stream"],
+    with pytest.raises(UserError) as err:
+        submit.main(argv + ["--recipe", "registry", "--model", model], ml_client=fake, registry_client=registry)
+    message = str(err.value)
+    assert "retired for fine-tuning" in message and "2025-08-30" in message
+    assert "--model Phi-4" in message and "--recipe sft --model microsoft/Phi-4-mini-instruct" in message
+    assert not any(name.startswith(("data.", "jobs.", "registry.components")) for name in fake.record.names())
+
+
+def test_registry_lifecycle_is_read_from_the_tags_not_only_the_table(argv: list[str]) -> None:
+    """A model the table does not know is refused by its own tags (ISO timestamps, lower-case keys as in newer
+    azureml-assets specs); a deprecated one still runs, with a warning."""
+    from datetime import date, timedelta
+
+    from fake_ml_client import PHI4_TAGS, registry_model
+
+    fake = FakeMLClient()
+    registry = FakeRegistryClient(fake.record)
+    registry.model_store["Some-Phi"] = registry_model("Some-Phi", "1", {
+        **PHI4_TAGS, "finetuneDeprecationDate": "2025-01-01T00:00:00.000000Z",
+        "finetuneRetirementDate": "2025-02-01T00:00:00.000000Z"})
+    with pytest.raises(UserError, match="Some-Phi was retired for fine-tuning in registry azureml on 2025-02-01"):
+        submit.main(argv + ["--recipe", "registry", "--model", "Some-Phi"], ml_client=fake, registry_client=registry)
+    later = (date.today() + timedelta(days=30)).isoformat()
+    registry.model_store["Some-Phi"] = registry_model("Some-Phi", "1", {
+        **PHI4_TAGS, "FinetuneDeprecationDate": "2025-01-01", "FinetuneRetirementDate": later})
+    assert submit.main(argv + ["--recipe", "registry", "--model", "Some-Phi", "--no-stream"],
                        ml_client=fake, registry_client=registry) == 0
-    node = fake.jobs.submitted[0].jobs["chat_completion"]
-    assert node.inputs["mlflow_model_path"]._data.path.endswith("/models/Phi-3.5-mini-instruct/versions/6")
+
+
+def test_registry_fractional_epochs_refused_before_any_call(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    with pytest.raises(UserError, match="--epochs 1.5: the registry pipeline's num_train_epochs is a whole number"):
+        submit.main(argv + ["--recipe", "registry", "--epochs", "1.5"], ml_client=fake,
+                    registry_client=FakeRegistryClient(fake.record))
+    assert fake.calls == []
+    assert submit.main(argv + ["--epochs", "1.5", "--no-stream"], ml_client=FakeMLClient()) == 0  # sft takes fractions
 
 
 def test_registry_refuses_cluster_outside_allow_list(argv: list[str]) -> None:
