@@ -96,15 +96,16 @@ def _display_name(request: Request) -> str:
     return f"{short}-{request.recipe}-{time.strftime('%Y%m%d-%H%M')}"
 
 
-def device_for(vm: VmSize, recipe: str) -> str:
+def device_for(vm: VmSize, recipe: str, *, warn: bool = False) -> str:
     """`cuda` on a GPU size (the trainer then refuses to crawl on CPU); `cpu` on a CPU size, for smoke runs only."""
     if vm.gpus > 0:
         return "cuda"
     if recipe == "registry":
         raise UserError(f"{vm.name} has no GPU: the registry's chat_completion_pipeline needs a GPU size from the "
                         "model's finetune_compute_allow_list. CPU clusters run `--recipe sft` smoke tests only.")
-    say(f"    warning: {vm.name} has no GPU; the job trains on CPU (`--device cpu`). That suits the tiny model and "
-        "smoke runs only: a Phi model would take days. Use a GPU cluster for real fine-tuning.")
+    if warn:
+        say(f"    warning: {vm.name} has no GPU; the job trains on CPU (`--device cpu`). That suits the tiny model and "
+            "smoke runs only: a Phi model would take days. Use a GPU cluster for real fine-tuning.")
     return "cpu"
 
 
@@ -173,6 +174,7 @@ def print_dry_run(request: Request, outputs: Any, files: Any) -> int:
 
     vm = quota.offline_vm(outputs.compute_vm_size)
     check_instance_count(request, outputs.compute_max_nodes, outputs.compute_name)
+    device_for(vm, request.recipe, warn=True)
     cloud = Cloud(vm=vm, train=str(files.train.path), eval=str(files.eval.path))
     if request.recipe == "sft":
         spec = environment_spec()
@@ -199,6 +201,7 @@ def submit(request: Request, outputs: Any, files: Any, *, ml_client: Any, regist
     # `infra.preflight` (permissions and role propagation, owner: helper infra) is called here.
     with step(f"checking cluster {outputs.compute_name} and quota"):
         vm = check_cluster_and_quota(ml_client, outputs, request)
+        device_for(vm, request.recipe, warn=True)
     if request.recipe == "sft":
         cloud = sft_cloud(ml_client, request, files, vm)
     else:

@@ -236,3 +236,58 @@ def test_shm_size_is_checked_before_anything_is_built(argv, capsys) -> None:  # 
         assert exit_.value.code == 2 and "expected a size such as 16g" in capsys.readouterr().err
     assert submit.main(argv + ["--shm-size", "32G"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["resources"]["shm_size"] == "32g"
+
+
+# ---------------------------------------------------------------- one builder, staged trainer, model inputs
+
+
+def test_dry_run_and_submit_build_the_same_job(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
+    """Both paths go through azure_submit.build_job: only the references Azure decides differ."""
+    from fake_ml_client import FakeMLClient
+    from training import azure_submit
+
+    flags = ["--display-name", "same", "--learning-rate", "3e-5", "--model", "microsoft/Phi-4-mini-instruct"]
+    printed = yaml.safe_load(_dry_run(argv + flags, capsys, monkeypatch))
+    sent: list[dict] = []
+    real_load = jobs.load
+    monkeypatch.setattr(azure_submit.jobs, "load", lambda spec: sent.append(spec) or real_load(spec))
+    argv = [a for a in argv if a != "--dry-run"]
+    assert submit.main(argv + flags + ["--no-stream"], ml_client=FakeMLClient()) == 0
+    (spec,) = sent
+    decided_by_azure = {"name", "environment", "inputs"}
+    assert {k: v for k, v in spec.items() if k not in decided_by_azure} == {
+        k: v for k, v in printed.items() if k not in decided_by_azure}
+    assert set(spec) - set(printed) == {"name"}
+    assert spec["environment"].startswith("azureml:finetune-phi-train:")
+    assert printed["environment"]["image"] == environment.BASE_IMAGE
+
+
+def test_trainer_is_staged_as_a_package_once(tmp_path: Path) -> None:
+    from training import code_staging
+
+    source = tmp_path / "src"
+    (source / "__pycache__").mkdir(parents=True)
+    (source / "fine_tune.py").write_text("print('hi')\n")
+    (source / "helpers.py").write_text("X = 1\n")
+    (source / "__pycache__" / "fine_tune.cpython-311.pyc").write_bytes(b"\0")
+    staged = code_staging.stage_trainer(source, tmp_path / "staged")
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == [
+        "trainer/fine_tune.py", "trainer/helpers.py"]
+    assert code_staging.stage_trainer(source, tmp_path / "staged") == staged  # unchanged: reused
+    (source / "helpers.py").write_text("X = 2\n")
+    assert code_staging.stage_trainer(source, tmp_path / "staged") != staged  # changed: a new folder
+    assert not [p for p in (tmp_path / "staged").iterdir() if p.name.startswith(".staging-")]
+
+
+def test_registered_model_dry_run_loads_as_a_model_input(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
+    from azure.ai.ml import load_job
+
+    text = _dry_run(argv + ["--model", "azureml:phi-ft:3"], capsys, monkeypatch)
+    assert "A registered model is a custom_model input here" in text
+    job = load_job(io.StringIO(text))
+    assert job.inputs["model"].type == "custom_model"
+    result = _offline_client().jobs.validate(job)
+    assert result.passed, result.error_messages
+    with pytest.raises(ValueError, match="model input type"):
+        jobs.build_sft_job(jobs.SftJob(model="azureml:m:1", compute="c", environment="azureml:e:1", code_dir=Path("."),
+                                       device="cuda", train_data="t", eval_data="e", model_input_type="uri_folder"))

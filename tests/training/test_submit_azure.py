@@ -410,3 +410,78 @@ def test_sdk_validation_errors_become_one_message(argv: list[str]) -> None:
                                                  target=ErrorTarget.JOB, error_category=ErrorCategory.USER_ERROR)]
     with pytest.raises(UserError, match="Azure ML refused the request: There is no file on target path"):
         submit.main(argv, ml_client=fake)
+
+
+# ---------------------------------------------------------------- device, permissions, registered models
+
+
+def _cpu_client() -> FakeMLClient:
+    from azure.ai.ml.entities import AmlCompute
+
+    return FakeMLClient(computes={"cpu": AmlCompute(name="cpu", size="Standard_E4s_v3", max_instances=2)},
+                        usages=a100_usages())
+
+
+def test_cpu_cluster_trains_on_cpu_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The cheap smoke path: a CPU cluster is allowed, the trainer is told `--device cpu`, nobody is surprised."""
+    outputs = write_stack_outputs(tmp_path / "cpu.json", compute_name="cpu", compute_vm_size="Standard_E4s_v3")
+    argv = ["--outputs-file", str(outputs), "--data", str(write_data(tmp_path / "data")), "--no-stream"]
+    fake = _cpu_client()
+    assert submit.main(argv + ["--model", "tiny", "--instance-count", "2"], ml_client=fake) == 0
+    (job,) = fake.jobs.submitted
+    assert "--device cpu" in job.command and "--device cuda" not in job.command
+    assert job.distribution.process_count_per_instance == 1  # one process per node on CPU
+    assert "has no GPU; the job trains on CPU" in capsys.readouterr().err
+    with pytest.raises(UserError, match="registry's chat_completion_pipeline needs a GPU size"):
+        submit.main(argv + ["--recipe", "registry"], ml_client=_cpu_client(),
+                    registry_client=FakeRegistryClient(fake.record))
+
+
+def test_resource_group_scoped_teammate_gets_a_warning_not_a_refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """list_sizes / list_usage are subscription-level reads: 403 for a teammate whose roles stop at the resource group."""
+    fake = FakeMLClient()
+
+    def forbidden(**kwargs):  # noqa: ANN003
+        raise http_error(403, "AuthorizationFailed: does not have authorization to perform action "
+                              "'Microsoft.MachineLearningServices/locations/usages/read' over scope '/subscriptions/s'")
+
+    fake.compute.list_sizes = forbidden  # type: ignore[method-assign]
+    fake.compute.list_usage = forbidden  # type: ignore[method-assign]
+    assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
+    err = capsys.readouterr().err
+    assert "listing VM sizes: permission denied (403)" in err and "offline VM-size table" in err
+    assert "quota check is skipped" in err
+    (job,) = fake.jobs.submitted
+    assert "--device cuda" in job.command  # the table knows the A100 size has a GPU
+
+
+def test_other_errors_of_those_reads_still_stop(argv: list[str]) -> None:
+    fake = FakeMLClient()
+
+    def unavailable(**kwargs):  # noqa: ANN003
+        raise http_error(500, "InternalServerError")
+
+    fake.compute.list_usage = unavailable  # type: ignore[method-assign]
+    with pytest.raises(UserError, match="reading quota in eastus: Azure answered 500"):
+        submit.main(argv, ml_client=fake)
+    assert fake.jobs.submitted == []
+
+
+@pytest.mark.parametrize("kind", ["custom_model", "mlflow_model"])
+def test_registered_model_is_a_model_input_of_its_own_type(argv: list[str], kind: str) -> None:
+    from azure.ai.ml.entities import Model
+
+    fake = FakeMLClient()
+    fake.models.store[("phi-ft", "3")] = Model(name="phi-ft", version="3", type=kind, path="azureml://x")
+    assert submit.main(argv + ["--model", "azureml:phi-ft:3", "--no-stream"], ml_client=fake) == 0
+    (job,) = fake.jobs.submitted
+    assert job.inputs["model"].type == kind and job.inputs["model"].path.removeprefix("azureml:") == "phi-ft:3"
+    assert "--model_name_or_path ${{inputs.model}}" in job.command and "--model_revision" not in job.command
+    assert ("models.get", ("phi-ft", "3")) in fake.calls
+
+
+def test_a_missing_registered_model_stops_before_upload(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    with pytest.raises(UserError, match="reading registered model phi-ft:9: not found"):
+        submit.main(argv + ["--model", "azureml:phi-ft:9"], ml_client=fake)
+    assert "data.create_or_update" not in fake.record.names() and fake.jobs.submitted == []
