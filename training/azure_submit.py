@@ -406,8 +406,9 @@ def follow(ml_client: Any, name: str, outputs: Any, url: str, environment: Any, 
         hint = ""
         text = str(err).lower()
         if isinstance(environment, str) and ("image build" in text or "environment" in text or "conda" in text):
-            name_version = environment.removeprefix("azureml:").replace(":", "/version/")
-            hint = f" The environment image may have failed to build; its build log: {studio_url(outputs, f'environments/{name_version}')}"
+            from training.environment import environment_studio_path
+
+            hint = f" The environment image may have failed to build; its build log: {studio_url(outputs, environment_studio_path(environment))}"
         raise UserError(f"job {name} failed. Last lines:\n{detail}\nDetails and logs: {url}.{hint}") from None
     with azure_errors(f"reading job {name}"):
         status = str(ml_client.jobs.get(name).status or "unknown")

@@ -51,9 +51,10 @@ def environment_ref(spec: dict[str, Any]) -> str:
     return f"azureml:{spec['name']}:{spec['version']}"
 
 
-def environment_studio_path(spec: dict[str, Any]) -> str:
-    """Studio path of the environment page, where its image build log lives."""
-    return f"environments/{spec['name']}/version/{spec['version']}"
+def environment_studio_path(ref: str) -> str:
+    """Studio path of the environment page (from its `azureml:name:version` reference), where its image build log lives."""
+    name, _, version = ref.removeprefix("azureml:").partition(":")
+    return f"environments/{name}/version/{version}"
 
 
 def ensure_environment(ml_client: Any, spec: dict[str, Any]) -> str:
