@@ -197,8 +197,9 @@ def print_dry_run(request: Request, outputs: Any, files: Any) -> int:
 
 def submit(request: Request, outputs: Any, files: Any, *, ml_client: Any, registry_client: Any, credential: Any) -> int:
     """The real submit, step by step."""
-    ml_client, registry_client = make_clients(outputs, request, ml_client, registry_client, credential)
-    # `infra.preflight` (permissions and role propagation, owner: helper infra) is called here.
+    ml_client, registry_client, credential = make_clients(outputs, request, ml_client, registry_client, credential)
+    # The one place for `infra.preflight` (permissions, role propagation; owner: helper infra): outputs,
+    # credential and ml_client are ready here and nothing has been read from or sent to the workspace yet.
     with step(f"checking cluster {outputs.compute_name} and quota"):
         vm = check_cluster_and_quota(ml_client, outputs, request)
         device_for(vm, request.recipe, warn=True)
@@ -217,8 +218,10 @@ def submit(request: Request, outputs: Any, files: Any, *, ml_client: Any, regist
 # ---------------------------------------------------------------- steps
 
 
-def make_clients(outputs: Any, request: Request, ml_client: Any, registry_client: Any, credential: Any) -> tuple[Any, Any]:
-    """The workspace MLClient (and the azureml registry's, for the registry recipe); no network until used."""
+def make_clients(outputs: Any, request: Request, ml_client: Any, registry_client: Any,
+                 credential: Any) -> tuple[Any, Any, Any]:
+    """The workspace MLClient (and the azureml registry's, for the registry recipe) and the credential
+    (None when tests inject both clients); no network until used."""
     from common.azure import make_ml_client
 
     if credential is None and (ml_client is None or (request.recipe == "registry" and registry_client is None)):
@@ -232,7 +235,7 @@ def make_clients(outputs: Any, request: Request, ml_client: Any, registry_client
 
         registry_client = MLClient(credential, registry_name=jobs.REGISTRY)
     say(f"==> workspace {outputs.workspace_name} ({outputs.resource_group_name}, {outputs.location}); stack: {outputs.source}")
-    return ml_client, registry_client
+    return ml_client, registry_client, credential
 
 
 def _low_priority(compute: Any, outputs: Any) -> bool:
@@ -343,9 +346,10 @@ def registry_cloud(ml_client: Any, registry_client: Any, request: Request, outpu
         with azure_errors(f"reading component {jobs.REGISTRY_COMPONENT} from registry {jobs.REGISTRY}"):
             component = registry_client.components.get(name=jobs.REGISTRY_COMPONENT, label="latest")
         say(f"    {name} version {model.version}; component {jobs.REGISTRY_COMPONENT} version {component.version}")
+    registry_id = str(component.id or "")
     cloud = Cloud(vm=vm, train="", eval="", model_defaults=_parse_tag(tags, "model_specific_defaults") or {},
                   component_inputs=set(component.inputs) if component.inputs else None,
-                  component_uri=component.id if str(component.id or "").startswith("azureml://") else jobs.registry_component_uri(),
+                  component_uri=registry_id if registry_id.startswith("azureml://") else jobs.registry_component_uri(),
                   model_uri=model.id if str(model.id or "").startswith("azureml://") else jobs.registry_model_uri(name))
     say(f"    parameters: {registry_params(request, cloud)}")  # refuses unknown inputs before any upload
     with step("data assets"):
@@ -408,7 +412,8 @@ def follow(ml_client: Any, name: str, outputs: Any, url: str, environment: Any, 
         if isinstance(environment, str) and ("image build" in text or "environment" in text or "conda" in text):
             from training.environment import environment_studio_path
 
-            hint = f" The environment image may have failed to build; its build log: {studio_url(outputs, environment_studio_path(environment))}"
+            build_log = studio_url(outputs, environment_studio_path(environment))
+            hint = f" The environment image may have failed to build; its build log: {build_log}"
         raise UserError(f"job {name} failed. Last lines:\n{detail}\nDetails and logs: {url}.{hint}") from None
     with azure_errors(f"reading job {name}"):
         status = str(ml_client.jobs.get(name).status or "unknown")

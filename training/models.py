@@ -194,7 +194,7 @@ def table(today: date | None = None) -> str:
             (model.revision or "-")[:12],
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.append("")
     lines.append(f"Defaults: --recipe sft {DEFAULT_SFT_MODEL}; --recipe registry {DEFAULT_REGISTRY_MODEL}. "
                  "Memory: before activations (full = fp32 weights, grads and AdamW moments).")
