@@ -189,6 +189,7 @@ def print_dry_run(request: Request, outputs: Any, files: Any) -> int:
         + (" and the environment as finetune-phi-train:<content hash>." if request.recipe == "sft" else ".")
         + ("\nA registered model is a custom_model input here; a real submit uses its registered type."
            if request.model.startswith("azureml:") else "")
+        + (f"\nModel {request.model}: {models.REGISTRY_CHOICE_NOTE}" if request.recipe == "registry" else "")
         + "\nSubmit as is with: az ml job create -f FILE"
     )
     sys.stdout.write(jobs.to_yaml(body, header=header))
@@ -328,13 +329,20 @@ def _parse_tag(tags: dict[str, Any], key: str) -> Any:
 
 def registry_cloud(ml_client: Any, registry_client: Any, request: Request, outputs: Any, files: Any, vm: VmSize) -> Cloud:
     """The registry's component and model: lifecycle, allow list and defaults read from the model's tags."""
+    from azure.core.exceptions import ResourceNotFoundError
+
     from common.azure import azure_errors
     from training.data_assets import ensure_data_assets
 
     name = request.model
     with step(f"registry {jobs.REGISTRY}: {jobs.REGISTRY_COMPONENT} and {name}"):
         with azure_errors(f"reading model {name} from registry {jobs.REGISTRY}"):
-            model = registry_client.models.get(name, label="latest")
+            try:
+                model = registry_client.models.get(name, label="latest")
+            except ResourceNotFoundError:
+                models.check_registry_model(name, None)  # an archived, retired asset: say so and name the choices
+                raise UserError(f"model {name} is not in registry {jobs.REGISTRY}. "
+                                f"`python -m training.submit --list-models` shows the choices.") from None
         tags = dict(model.tags or {})
         models.check_registry_model(name, tags)
         allow = _parse_tag(tags, "finetune_compute_allow_list")

@@ -102,6 +102,11 @@ MODELS: tuple[SupportedModel, ...] = (
 DEFAULT_SFT_MODEL = "microsoft/Phi-3.5-mini-instruct"
 DEFAULT_REGISTRY_MODEL = "Phi-4"
 CURRENT_SFT_CHOICE = "microsoft/Phi-4-mini-instruct"
+REGISTRY_CHOICE_NOTE = (
+    f"the registry default {DEFAULT_REGISTRY_MODEL} is the only current Phi that registry azureml offers "
+    "chat_completion_pipeline for fine-tuning (Phi-3/3.5 retired 2025-08-30; Phi-4-mini is not offered there: "
+    f"use --recipe sft --model {CURRENT_SFT_CHOICE}). A real submit reads the model's lifecycle tags first."
+)
 
 
 def find(name: str) -> SupportedModel | None:

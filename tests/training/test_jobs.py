@@ -72,6 +72,7 @@ def test_registry_dry_run_yaml_loads_with_registry_uris(argv, capsys, monkeypatc
     from azure.ai.ml import load_job
 
     text = _dry_run(argv + ["--recipe", "registry", "--learning-rate", "1e-5"], capsys, monkeypatch)
+    assert "# Model Phi-4: the registry default Phi-4 is the only current Phi" in text
     job = load_job(io.StringIO(text))
     assert type(job).__name__ == "PipelineJob"
     node = job.jobs["chat_completion"]

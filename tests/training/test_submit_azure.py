@@ -346,6 +346,18 @@ def test_registry_refuses_a_retired_model_from_its_lifecycle_tags(argv: list[str
     assert not any(name.startswith(("data.", "jobs.", "registry.components")) for name in fake.record.names())
 
 
+def test_registry_archived_model_gets_the_retirement_message(argv: list[str]) -> None:
+    """Newer azureml-assets specs archive retired Phi-3 assets; a lookup that finds nothing still says why."""
+    fake = FakeMLClient()
+    registry = FakeRegistryClient(fake.record)
+    del registry.model_store["Phi-3-mini-4k-instruct"]
+    with pytest.raises(UserError, match="retired for fine-tuning in registry azureml on 2025-08-30"):
+        submit.main(argv + ["--recipe", "registry", "--model", "Phi-3-mini-4k-instruct"], ml_client=fake,
+                    registry_client=registry)
+    with pytest.raises(UserError, match="model No-Such-Phi is not in registry azureml.*--list-models"):
+        submit.main(argv + ["--recipe", "registry", "--model", "No-Such-Phi"], ml_client=fake, registry_client=registry)
+
+
 def test_registry_lifecycle_is_read_from_the_tags_not_only_the_table(argv: list[str]) -> None:
     """A model the table does not know is refused by its own tags (ISO timestamps, lower-case keys as in newer
     azureml-assets specs); a deprecated one still runs, with a warning."""
