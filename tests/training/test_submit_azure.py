@@ -438,8 +438,11 @@ def test_cpu_cluster_trains_on_cpu_with_a_warning(tmp_path: Path, capsys: pytest
     """The cheap smoke path: a CPU cluster is allowed, the trainer is told `--device cpu`, nobody is surprised."""
     outputs = write_stack_outputs(tmp_path / "cpu.json", compute_name="cpu", compute_vm_size="Standard_E4s_v3")
     argv = ["--outputs-file", str(outputs), "--data", str(write_data(tmp_path / "data")), "--no-stream"]
+    model = tmp_path / "small-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     fake = _cpu_client()
-    assert submit.main(argv + ["--model", "tiny", "--instance-count", "2"], ml_client=fake) == 0
+    assert submit.main(argv + ["--model", str(model), "--instance-count", "2"], ml_client=fake) == 0
     (job,) = fake.jobs.submitted
     assert "--device cpu" in job.command and "--device cuda" not in job.command
     assert job.distribution.process_count_per_instance == 1  # one process per node on CPU
