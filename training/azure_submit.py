@@ -109,15 +109,24 @@ def device_for(vm: VmSize, recipe: str, *, warn: bool = False) -> str:
     return "cpu"
 
 
-def registry_params(request: Request, cloud: Cloud) -> dict[str, Any]:
-    """Tutorial settings < the model's model_specific_defaults < the user's flags (only inputs the component has)."""
+def user_registry_params(values: dict[str, Any]) -> dict[str, Any]:
+    """The user's flags as pipeline inputs; trainer-only flags and a fractional --epochs are refused."""
     from training import hyperparams
 
+    epochs = values.get("epochs")
+    if epochs is not None and not float(epochs).is_integer():
+        raise UserError(f"--epochs {epochs}: the registry pipeline's num_train_epochs is a whole number. "
+                        "Pass a whole number of epochs, or use --recipe sft (this repo's trainer takes fractions).")
     try:
-        user = hyperparams.registry_params(request.hyperparameters)
+        return hyperparams.registry_params(values)
     except hyperparams.NotOfferedByRegistry as err:
         raise UserError(f"{err} has no equivalent input in the registry's chat_completion_pipeline; "
                         "drop it, or use --recipe sft (this repo's trainer takes every flag).") from None
+
+
+def registry_params(request: Request, cloud: Cloud) -> dict[str, Any]:
+    """Tutorial settings < the model's model_specific_defaults < the user's flags (only inputs the component has)."""
+    user = user_registry_params(request.hyperparameters)
     try:
         return jobs.merge_registry_params(cloud.model_defaults, user, cloud.component_inputs)
     except ValueError as err:

@@ -106,6 +106,10 @@ def resolve_sft_model(model: str | None, target: str, *, build_tiny: bool = True
         # a Hugging Face id never looks like this; without the check a typo becomes a job that fails on the cluster
         raise UserError(f"--model {model}: no such folder. Pass a Hugging Face model id, an existing model folder, "
                         "azureml:NAME:VERSION or `tiny`.")
+    known = models.find(model)
+    if known is not None and known.hub_id is None:
+        raise UserError(f"--model {model} is offered only to --recipe registry (see --list-models); "
+                        f"for --recipe sft pick a hub model such as {models.CURRENT_SFT_CHOICE}.")
     hub_id, revision = models.hub_model(model)
     if revision is None:
         say(f"    note: {hub_id} is not in the supported-model table (`--list-models`): no pinned revision, "
@@ -113,25 +117,12 @@ def resolve_sft_model(model: str | None, target: str, *, build_tiny: bool = True
     return hub_id, revision
 
 
-def _check_registry_flags(values: dict[str, Any]) -> None:
-    """Refused before anything is read or uploaded: trainer-only flags and a fractional --epochs."""
-    epochs = values.get("epochs")
-    if epochs is not None and not float(epochs).is_integer():
-        raise UserError(f"--epochs {epochs}: the registry pipeline's num_train_epochs is a whole number. "
-                        "Pass a whole number of epochs, or use --recipe sft (this repo's trainer takes fractions).")
-    try:
-        hyperparams.registry_params(values)
-    except hyperparams.NotOfferedByRegistry as err:
-        raise UserError(f"{err} has no equivalent input in the registry's chat_completion_pipeline; "
-                        "drop it, or use --recipe sft (this repo's trainer takes every flag).") from None
-
-
 def azure_request(args: argparse.Namespace, values: dict[str, Any]) -> Any:
     """The azure_submit.Request for these flags; refuses what can be refused before any network call."""
-    from training.azure_submit import Request
+    from training.azure_submit import Request, user_registry_params
 
     if args.recipe == "registry":
-        _check_registry_flags(values)
+        user_registry_params(values)  # trainer-only flags and a fractional --epochs stop here
         model, revision = models.registry_name(args.model), None
     else:
         model, revision = resolve_sft_model(args.model, "azure", build_tiny=not args.dry_run)

@@ -78,3 +78,8 @@ def test_table_facts() -> None:
 def test_registry_dry_run_refuses_a_retired_model_by_the_table(argv: list[str]) -> None:
     with pytest.raises(UserError, match="Phi-3.5-mini-instruct was retired for fine-tuning"):
         submit.main(argv + ["--recipe", "registry", "--model", "Phi-3.5-mini-instruct"])
+
+
+def test_a_registry_only_model_is_refused_for_sft(argv: list[str]) -> None:
+    with pytest.raises(UserError, match="--model Phi-4 is offered only to --recipe registry"):
+        submit.main(argv + ["--model", "Phi-4"])
