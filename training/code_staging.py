@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from training import local_runs
-from training.hyperparams import TRAINER_DIR
 
+TRAINER_DIR = Path(__file__).resolve().parent / "trainer"
+"""The trainer package (training.trainer locally), the only code a job uploads."""
 PACKAGE = "trainer"
 ENTRY_MODULE = f"{PACKAGE}.fine_tune"
 _SKIP = ("__pycache__", ".pytest_cache")
