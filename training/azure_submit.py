@@ -5,7 +5,7 @@ paths, the inline environment, the VM-size table); the real submit feeds it what
 (data assets, the registered environment, the cluster's VM size, the registry's component and
 model). So the YAML a dry run prints is the job a submit sends, with those references swapped.
 
-Real submit: stack outputs -> data present -> MLClient -> [preflight] -> cluster -> quota ->
+Real submit: stack outputs -> data present -> MLClient -> preflight (infra.preflight) -> cluster -> quota ->
 environment or registry model -> data assets -> job -> submit -> follow. Heavy SDK imports stay
 inside the functions: the dry run never loads azure.identity or azure.ai.ml.
 """
@@ -208,8 +208,7 @@ def print_dry_run(request: Request, outputs: Any, files: Any) -> int:
 def submit(request: Request, outputs: Any, files: Any, *, ml_client: Any, registry_client: Any, credential: Any) -> int:
     """The real submit, step by step."""
     ml_client, registry_client, credential = make_clients(outputs, request, ml_client, registry_client, credential)
-    # The one place for `infra.preflight` (permissions, role propagation; owner: helper infra): outputs,
-    # credential and ml_client are ready here and nothing has been read from or sent to the workspace yet.
+    preflight(outputs, credential)
     with step(f"checking cluster {outputs.compute_name} and quota"):
         vm = check_cluster_and_quota(ml_client, outputs, request)
         device_for(vm, request.recipe, warn=True)
@@ -246,6 +245,13 @@ def make_clients(outputs: Any, request: Request, ml_client: Any, registry_client
         registry_client = MLClient(credential, registry_name=jobs.REGISTRY)
     say(f"==> workspace {outputs.workspace_name} ({outputs.resource_group_name}, {outputs.location}); stack: {outputs.source}")
     return ml_client, registry_client, credential
+
+
+def preflight(outputs: Any, credential: Any) -> None:
+    """The caller's Azure rights and fresh role assignments, before anything is read or bills (infra.preflight)."""
+    from infra.preflight import require
+
+    require(outputs, "submit", credential)
 
 
 def _low_priority(compute: Any, outputs: Any) -> bool:
