@@ -35,7 +35,7 @@ DEFAULT_CONTEXT_TOKENS = 4096
 DEFAULT_MAX_TOKENS_CAP = 2048
 DEFAULT_MAX_SEQUENCES = 32
 """The bound on concurrent sequences an A100 80 GB holds for Phi-3.5-mini at the default context:
-(80 GB - 7.6 GB weights) x 0.8 / (384 KiB x 4096 tokens) = 37 sequences, rounded down. The Azure
+(80 GiB - 7.6 GB weights) x 0.8 / (384 KiB x 4096 tokens) = 38 sequences. The Azure
 deployment's max_concurrent_requests_per_instance is sized from it (deployment/definitions.py)."""
 PAGE_SIZE = 256
 GPU_CACHE_FRACTION = 0.8  # of the GPU memory free after loading; the rest is logits and activations
