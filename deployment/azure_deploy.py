@@ -225,7 +225,6 @@ def deploy_to_azure(
         endpoint_name=ep_name,
         model=model.reference,
         environment=env.reference,
-        code_dir=definitions.stage_code(code_root),
         instance_type=plan.instance_type,
         outputs=outputs,
     )
