@@ -57,7 +57,7 @@ def test_dry_run_prints_yaml_the_sdk_loads_without_network(outputs_file, runs, m
     assert deployment.instance_type == "Standard_E16s_v3"
     # the server's container: a staged build context and its routes; no scoring script
     assert (Path(deployment.environment.build.path) / "Dockerfile").is_file()
-    assert deployment.environment.inference_config["readiness_route"]["path"] == "/health"
+    assert docs[1]["environment"]["inference_config"]["readiness_route"] == {"port": 8000, "path": "/health"}
     assert deployment.code_configuration is None
     assert deployment.environment_variables["AZURE_CLIENT_ID"] == OUTPUTS["endpoint_uai_client_id"]
 

@@ -107,7 +107,8 @@ def test_deployment_runs_the_container_with_probes_limits_and_the_endpoint_ident
     variables = loaded.environment_variables
     assert variables["AZURE_CLIENT_ID"] == outputs.endpoint_uai_client_id != outputs.uai_client_id
     assert variables[ENV_MAX_SEQUENCES] == str(DEFAULT_MAX_SEQUENCES)
-    assert loaded.environment.inference_config["scoring_route"]["port"] == 8000
+    assert doc["environment"]["inference_config"]["scoring_route"] == {"port": 8000, "path": "/"}
+    assert loaded.environment.build.path == env.build.path
 
 
 def test_endpoint_serializes_twice_and_uses_the_endpoint_identity(outputs):
