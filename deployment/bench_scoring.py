@@ -95,7 +95,15 @@ def _start_new(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
     return process, base + "/score"
 
 
+OLD_SERVER_PIN = "azureml-inference-server-http==1.4.1"
+
+
 def _start_old(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("azureml_inference_server_http") is None:
+        raise UserError(f"the old server runs under {OLD_SERVER_PIN}, no longer a dependency: "
+                        f"`.venv/bin/pip install {OLD_SERVER_PIN}` to compare, or pass --server new")
     score = scratch / "old" / "score.py"
     score.parent.mkdir(parents=True, exist_ok=True)
     try:

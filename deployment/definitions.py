@@ -9,6 +9,7 @@ import copy
 import hashlib
 import io
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from common.cli import UserError
@@ -163,7 +164,20 @@ def definitions_yaml(entities: Iterable[Any]) -> str:
     """Multi-document YAML of the entities, each validated by loading it back with the SDK."""
     import yaml
 
+    entities = list(entities)
     docs = [entity_dict(e) for e in entities]
     for doc in docs:
         load_back(doc)
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    return yaml.safe_dump_all(docs, sort_keys=False) + "".join(_build_context_comment(e) for e in entities)
+
+
+def _build_context_comment(entity: Any) -> str:
+    """The image's Dockerfile and requirements as YAML comments, so a dry run shows the whole definition."""
+    build = getattr(getattr(entity, "environment", None), "build", None)
+    folder = Path(build.path) if build is not None and getattr(build, "path", None) else None
+    if folder is None or not (folder / "Dockerfile").is_file():
+        return ""
+    lines = [f"build context {folder} (Azure ML builds the deployment's image from it):"]
+    for name in ("Dockerfile", "requirements.txt"):
+        lines += [f"--- {name}"] + (folder / name).read_text(encoding="utf-8").splitlines()
+    return "".join(f"# {line}\n" for line in lines)

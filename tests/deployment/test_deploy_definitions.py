@@ -108,6 +108,8 @@ def test_deployment_runs_the_container_with_probes_limits_and_the_endpoint_ident
     assert variables["AZURE_CLIENT_ID"] == outputs.endpoint_uai_client_id != outputs.uai_client_id
     assert variables[ENV_MAX_SEQUENCES] == str(DEFAULT_MAX_SEQUENCES)
     assert doc["environment"]["inference_config"]["scoring_route"] == {"port": 8000, "path": "/"}
+    printed = definitions.definitions_yaml([deployment])  # what the dry run prints: the image's recipe too
+    assert f"# FROM {BASE_IMAGE}" in printed and f"# {CLOUD_TORCH_PIN}" in printed
     assert loaded.environment.build.path == env.build.path
 
 
