@@ -89,7 +89,7 @@ def _hint(detail: str, instance_type: str) -> str:
         return " The serving image failed to build: check the environment's build log in Azure ML studio."
     if "sku" in low and ("not" in low or "invalid" in low):
         return f" {instance_type} is not offered for managed online endpoints here; pass another --instance-type."
-    return " The container log above usually says why (a crash in score.py's init(), out of memory, a missing package)."
+    return " The container log above usually says why (the model failed to load, out of memory, a missing package)."
 
 
 def _log_tail(ml_client: Any, endpoint: str, name: str) -> str:
