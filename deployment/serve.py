@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_model_dir(model_dir: Path):
+def find_model(model_dir: Path):
     """(the resolved model folder, its ModelLocation), or a UserError saying what a model folder looks like."""
     from deployment.model_dir import locate_model
 
@@ -65,6 +65,12 @@ def check_model_dir(model_dir: Path):
             "an untrained one with `python -m training.tiny_model --out DIR`."
         ) from None
     return model_dir, location
+
+
+def check_model_dir(model_dir: Path) -> tuple[Path, str]:
+    """(the resolved model folder, a description of the model in it), or a UserError (deploy's local path)."""
+    model_dir, location = find_model(model_dir)
+    return model_dir, location.describe()
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -122,7 +128,7 @@ def serve(model_dir: Path, location, host: str, port: int, model_name: str, trus
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model_dir, location = check_model_dir(args.model_dir)
+    model_dir, location = find_model(args.model_dir)
     check_port_free(args.host, args.port)
     name = args.model_name or default_model_name(model_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

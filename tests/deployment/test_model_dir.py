@@ -76,3 +76,11 @@ def _hf_without_weights_config(p: Path) -> Path:
 def test_refusals(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(FileNotFoundError, match=message):
         locate_model(make(tmp_path))
+
+
+def test_the_local_deploy_gets_a_one_line_description(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from deployment.serve import check_model_dir
+
+    tree = build_hftransformers_tree(tiny_model_dir, tmp_path / "mlflow_model_folder")
+    folder, description = check_model_dir(tmp_path)
+    assert folder == tmp_path.resolve() and description == f"hftransformers model {tree / 'data' / 'model'}"
