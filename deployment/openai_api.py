@@ -1,7 +1,7 @@
 """The HTTP API (ARCHITECTURE section 5) over an `Engine`: OpenAI chat completions, models, health, /score.
 
 Routes, and nothing else (no /load_model, /reset, /docs or /openapi.json):
-  GET  /live                   200 while the process runs (the container's liveness probe)
+  GET  /live                   200 while the process can serve (liveness; 503 once the engine's loop died)
   GET  /health                 200 once the model is loaded, 503 before (readiness)
   GET  /v1/models              the one served model
   POST /v1/chat/completions    OpenAI Chat Completions, streamed (SSE ending `data: [DONE]`) or not
@@ -145,8 +145,12 @@ def create_app(server: Server, on_startup: Callable[[], None] | None = None) -> 
         return response
 
     @app.get("/live")
-    async def live() -> dict:
-        return {"status": "alive"}
+    async def live() -> JSONResponse:
+        # A loaded engine whose generation loop died cannot recover: fail liveness so the platform restarts us.
+        problem = server.engine.problem() if server.engine is not None else None
+        if problem:
+            return JSONResponse({"status": "dead", "error": problem}, status_code=503)
+        return JSONResponse({"status": "alive"})
 
     @app.get("/health")
     async def health() -> JSONResponse:

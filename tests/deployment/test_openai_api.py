@@ -69,3 +69,15 @@ def test_unknown_model_id_is_404_in_openai_shape(engine) -> None:
     missing = client.get("/v1/models/gpt-4")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert client.get("/v1/chat/completions").status_code == 405
+
+
+@pytest.mark.slow
+def test_a_dead_generation_loop_fails_liveness(engine, monkeypatch) -> None:
+    server = Server("tiny")
+    server.engine = engine
+    client = TestClient(create_app(server))
+    assert client.get("/live").status_code == 200
+    monkeypatch.setattr(engine._manager.background_thread_status, "fatal_error", RuntimeError("CUDA error"))
+    live = client.get("/live")
+    assert live.status_code == 503 and "generation loop stopped (RuntimeError)" in live.json()["error"]
+    assert client.get("/health").status_code == 503
