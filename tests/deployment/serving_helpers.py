@@ -93,7 +93,15 @@ def build_hftransformers_tree(model_dir: Path, dest: Path) -> Path:
             shutil.copy2(item, data / "model" / item.name)
         if item.name.startswith("tokenizer") or item.name in ("chat_template.jinja", "special_tokens_map.json"):
             shutil.copy2(item, data / "tokenizer" / item.name)
-    shutil.copy2(model_dir / "config.json", data / "config" / "config.json")
+    # Hub Phi-3 folders name their own modeling code in config.json (auto_map) and ship it; here that
+    # code raises, so a server that ran it (trust_remote_code) could not load this tree.
+    config = json.loads((data / "model" / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_phi3.Phi3Config",
+                          "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"}
+    for folder in (data / "model", data / "config"):
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("configuration_phi3.py", "modeling_phi3.py"):
+        (data / "model" / name).write_text('raise RuntimeError("the model folder\'s own code ran")\n')
     (dest / "code" / "azureml" / "evaluate" / "mlflow").mkdir(parents=True)
     (dest / "code" / "azureml" / "evaluate" / "mlflow" / "__init__.py").write_text("")
     (dest / "conda.yaml").write_text(

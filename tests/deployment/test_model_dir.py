@@ -40,6 +40,10 @@ def test_registry_hftransformers_layout(tmp_path: Path, tiny_model_dir: Path) ->
     assert found.trust_remote_code is True and found.dtype == "bfloat16"
     assert found.load_kwargs["tokenizer_hf_load_kwargs"]["padding_side"] == "right"
     assert locate_model(tree) == found
+    from transformers import AutoConfig
+
+    with pytest.raises(RuntimeError, match="own code ran"):  # the trap is armed: honouring MLmodel's flag would run it
+        AutoConfig.from_pretrained(found.weights_dir, trust_remote_code=True)
 
 
 def _two_models(p: Path) -> Path:
