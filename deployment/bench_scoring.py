@@ -98,10 +98,14 @@ def _start_new(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
 OLD_SERVER_PIN = "azureml-inference-server-http==1.4.1"
 
 
-def _start_old(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
+def _old_server_installed() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("azureml_inference_server_http") is None:
+    return importlib.util.find_spec("azureml_inference_server_http") is not None
+
+
+def _start_old(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
+    if not _old_server_installed():
         raise UserError(f"the old server runs under {OLD_SERVER_PIN}, no longer a dependency: "
                         f"`.venv/bin/pip install {OLD_SERVER_PIN}` to compare, or pass --server new")
     score = scratch / "old" / "score.py"
@@ -237,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model_dir = build_tiny_model(scratch / "tiny")
                 if args.phi35_shape:
                     model_dir = build_phi35_shape(scratch / "phi35-shape", model_dir)
-            for name in (("new", "old") if args.server == "both" else (args.server,)):
+            names = ["new", "old"] if args.server == "both" else [args.server]
+            if args.server == "both" and not _old_server_installed():
+                say(f"note: skipping the old server: {OLD_SERVER_PIN} is not installed (pip install it to compare)")
+                names.remove("old")
+            for name in names:
                 say(f"starting the {name} server")
                 process, url = (_start_new if name == "new" else _start_old)(model_dir, scratch)
                 try:
