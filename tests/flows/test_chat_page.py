@@ -205,6 +205,7 @@ def test_github_runner_layout_google_chrome_and_chromewebdriver(monkeypatch, tmp
 @pytest.mark.e2e
 def test_the_chat_page_answers_a_question_typed_into_it(browser, chat_page, local_endpoint, tmp_path) -> None:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -226,9 +227,17 @@ def test_the_chat_page_answers_a_question_typed_into_it(browser, chat_page, loca
         box.send_keys(QUESTION)
         driver.find_element(By.CSS_SELECTOR, 'button[title="Send"]').click()
         reply = '[data-chatbox-locator="chatbox-message-content"][data-category="chatbot"]'
-        shown = WebDriverWait(driver, 180).until(
-            lambda d: next((e.text for e in d.find_elements(By.CSS_SELECTOR, reply) if e.text.strip()), None)
+        # a finished reply ends with its "View trace" link; the page re-renders while it waits (stale elements)
+        finished = lambda d: next(  # noqa: E731
+            (e.text for e in d.find_elements(By.CSS_SELECTOR, reply) if e.text.strip().endswith("View trace")), None
         )
+        try:
+            shown = WebDriverWait(driver, 180, ignored_exceptions=(StaleElementReferenceException,)).until(finished)
+        except TimeoutException:
+            pytest.fail(
+                f"no answer on the chat page after 180 s; the page shows:\n{driver.find_element(By.TAG_NAME, 'body').text}"
+                f"\n--- chat page log ---\n{log.read_text()[-3000:]}"
+            )
         asked = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '[data-category="user"]')]
         screenshot = os.environ.get("CHAT_PAGE_SCREENSHOT") or str(tmp_path / "chat-page.png")
         driver.save_screenshot(screenshot)
