@@ -39,6 +39,7 @@ BROWSER_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
     "--window-size=1100,720",
 ]
+PENDING = "Generating chat output for you"  # the page's placeholder while the flow runs
 URL_LINE = re.compile(r"Chat page URL will be available after service is started: (\S+)")
 
 
@@ -227,9 +228,12 @@ def test_the_chat_page_answers_a_question_typed_into_it(browser, chat_page, loca
         box.send_keys(QUESTION)
         driver.find_element(By.CSS_SELECTOR, 'button[title="Send"]').click()
         reply = '[data-chatbox-locator="chatbox-message-content"][data-category="chatbot"]'
-        # a finished reply ends with its "View trace" link; the page re-renders while it waits (stale elements)
+        # The reply bubble reads "Generating chat output for you" until the flow answers, then the answer;
+        # both end with a "View trace" link. The page re-renders while it waits (stale elements).
         finished = lambda d: next(  # noqa: E731
-            (e.text for e in d.find_elements(By.CSS_SELECTOR, reply) if e.text.strip().endswith("View trace")), None
+            (e.text for e in d.find_elements(By.CSS_SELECTOR, reply)
+             if e.text.strip().endswith("View trace") and not e.text.startswith(PENDING)),
+            None,
         )
         try:
             shown = WebDriverWait(driver, 180, ignored_exceptions=(StaleElementReferenceException,)).until(finished)
