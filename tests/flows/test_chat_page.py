@@ -34,6 +34,9 @@ from flows.chat.phi_client import EndpointError, PhiClient
 QUESTION = "Who founded Microsoft?"
 KEY = "local-test-key"  # the local server checks no key; the connection needs one
 PARAMS = {"max_tokens": 12, "temperature": 0.0}  # greedy: the page's answer is reproducible
+# How the connection addresses the local server: None = its scoring URL in the contract dialect,
+# which every version of deployment.serve answers; "openai" = its base URL and /v1/chat/completions.
+ENDPOINT_API: str | None = None
 BROWSER_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -63,6 +66,13 @@ def find_browser() -> tuple[str, str] | str:
         f"no headless browser for the chat page test ({missing} not found): "
         "`apt-get install chromium chromium-driver` (what .ci/run does), or Google Chrome + chromedriver"
     )
+
+
+def endpoint_client(base: str, **kwargs) -> PhiClient:
+    """The client the flow builds from the connection this test writes."""
+    if ENDPOINT_API:
+        return PhiClient(base, KEY, api=ENDPOINT_API, **kwargs)
+    return PhiClient(f"{base}/score", KEY, **kwargs)
 
 
 def free_port() -> int:
@@ -115,13 +125,13 @@ def browser() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def local_endpoint(browser, tiny_model_dir: Path, tmp_path_factory) -> Iterator[str]:
-    """`python -m deployment.serve` on the tiny model; yields its base URL once /score answers."""
+    """`python -m deployment.serve` on the tiny model; yields its base URL once it answers a chat."""
     port = free_port()
     log = tmp_path_factory.mktemp("endpoint") / "serve.log"
     proc = start([sys.executable, "-m", "deployment.serve", "--model-dir", str(tiny_model_dir), "--port", str(port)],
                  log, dict(os.environ), Path.cwd())
     base = f"http://127.0.0.1:{port}"
-    client = PhiClient(f"{base}/score", KEY, max_retries=0, timeout=60)
+    client = endpoint_client(base, max_retries=0, timeout=60)
 
     def answers() -> bool:
         try:
@@ -141,10 +151,8 @@ def page_env(local_endpoint: str, tmp_path_factory) -> dict[str, str]:
     """A Prompt flow home of this test's own, with the project's settings and the connection to the endpoint."""
     home = tmp_path_factory.mktemp("pf-home")
     env = {**os.environ, **OFFLINE_ENV, "PF_HOME_DIRECTORY": str(home), "PHI_ENDPOINT_KEY": KEY, "SE_AVOID_STATS": "true"}
-    # Today the endpoint is addressed by its scoring URL in the contract dialect (no `api`), which
-    # every version of deployment.serve answers; for the OpenAI route: ["--endpoint", base, "--api", "openai"].
-    connection = ["--endpoint", f"{local_endpoint}/score",
-                  "--max-tokens", str(PARAMS["max_tokens"]), "--temperature", str(PARAMS["temperature"])]
+    where = ["--endpoint", local_endpoint, "--api", ENDPOINT_API] if ENDPOINT_API else ["--endpoint", f"{local_endpoint}/score"]
+    connection = [*where, "--max-tokens", str(PARAMS["max_tokens"]), "--temperature", str(PARAMS["temperature"])]
     for cmd in (["common.pf_settings"], ["deployment.connection", "set", *connection]):
         done = subprocess.run([sys.executable, "-m", *cmd], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -250,7 +258,7 @@ def test_the_chat_page_answers_a_question_typed_into_it(browser, chat_page, loca
 
     assert QUESTION in asked[0]
     answer = shown.rsplit("View trace", 1)[0]  # the bubble ends with its "View trace" link
-    expected = PhiClient(f"{local_endpoint}/score", KEY).chat(QUESTION, **PARAMS).text
+    expected = endpoint_client(local_endpoint).chat(QUESTION, **PARAMS).text
     assert visible_text(expected), f"the endpoint answered nothing to compare: {expected!r}"
     assert visible_text(answer) == visible_text(expected), f"page: {shown!r}\nendpoint: {expected!r}"
     output = log.read_text()
