@@ -264,7 +264,10 @@ def test_only_rank_zero_saves_and_logs(fine_tune, tiny_model_dir, sample_data_di
 
 def test_torchrun_two_cpu_processes_train_and_only_rank_zero_logs_and_saves(tiny_model_dir, sample_data_dir,
                                                                             tmp_path) -> None:
-    """The distributed path for real: torchrun, two processes, gloo on CPU, the trainer's own entry point."""
+    """The distributed path for real: torchrun, two processes, gloo on CPU, the trainer's own entry point.
+
+    `--standalone`: a free rendezvous port, so parallel test runs on one machine do not collide on 29500.
+    """
     import json
     import os
     import subprocess
@@ -274,16 +277,17 @@ def test_torchrun_two_cpu_processes_train_and_only_rank_zero_logs_and_saves(tiny
 
     torchrun = Path(sys.executable).with_name("torchrun")
     db = tmp_path / "mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "HF_DATASETS_CACHE": str(tmp_path / "cache"),
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{db}", HF_DATASETS_CACHE=str(tmp_path / "cache"), TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "model"
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "training.trainer.fine_tune", "--config", "test",
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.trainer.fine_tune", "--config", "test",
          "--device", "cpu", "--max_steps", "3", "--model_name_or_path", str(tiny_model_dir),
          "--train_file", str(sample_data_dir / "train.jsonl"), "--eval_file", str(sample_data_dir / "test.jsonl"),
          "--output_dir", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = "\n".join(line for line in proc.stderr.splitlines() if "[rank0]" in line)
+    assert proc.returncode == 0, (rank0 or proc.stderr)[-4000:]
     assert proc.stdout.count("eval loss:") == 1  # rank 0 alone reports
     summary = json.loads((out / "summary.json").read_text())
     assert summary["plan"]["world_size"] == 2 and summary["plan"]["device"] == "cpu" and summary["global_steps"] == 3
