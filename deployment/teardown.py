@@ -1,7 +1,8 @@
 """python -m deployment.teardown: stop what bills per hour; with --purge-workspace, free the workspace name.
 
 target azure: delete the endpoints this tool created (tag created-by=finetune-phi; every endpoint
-with --all), then, with --purge-workspace, permanently delete the workspace so `pulumi destroy`
+with --all; with --expired only ours whose DeleteAfter tag from `deploy --expires-in` has passed,
+saying what that saves per hour), then, with --purge-workspace, permanently delete the workspace so `pulumi destroy`
 finishes cleanly and no soft-deleted name is left behind. Asks first unless --yes. Safe to run
 twice: nothing left -> says so, exit 0. The local `phi_endpoint` connection is deleted when it
 points at an endpoint that was deleted. target local: stop the local server.
