@@ -163,6 +163,9 @@ def _azure(args: argparse.Namespace) -> int:
         expires_at=_expires_at(args),
     )
     ml_client = azure_edge.make_ml_client(outputs)
+    from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
+
+    require(outputs, "deploy")
     result = deploy_to_azure(ml_client, outputs, plan, code_root=runs_dir() / "deploy", foundry_writer=foundry)
     print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")
     print(f"deployment: {result.deployment_name} on {args.instance_type}, 100% of traffic")
