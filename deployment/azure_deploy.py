@@ -152,19 +152,29 @@ def _delete_deployment(ml_client: Any, endpoint: str, name: str, *, interval: fl
         return False
 
 
+def _endpoint_identity(outputs: "StackOutputs") -> tuple[str, str]:
+    """(resource id, name) of the identity deploy gives a new endpoint (definitions.build_endpoint's choice)."""
+    built = definitions.build_endpoint("probe-identity", outputs)
+    resource_id = str(built.identity.user_assigned_identities[0].resource_id)
+    named = {outputs.uai_resource_id.lower(): outputs.uai_name,
+             outputs.endpoint_uai_resource_id.lower(): outputs.endpoint_uai_name}
+    return resource_id, named.get(resource_id.lower(), resource_id.rsplit("/", 1)[-1])
+
+
 def _check_existing_endpoint(endpoint: Any, outputs: "StackOutputs") -> None:
     """An endpoint's identity and auth mode cannot change after creation: refuse a mismatch clearly."""
     name = endpoint.name
+    expected_id, expected_name = _endpoint_identity(outputs)
     if str(endpoint.provisioning_state or "").lower() == "deleting":
         raise UserError(f"endpoint {name} is being deleted; wait until it is gone, or pass another --endpoint-name.")
     identity = endpoint.identity
     kind = str(getattr(identity, "type", "") or "none").lower().replace("_", "")
     ids = [str(uai.resource_id or "").lower() for uai in (getattr(identity, "user_assigned_identities", None) or [])]
-    if "userassigned" not in kind or outputs.uai_resource_id.lower() not in ids:
+    if "userassigned" not in kind or expected_id.lower() not in ids:
         have = f"{getattr(identity, 'type', None) or 'no'} identity" + (f" ({', '.join(ids)})" if ids else "")
         raise UserError(
             f"endpoint {name} already exists with {have}, not the stack's user-assigned identity "
-            f"{outputs.uai_name}. An endpoint's identity cannot be changed after creation, and the deployment "
+            f"{expected_name}. An endpoint's identity cannot be changed after creation, and the deployment "
             "relies on the UAI's roles (AcrPull, Storage Blob Data Reader). Deploy to a new endpoint with "
             f"--endpoint-name NEW-NAME, or delete this one first (`az ml online-endpoint delete -n {name}`)."
         )
@@ -222,7 +232,8 @@ class _Deploy:
             _check_existing_endpoint(endpoint, self.outputs)
             say(f"    endpoint {self.ep_name} exists: adding a deployment beside the live one (it is never deleted)")
             return endpoint, False
-        say(f"    creating endpoint {self.ep_name} (key auth, identity {self.outputs.uai_name}); about 1-2 minutes")
+        say(f"    creating endpoint {self.ep_name} (key auth, identity {_endpoint_identity(self.outputs)[1]}); "
+            "about 1-2 minutes")
         entity = definitions.build_endpoint(self.ep_name, self.outputs)
         entity.tags.update(expiry_tags(self.plan.expires_at))
         with azure_errors(f"creating endpoint {self.ep_name}"):
