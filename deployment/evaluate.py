@@ -130,11 +130,34 @@ class Scores:
                    list(data["conversations"]), float(data.get("seconds", 0.0)), str(data.get("eval_file", "")))
 
 
-def client_for(url: str, key: str, deployment: str | None = None) -> Any:
-    """The flow's own client on a deployment (`deployment` pins one behind an Azure endpoint)."""
+def base_url(scoring_url: str) -> str:
+    """`http://host:port/score` -> `http://host:port`: the base URL the OpenAI API hangs off."""
+    return scoring_url.rstrip("/").removesuffix("/score")
+
+
+def speaks_openai(scoring_url: str) -> bool:
+    """True when the server answers the OpenAI routes of ARCHITECTURE section 5 (`GET /v1/models`);
+    a server with the tutorials' `/score` only (or the Azure ML inference server) does not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base_url(scoring_url) + "/v1/models", timeout=10.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def client_for(url: str, key: str, deployment: str | None = None, *, api: str | None = None) -> Any:
+    """The flow's own client on a deployment (`deployment` pins one behind an Azure endpoint).
+
+    `url` is the scoring URL; with `api="openai"` the client calls `{base}/v1/chat/completions`,
+    as the flow does when the connection says so.
+    """
     from flows.chat.phi_client import PhiClient
 
-    return PhiClient(url, key, deployment, timeout=TIMEOUT_S, max_retries=3, backoff=1.0)
+    endpoint = base_url(url) if api == "openai" else url
+    return PhiClient(endpoint, key, deployment, timeout=TIMEOUT_S, max_retries=3, backoff=1.0, api=api)
 
 
 def score_deployment(
@@ -206,7 +229,7 @@ def write_json(scores: Scores, name: str) -> Path:
 
     folder = local_runs.runs_dir() / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name)
+    safe = "-".join("".join(ch if ch.isalnum() or ch in "_." else " " for ch in name).split())
     path = folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{safe}.json"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(scores.to_json(), indent=1) + "\n", encoding="utf-8")
@@ -245,7 +268,8 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, str, str]:
     if record is None or not is_our_server(record.pid, record.port):
         raise UserError("no local endpoint is running: start one with `python -m deployment.deploy --target local`.")
     # The local server checks no key; the flow's client needs one.
-    return client_for(record.url, secrets.token_urlsafe(16)), "local", str(record.model_dir)
+    api = "openai" if speaks_openai(record.url) else None
+    return client_for(record.url, secrets.token_urlsafe(16), api=api), "local", str(record.model_dir)
 
 
 def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str]:

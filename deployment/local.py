@@ -294,7 +294,7 @@ def deploy_local(
     After the smoke test, the evaluation gate (deployment/gate.py) compares the new server with the
     running one on the same held-out conversations; a worse one is stopped and refused unless `force`.
     """
-    from deployment.evaluate import DEFAULT_LIMIT, load_eval_set
+    from deployment.evaluate import DEFAULT_LIMIT, base_url, load_eval_set, speaks_openai
     from deployment.serve import check_model_dir
 
     model_dir = Path(model_dir) if model_dir is not None else local_runs.latest_model_dir()
@@ -319,9 +319,10 @@ def deploy_local(
         with step(f"smoke-testing {url}"), rollback.guard("the smoke test"):
             say(f"    {_smoke_test(url, key)}")
         endpoint = LocalEndpoint(url=url, port=port, pid=process.pid, model_dir=model_dir)
+        api = "openai" if speaks_openai(url) else None  # the connection and the evaluation use what it speaks
         with step("evaluate the new server" + (f" against the running one (port {old.port})" if old else " (baseline)")):
             with rollback.guard("the evaluation"):
-                verdict = _evaluate(endpoint, old, eval_set, key, force=force, margin=margin)
+                verdict = _evaluate(endpoint, old, eval_set, key, api, force=force, margin=margin)
             if not verdict.promote:
                 raise rollback.refuse(verdict)
         with rollback.guard("recording the new endpoint"):
@@ -329,7 +330,7 @@ def deploy_local(
                 from deployment.connection import write_phi_connection
 
                 with step("writing the Prompt flow connection phi_endpoint"):
-                    write_phi_connection(endpoint=url, key=key)
+                    write_phi_connection(endpoint=base_url(url) if api else url, key=key, api=api)
             _write_record(endpoint)
         if old is not None:
             with step(f"stopping the previous local server (pid {old.pid}, port {old.port})"):
@@ -371,6 +372,7 @@ def _local_rollback(pid: int, port: int, offset: int, old: LocalEndpoint | None)
         manual=f"`kill -TERM -{pid}`",
         kept=f"The previous local endpoint {old.url} is still serving." if old else "No local endpoint was serving before.",
         evidence=lambda: f"The new server's log ({log_file()}) ends with:\n{_log_tail(offset)}",
+        removed="stopped",
         undo_on_interrupt=True,
     )
 
@@ -408,14 +410,16 @@ def model_id(model_dir: Path) -> str:
     return f"{Path(model_dir).resolve()}@{int(newest)}"
 
 
-def _evaluate(new: LocalEndpoint, old: LocalEndpoint | None, eval_set, key: str, *, force: bool,
+def _evaluate(new: LocalEndpoint, old: LocalEndpoint | None, eval_set, key: str, api: str | None, *, force: bool,
               margin: float | None):
     """Score the new server and the running one (or reuse its scores); the gate's verdict."""
     from deployment import gate
-    from deployment.evaluate import client_for, score_deployment
+    from deployment.evaluate import client_for, score_deployment, speaks_openai
 
     def scores(endpoint: LocalEndpoint, label: str):
-        return score_deployment(client_for(endpoint.url, key), eval_set, label=label, model=model_id(endpoint.model_dir))
+        speaks = api if endpoint is new else ("openai" if speaks_openai(endpoint.url) else None)
+        return score_deployment(client_for(endpoint.url, key, api=speaks), eval_set, label=label,
+                                model=model_id(endpoint.model_dir))
 
     new_scores = scores(new, f"new (port {new.port})")
     live = None

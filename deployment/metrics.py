@@ -37,7 +37,12 @@ def metric_version() -> str:
 def _evaluators() -> dict[str, Callable[[str, str], float]]:
     """The library's evaluators, built once (the import takes seconds)."""
     import logging
+    import os
 
+    from common.pf_settings import OFFLINE_ENV
+
+    for name, value in OFFLINE_ENV.items():  # no Azure Monitor settings/statsbeat calls from the import below
+        os.environ.setdefault(name, value)
     from azure.ai.evaluation import F1ScoreEvaluator, RougeScoreEvaluator, RougeType
 
     logging.getLogger("azure.ai.evaluation").setLevel(logging.ERROR)

@@ -32,6 +32,8 @@ class Rollback:
     """Shown before the undo (the container or server log), best effort."""
     hint: Callable[[str], str] = lambda detail: ""
     """A next step that fits the failure's detail (quota, image build ...)."""
+    removed: str = "deleted"
+    """The past tense of `undo` in messages ("deleted", "stopped")."""
     undo_on_interrupt: bool = False
     secret: str | None = None
     """Redacted from every line this prints (the endpoint key, once fetched)."""
@@ -59,20 +61,21 @@ class Rollback:
     def fail(self, stage: str, detail: str) -> UserError:
         detail = self.redact(detail).rstrip().rstrip(".")
         say(f"!!! {stage} failed: {detail}")
-        return UserError(f"{stage} failed for {self.name}: {detail}. {self._undo()}{self.hint(detail)}")
+        return UserError(f"{stage} failed for {self.name}: {detail}. {self._undo(evidence=True)}{self.hint(detail)}")
 
     def refuse(self, verdict: "Verdict") -> UserError:
         """The gate's refusal: the new deployment is removed, the table was shown, non-zero exit."""
         say(f"!!! refused: {verdict.summary()}")
         return UserError(
-            f"{self.name} was refused: {verdict.summary()}. {self._undo()} Scores per conversation: "
+            f"{self.name} was refused: {verdict.summary()}. {self._undo(evidence=False)} Scores per conversation: "
             f"{verdict.new_json}. To move traffic anyway, re-run deploy with --force (see docs/DEPLOY.md, "
             "'The evaluation gate')."
         )
 
-    def _undo(self) -> str:
+    def _undo(self, *, evidence: bool) -> str:
+        """Remove the new deployment (after showing its log when it failed); the sentence saying so."""
         say(f"    {self.kept}")
-        if self.evidence is not None:
+        if evidence and self.evidence is not None:
             try:
                 text = self.evidence()
             except Exception as err:  # a failed log fetch must not hide the real failure
@@ -81,6 +84,6 @@ class Rollback:
                 say(self.redact(text))
         say(f"    removing {self.name}")
         gone = self.undo()
-        cleanup = (f"{self.name[0].upper()}{self.name[1:]} was deleted (or had not been created)." if gone
+        cleanup = (f"{self.name[0].upper()}{self.name[1:]} was {self.removed}." if gone
                    else f"{self.name} could NOT be removed and may bill per hour: remove it with {self.manual}.")
         return f"{self.kept} {cleanup}"

@@ -50,7 +50,7 @@ def test_an_untrained_model_is_refused_and_force_overrides(tmp_path: Path, repo_
         first = _ok(_cli("deployment.deploy", "--target", "local", env=env, cwd=repo_root))
         live = json.loads(record_file.read_text())
         assert "local endpoint:" in first and "/jobs/" in live["model_dir"]
-        [baseline] = (runs / "eval").glob("*-new--port-*.json")
+        [baseline] = (runs / "eval").glob("*-new-port-*.json")
         baseline = json.loads(baseline.read_text())
         assert baseline["summary"]["f1"]["mean"] > 0.3, "the fine-tuned tiny model should answer the held-out facts"
 

@@ -97,3 +97,34 @@ def test_evaluate_cli_on_azure(outputs_file, runs, fake_client, scoring_server, 
     data = json.loads(written.read_text())
     assert data["model"] == "azureml:phi3-finetuned:1" and len(data["conversations"]) == 5
     assert data["summary"]["f1"]["n"] == 5 and data["eval_sha256"]
+
+
+def test_the_client_speaks_what_the_server_serves(scoring_server):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class OpenAIish(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            body = b'{"object": "list", "data": [{"id": "phi", "object": "model"}]}'
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), OpenAIish)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/score"
+        assert evaluate.speaks_openai(url) is True
+        assert evaluate.speaks_openai(scoring_server.url) is False  # a /score-only server
+        assert evaluate.speaks_openai("http://127.0.0.1:9/score") is False  # nothing listening
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    client = evaluate.client_for("http://127.0.0.1:5000/score", "k", api="openai")
+    assert client.url == "http://127.0.0.1:5000/v1/chat/completions"
+    assert evaluate.client_for("http://127.0.0.1:5000/score", "k").url == "http://127.0.0.1:5000/score"
