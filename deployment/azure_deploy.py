@@ -319,7 +319,7 @@ class _Deploy:
             if not reused:
                 gate.remember(scope, live)
                 self.tag(slots.main_live, gate.tags_for(live, self.store_scores(live, slots.main_live)))
-        verdict = gate.decide(new, live, force=self.plan.force, **({"margin": self.plan.margin} if self.plan.margin is not None else {}))
+        verdict = gate.decide(new, live, force=self.plan.force, margin=self.plan.margin)
         say(f"    evaluation took {time.perf_counter() - started:.0f}s")
         if verdict.promote:
             gate.remember(scope, new)

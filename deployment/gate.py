@@ -115,8 +115,9 @@ class Verdict:
         return f"the new deployment is {verdict}"
 
 
-def decide(new: Scores, live: Scores | None, *, force: bool, margin: float = DEFAULT_MARGIN) -> Verdict:
-    """Compare on the gate metric, write both score files, print the table and the verdict."""
+def decide(new: Scores, live: Scores | None, *, force: bool, margin: float | None = None) -> Verdict:
+    """Compare on the gate metric (margin: DEFAULT_MARGIN unless given), write both score files, print the verdict."""
+    margin = DEFAULT_MARGIN if margin is None else margin
     comparison = compare(new.values(GATE_METRIC), live.values(GATE_METRIC), margin) if live is not None else None
     verdict = Verdict(new, live, comparison, force, write_json(new, new.label),
                       write_json(live, live.label) if live is not None else None)

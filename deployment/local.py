@@ -429,7 +429,7 @@ def _evaluate(new: LocalEndpoint, old: LocalEndpoint | None, eval_set, key: str,
                                         lambda: scores(old, label))
         if not reused:
             _write_tags(old.pid, gate.tags_for(live, str(gate.remember("local", live))))
-    verdict = gate.decide(new_scores, live, force=force, **({"margin": margin} if margin is not None else {}))
+    verdict = gate.decide(new_scores, live, force=force, margin=margin)
     if verdict.promote:
         _write_tags(new.pid, gate.tags_for(new_scores, str(gate.remember("local", new_scores))))
     return verdict
