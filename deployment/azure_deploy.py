@@ -120,7 +120,7 @@ def _hint(detail: str, instance_type: str) -> str:
         return " The serving image failed to build: check the environment's build log in Azure ML studio."
     if "sku" in low and ("not" in low or "invalid" in low):
         return f" {instance_type} is not offered for managed online endpoints here; pass another --instance-type."
-    return " The container log above usually says why (a crash at start-up, out of memory, a missing package)."
+    return " The container log above usually says why (the model failed to load, out of memory, a missing package)."
 
 
 def _log_tail(ml_client: Any, endpoint: str, name: str) -> str:
@@ -205,10 +205,10 @@ def choose_slot(traffic: dict[str, int], existing: list[str]) -> str:
 class _Deploy:
     """One run of deploy_to_azure: its inputs and what the steps found, so each step is a short method."""
 
-    def __init__(self, ml_client: Any, outputs: "StackOutputs", plan: DeployPlan, *, code_root: Path,
+    def __init__(self, ml_client: Any, outputs: "StackOutputs", plan: DeployPlan, *,
                  client: Callable[[str, str, str], Any], poll_interval: float) -> None:
         self.ml, self.outputs, self.plan = ml_client, outputs, plan
-        self.code_root, self.client, self.poll = code_root, client, poll_interval
+        self.client, self.poll = client, poll_interval
         self.ep_name = definitions.check_endpoint_name(plan.endpoint_name)
         self.key: str | None = None
         self.scoring_uri = ""
@@ -274,7 +274,7 @@ class _Deploy:
     def create_deployment(self, slots: Slots, model: RegisteredModel, env: Any) -> None:
         deployment = definitions.build_deployment(
             name=slots.new, endpoint_name=self.ep_name, model=model.reference, environment=env.reference,
-            code_dir=definitions.stage_code(self.code_root), instance_type=self.plan.instance_type, outputs=self.outputs,
+            instance_type=self.plan.instance_type, outputs=self.outputs,
         )
         deployment.tags.update(expiry_tags(self.plan.expires_at))
         info = definitions.instance_info(self.plan.instance_type)
@@ -419,7 +419,6 @@ def deploy_to_azure(
     outputs: "StackOutputs",
     plan: DeployPlan,
     *,
-    code_root: Path,
     smoke_client: Callable[[str, str, str], Any] = _default_client,
     write_connection: Callable[[str, str, str], None] = _default_write_connection,
     foundry_writer: Callable[[str, str, str], None] | None = None,
@@ -429,7 +428,7 @@ def deploy_to_azure(
 
     `smoke_client(url, key, deployment)` builds the client of the smoke test and the evaluation.
     """
-    run = _Deploy(ml_client, outputs, plan, code_root=code_root, client=smoke_client, poll_interval=poll_interval)
+    run = _Deploy(ml_client, outputs, plan, client=smoke_client, poll_interval=poll_interval)
     eval_set = run.load_eval_set()  # a missing eval file fails before anything is created
     with step("register the model"):
         model = resolve_model(ml_client, plan.choice)

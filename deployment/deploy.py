@@ -98,7 +98,6 @@ def _dry_run(args: argparse.Namespace) -> int:
     from deployment.environment import serving_environment
     from deployment.registration import job_output_path, parse_model_ref
     from infra.outputs import load_stack_outputs
-    from training.local_runs import runs_dir
 
     outputs = load_stack_outputs(args.outputs_file, args.stack)
     name = definitions.check_endpoint_name(args.endpoint_name or definitions.default_endpoint_name(outputs))
@@ -120,7 +119,6 @@ def _dry_run(args: argparse.Namespace) -> int:
         endpoint_name=name,
         model=model,
         environment=serving_environment(args.instance_type).to_entity(),
-        code_dir=definitions.stage_code(runs_dir() / "deploy"),
         instance_type=args.instance_type,
         outputs=outputs,
     )
@@ -139,7 +137,6 @@ def _azure(args: argparse.Namespace) -> int:
     from deployment.azure_deploy import DeployPlan, deploy_to_azure
     from deployment.registration import ModelChoice
     from infra.outputs import load_stack_outputs
-    from training.local_runs import runs_dir
 
     outputs = load_stack_outputs(args.outputs_file, args.stack)
     info = definitions.instance_info(args.instance_type)
@@ -166,7 +163,7 @@ def _azure(args: argparse.Namespace) -> int:
     from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
 
     require(outputs, "deploy")
-    result = deploy_to_azure(ml_client, outputs, plan, code_root=runs_dir() / "deploy", foundry_writer=foundry)
+    result = deploy_to_azure(ml_client, outputs, plan, foundry_writer=foundry)
     print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")
     print(f"deployment: {result.deployment_name} on {args.instance_type}, 100% of traffic")
     print(f"price:      {_price(args.instance_type)}")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy_fixtures import UAI_ID
 from common.cli import UserError
 from deployment import definitions
 from deployment.azure_deploy import DeployPlan, choose_slot, deploy_to_azure
@@ -19,7 +18,7 @@ EP = "phi3-chat-test"
 
 def _deploy(client: FakeMLClient, outputs, runs: Path, write_connection, **plan):
     return deploy_to_azure(
-        client, outputs, DeployPlan(endpoint_name=EP, **plan), code_root=runs / "deploy",
+        client, outputs, DeployPlan(endpoint_name=EP, **plan),
         write_connection=write_connection, poll_interval=0.01,
     )
 
@@ -57,17 +56,15 @@ def test_first_deploy_runs_in_blue_green_order(fake_client, outputs, runs, write
     ep_doc = c.calls[c.index("online_endpoints.begin_create_or_update", traffic={})].args["doc"]
     assert ep_doc["auth_mode"] == "key" and ep_doc["tags"] == {"created-by": "finetune-phi"}
     assert ep_doc["identity"]["type"] == "user_assigned"
-    assert [u["resource_id"] for u in ep_doc["identity"]["user_assigned_identities"]] == [UAI_ID]
-    # deployment: score.py only, pinned environment, probes, request settings, UAI client id
+    assert [u["resource_id"] for u in ep_doc["identity"]["user_assigned_identities"]] == [outputs.endpoint_uai_resource_id]
+    # deployment: the server's container environment, probes, request settings, the endpoint identity
     dep = c.calls[c.index("online_deployments.begin_create_or_update")].args["doc"]
     assert dep["instance_type"] == "Standard_NC24ads_A100_v4" and dep["model"] == "azureml:phi3-finetuned:1"
     assert dep["environment"].startswith("azureml:phi3-serve:")
-    assert sorted(p.name for p in Path(dep["code_configuration"]["code"]).iterdir()) == ["score.py"]
-    assert dep["code_configuration"]["scoring_script"] == "score.py"
-    assert dep["readiness_probe"]["initial_delay"] >= 500 and dep["liveness_probe"]["initial_delay"] >= 500
-    assert dep["request_settings"]["request_timeout_ms"] == 90000
-    assert dep["environment_variables"]["UAI_CLIENT_ID"] == outputs.uai_client_id
-    assert dep["environment_variables"]["AZURE_CLIENT_ID"] == outputs.uai_client_id
+    assert "code_configuration" not in dep
+    assert dep["readiness_probe"]["initial_delay"] <= 30 and dep["liveness_probe"]["initial_delay"] >= 500
+    assert dep["request_settings"]["request_timeout_ms"] == 180000
+    assert dep["environment_variables"]["AZURE_CLIENT_ID"] == outputs.endpoint_uai_client_id
     # smoke test went to the new deployment with the fetched key
     assert scoring_server.requests and all(r["authorized"] and r["deployment"] == "blue" for r in scoring_server.requests)
     # final state
@@ -227,7 +224,7 @@ def test_connection_failure_after_a_good_deploy_says_it_is_live(fake_client, out
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         write_connection=broken, poll_interval=0.01)
     assert "blue is live" in str(err.value) and "no keyring" in str(err.value)
     assert SECRET_KEY not in str(err.value)
@@ -245,7 +242,7 @@ def test_unexpected_connection_writer_error_is_one_message_without_the_key(
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         write_connection=write_connection, foundry_writer=foundry, poll_interval=0.01)
     message = str(err.value)
     assert "blue is live" in message and "Foundry project connection" in message and "ValueError" in message
@@ -265,7 +262,7 @@ def test_connection_failure_still_names_old_deployments_that_bill(
         raise UserError("could not write the Prompt flow connection 'phi_endpoint': no keyring")
 
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         write_connection=broken, poll_interval=0.01)
     message = str(err.value)
     assert "green is live" in message and "no keyring" in message
@@ -282,7 +279,7 @@ def test_ctrl_c_during_the_smoke_test_says_how_to_delete_the_new_deployment(
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         smoke_client=interrupted, write_connection=write_connection, poll_interval=0.01)
     assert fake_client.endpoints[EP].traffic == {"blue": 100}
     assert f"az ml online-deployment delete -e {EP} -n green --yes" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_evaluate_cli_on_azure(outputs_file, runs, fake_client, scoring_server, 
     from infra.outputs import StackOutputs
 
     deploy_to_azure(fake_client, StackOutputs.from_mapping(OUTPUTS, source="x"), DeployPlan(endpoint_name="phi3-e"),
-                    code_root=runs / "deploy", write_connection=lambda *a: None, poll_interval=0.01)
+                    write_connection=lambda *a: None, poll_interval=0.01)
     capsys.readouterr()
     scoring_server.worse = {"blue"}
     with pytest.raises(SystemExit) as done:
