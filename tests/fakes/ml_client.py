@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
@@ -79,7 +80,7 @@ def _load_back(loader: Callable[..., Any], entity: Any) -> Any:
 
 
 class _Ops:
-    def __init__(self, client: "FakeMLClient", op: str) -> None:
+    def __init__(self, client: FakeMLClient, op: str) -> None:
         self._client, self._op = client, op
 
     def _record(self, method: str, **args: Any) -> None:
@@ -262,7 +263,7 @@ class FakeCompute(_Ops):
         return list(self._client.usages)
 
 
-def complete(jobs: "FakeJobs", name: str) -> None:
+def complete(jobs: FakeJobs, name: str) -> None:
     """The default end of `jobs.stream`: the job completes."""
     jobs.set_status(name, "Completed")
 
@@ -271,7 +272,7 @@ class FakeJobs(_Ops):
     """`store` is what `jobs.list` yields, newest last (None where the SDK cannot parse a job);
     `submitted` keeps the entities given to `create_or_update`."""
 
-    def __init__(self, client: "FakeMLClient", op: str) -> None:
+    def __init__(self, client: FakeMLClient, op: str) -> None:
         super().__init__(client, op)
         self.store: list[Any] = []
         self.submitted: list[Any] = []
@@ -285,7 +286,7 @@ class FakeJobs(_Ops):
         self.submitted.append(job)
         self.store.append(SimpleNamespace(
             name=job.name, type=job.type, status="Starting", tags=dict(job.tags or {}),
-            experiment_name=job.experiment_name, creation_context=SimpleNamespace(created_at=datetime.now(timezone.utc)),
+            experiment_name=job.experiment_name, creation_context=SimpleNamespace(created_at=datetime.now(UTC)),
         ))
         return copy.copy(job)
 
@@ -391,6 +392,7 @@ class FakeMLClient:
     def add_job(self, name: str, status: str = "Completed", recipe: str = "sft", created: str = "2026-11-01T10:00:00Z") -> None:
         """A finished training job in the workspace, as `jobs.list` / `jobs.get` yield it."""
         self.jobs.store.append(SimpleNamespace(
-            name=name, type="pipeline" if recipe == "registry" else "command", status=status, tags={"finetune-phi": recipe}, experiment_name="finetune-phi",
-            creation_context=SimpleNamespace(created_at=datetime.fromisoformat(created.replace("Z", "+00:00"))),
+            name=name, type="pipeline" if recipe == "registry" else "command", status=status,
+            tags={"finetune-phi": recipe}, experiment_name="finetune-phi",
+            creation_context=SimpleNamespace(created_at=datetime.fromisoformat(created)),
         ))

@@ -12,7 +12,7 @@ from fakes.ml_client import Call
 
 
 class _RegistryComponents:
-    def __init__(self, client: "FakeRegistryClient") -> None:
+    def __init__(self, client: FakeRegistryClient) -> None:
         self.client = client
 
     def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
@@ -23,7 +23,7 @@ class _RegistryComponents:
 
 
 class _RegistryModels:
-    def __init__(self, client: "FakeRegistryClient") -> None:
+    def __init__(self, client: FakeRegistryClient) -> None:
         self.client = client
 
     def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
