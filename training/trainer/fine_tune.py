@@ -24,6 +24,8 @@ Python API (the benchmark imports this file by path): `parse_args(argv)`, `build
 # registered in sys.modules, which dataclasses with string annotations would need.
 
 import argparse
+import functools
+import importlib
 import importlib.util
 import json
 import logging
@@ -290,18 +292,11 @@ def packing_isolates_sequences(attn_implementation: str) -> bool:
 
 
 def resolve_assistant_only_loss(requested: str, tokenizer) -> bool:
-    """`auto`: on when the template has {% generation %} markers or TRL ships a marked variant of it."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
+    """`auto`: on when the template has {% generation %} markers or a marked variant of it is known (TRL's, ours)."""
     template = tokenizer.chat_template
     if not template:
         raise TrainerError("the tokenizer has no chat template; use a chat model such as microsoft/Phi-3.5-mini-instruct.")
-    supported = has_generation_markers(template)
-    if not supported:
-        try:
-            supported = get_training_chat_template(tokenizer) is not None
-        except ValueError:
-            supported = False
+    supported = _chat_templates().training_template(tokenizer) is not None  # own markers, TRL's or ours
     if requested == "auto":
         if not supported:
             log.warning("assistant-only loss off: the chat template has no {%% generation %%} markers "
@@ -311,6 +306,17 @@ def resolve_assistant_only_loss(requested: str, tokenizer) -> bool:
         raise TrainerError("--assistant_only_loss true needs {% generation %} markers in the chat template; "
                            "use --assistant_only_loss auto or false.")
     return requested == "true"
+
+
+@functools.lru_cache(maxsize=None)
+def _chat_templates():
+    """The sibling chat_templates module, whether this file runs in its package or is loaded by path."""
+    if __package__:
+        return importlib.import_module(".chat_templates", __package__)
+    spec = importlib.util.spec_from_file_location("chat_templates", Path(__file__).with_name("chat_templates.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass
@@ -463,15 +469,21 @@ def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime
     plan.train_rows, plan.eval_rows = len(train_dataset), len(eval_dataset)
     if work_dir is None:
         work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
+    templates = _chat_templates()
     try:
-        trainer = SFTTrainer(
-            model=model,
-            args=sft_config(args, runtime, plan, work_dir),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(args) if args.method == "lora" else None,
-        )
+        with templates.applied(tokenizer, plan.assistant_only_loss):  # the marked template while TRL tokenizes
+            trainer = SFTTrainer(
+                model=model,
+                args=sft_config(args, runtime, plan, work_dir),
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=tokenizer,
+                peft_config=lora_config(args) if args.method == "lora" else None,
+            )
+        if plan.assistant_only_loss:
+            templates.check_masks(trainer)  # before any step: masks that are empty or dropped are refused
+    except templates.MaskError as err:
+        raise TrainerError(str(err)) from err
     except ValueError as err:
         if args.method == "lora" and "target modules" in str(err).lower():  # peft's NoMatchingPeftModuleError
             raise TrainerError(f"--lora_target_modules {args.lora_target_modules} matches no module of the model: "
