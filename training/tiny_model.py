@@ -51,7 +51,6 @@ PHI3_CHAT_TEMPLATE = (
     "{%- elif messages[-1]['role'] == 'assistant' %}{%- generation %}{{- eos_token }}{%- endgeneration %}"
     "{%- else %}{{- eos_token }}{%- endif %}"
 )
-CHAT_TEMPLATE = PHI3_CHAT_TEMPLATE  # the default twin's (older name, kept for callers)
 
 # microsoft/Phi-4-mini-instruct's tokenizer_config.json `chat_template`, verbatim.
 PHI4_MINI_CHAT_TEMPLATE = (
@@ -122,7 +121,6 @@ LIKES = {
     ),
 }
 DEFAULT_LIKE = "phi-3.5-mini"
-SPECIAL_TOKENS = list(LIKES[DEFAULT_LIKE].special_tokens)
 
 
 def _train_tokenizer(like: Like):

@@ -300,7 +300,7 @@ def resolve_assistant_only_loss(requested: str, tokenizer) -> bool:
     if requested == "auto":
         if not supported:
             log.warning("assistant-only loss off: the chat template has no {%% generation %%} markers "
-                        "(and TRL has no marked variant); training on whole conversations.")
+                        "(and no marked variant of it is known); training on whole conversations.")
         return supported
     if requested == "true" and not supported:
         raise TrainerError("--assistant_only_loss true needs {% generation %} markers in the chat template; "
