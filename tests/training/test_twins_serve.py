@@ -18,7 +18,6 @@ import pytest
 from training.trainer import fine_tune as ft
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("deployment.engine", reason="the OpenAI-route server (helper `server`) is not on this branch yet")
 
 QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who founded Microsoft?"}]
 
