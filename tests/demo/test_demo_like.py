@@ -53,4 +53,5 @@ def test_demo_runs_on_the_phi4_mini_twin(tmp_path: Path, monkeypatch: pytest.Mon
     (question, answer, reference), = result.answers
     assert question and reference and answer.strip()
     assert "<|end|>" not in answer and "<|assistant|>" not in answer  # the reply ended at the stop token
+    assert result.openai_answer is not None and result.openai_answer[0] == question  # the OpenAI route too
     assert local.read_record() is None
