@@ -10,21 +10,16 @@ MLClient builds (and the preflight's ARM client); calls are not wrapped again.
 from __future__ import annotations
 
 import datetime as dt
-import random
-import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator
 
-from common.cli import UserError, first_line, say
+from common.cli import UserError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.ai.ml import MLClient
 
     from infra.outputs import StackOutputs
 
-T = TypeVar("T")
-
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 RETRY: dict[str, float] = {"retry_total": 8, "retry_backoff_factor": 1.0, "retry_backoff_max": 60}
 """azure-core RetryPolicy settings: 8 retries, 1 s doubling to at most 60 s (about 3 minutes in all)."""
 PROPAGATION = dt.timedelta(minutes=10)
@@ -71,10 +66,6 @@ def make_ml_client(outputs: "StackOutputs", credential: Any = None) -> "MLClient
         workspace_name=outputs.workspace_name,
         **RETRY,
     )
-
-
-def _status_code(err: BaseException) -> int | None:
-    return getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
 
 
 def _error_code(err: Any) -> str:
@@ -135,22 +126,3 @@ def azure_errors(action: str) -> Iterator[None]:
         if code == 403:
             raise UserError(forbidden_message(action, err)) from None
         raise UserError(f"{action}: Azure answered {code or 'an error'}: {first_line(err)}") from None
-
-
-def with_retries(
-    fn: Callable[[], T], *, action: str, attempts: int = 4, base_delay: float = 2.0, sleep: Callable[[float], None] = time.sleep
-) -> T:
-    """Call `fn`, retrying transient service errors (429, 5xx, connection resets) with jittered backoff."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
-            transient = not isinstance(err, HttpResponseError) or _status_code(err) in TRANSIENT_STATUS
-            if not transient or attempt == attempts:
-                raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            say(f"    {action}: transient error ({first_line(err)}); retrying in {delay:.0f}s ({attempt}/{attempts - 1})")
-            sleep(delay)
-    raise AssertionError("unreachable")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable
 
-from common.azure import azure_errors, with_retries
+from common.azure import azure_errors
 from common.cli import UserError, say
 from deployment.connection import CONNECTION_NAME, connection_configs
 
@@ -75,7 +75,7 @@ def foundry_writer(
         client = make_client(dataclasses.replace(outputs, workspace_name=project))
         connection = build_connection(endpoint, key, deployment)
         with azure_errors(f"writing connection {CONNECTION_NAME} in Foundry project {project}"):
-            with_retries(lambda: client.connections.create_or_update(connection), action="writing the connection")
+            client.connections.create_or_update(connection)  # azure-core retries 408/429/5xx (common.azure.RETRY)
         say(f"    wrote workspace connection {CONNECTION_NAME} in Foundry project {project}")
 
     return write

@@ -10,7 +10,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from common.azure import azure_errors, with_retries
+from common.azure import azure_errors
 from common.cli import UserError
 
 
@@ -41,35 +41,6 @@ def test_unexpected_errors_are_not_disguised() -> None:
     with pytest.raises(KeyError):
         with azure_errors("anything"):
             raise KeyError("a bug")
-
-
-def test_transient_errors_are_retried_then_raised() -> None:
-    delays: list[float] = []
-    calls = {"n": 0}
-
-    def flaky() -> str:
-        calls["n"] += 1
-        if calls["n"] < 3:
-            raise ServiceResponseError("reset")
-        return "ok"
-
-    assert with_retries(flaky, action="listing jobs", sleep=delays.append) == "ok"
-    assert calls["n"] == 3 and len(delays) == 2 and delays[1] > delays[0] * 0.5
-
-    def always_503() -> None:
-        raise _http(503)
-
-    with pytest.raises(HttpResponseError):
-        with_retries(always_503, action="x", attempts=3, sleep=delays.append)
-
-    def forbidden() -> None:
-        calls["n"] += 1
-        raise _http(403)
-
-    calls["n"] = 0
-    with pytest.raises(HttpResponseError):
-        with_retries(forbidden, action="x", sleep=delays.append)
-    assert calls["n"] == 1  # a 403 is not transient: no retry
 
 
 def _arm_error(status: int, code: str, message: str) -> HttpResponseError:
