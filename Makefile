@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml requirements.lock
 test: setup  ## run the whole test suite (sets up first if needed)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-demo: setup  ## the whole path offline: data -> fine-tune -> serve -> Prompt flow chat -> teardown
-	$(PYTHON) -m demo
+demo: setup  ## the whole path offline: data -> fine-tune -> serve -> Prompt flow chat -> teardown (LIKE=phi-4-mini: on that twin)
+	$(PYTHON) -m demo $(if $(LIKE),--like $(LIKE))
 
 bench: setup  ## CPU benchmarks (see docs/BENCHMARKS.md)
 	$(PYTHON) -m training.bench --shape tiny
