@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from deploy_fake_client import SECRET_KEY, Call, FakeMLClient
+from fakes.ml_client import SECRET_KEY, Call, FakeMLClient
 from infra.outputs import REQUIRED_KEYS, StackOutputs
 
 UAI_ID = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-phi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-phi"

@@ -11,7 +11,7 @@ from common.cli import UserError
 from deployment import definitions
 from deployment.azure_deploy import DeployPlan, choose_slot, deploy_to_azure
 from deployment.registration import ModelChoice
-from deploy_fake_client import CONTAINER_LOG, SECRET_KEY, SECOND_KEY, FakeMLClient
+from fakes.ml_client import CONTAINER_LOG, SECRET_KEY, SECOND_KEY, FakeMLClient
 
 EP = "phi3-chat-test"
 
