@@ -85,7 +85,7 @@ def test_config_table_and_flag_checks() -> None:
         ("full", "bfloat16", "eager", 5e-6, 2048)
     assert bench.CONFIGS["tutorial-nopack"].flags[bench.CONFIGS["tutorial-nopack"].flags.index("--packing") + 1] == "false"
     trainer = bench.load_trainer_module()
-    for name, config in bench.CONFIGS.items():  # every configuration is a valid trainer command line
+    for config in bench.CONFIGS.values():  # every configuration is a valid trainer command line
         trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *config.flags])
     bf16_base = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o",
                                     *bench.CONFIGS["bf16-base"].flags])
@@ -165,7 +165,7 @@ def test_config_only_model_path_trains_through_the_real_trainer(tmp_path: Path, 
 def test_mfu_counts_on_the_published_phi35_mini_shape() -> None:
     # N and N_trainable as the worker computes them, on the real architecture built on the meta device (no memory).
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, Phi3Config
 
     with torch.device("meta"):
