@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def commands(plan: Plan, python: str = sys.executable) -> dict[str, list[str]]:
-    """The command line of every step, as a person would type it."""
+    """The command line of every step (and of the Prompt flow settings deploy and chat need), as a person would type it."""
     dry = ["--dry-run"] if plan.dry_run else []
     pf = str(Path(python).with_name("pf"))
     question = plan.question or "<a held-out question>"
@@ -116,6 +116,7 @@ def commands(plan: Plan, python: str = sys.executable) -> dict[str, list[str]]:
         "deploy": [python, "-m", "deployment.deploy", *plan.stack_args, *(["--job", plan.job] if plan.job else []),
                    "--instance-type", SMOKE_VM_SIZE, "--eval-file", str(plan.data_dir / "test.jsonl"),
                    "--expires-in", plan.expires_in, *dry],
+        "pf-settings": [python, "-m", "common.pf_settings"],
         "chat": [pf, "flow", "test", "--flow", str(REPO_ROOT / "flows" / "chat"), "--inputs", f"question={question}"],
         "teardown": [python, "-m", "deployment.teardown", *plan.stack_args, "--all", "--yes"],
     }
@@ -124,8 +125,8 @@ def commands(plan: Plan, python: str = sys.executable) -> dict[str, list[str]]:
 def shown(command: Sequence[str]) -> str:
     """A command line as a person would type it in the repository root."""
     def short(arg: str) -> str:
-        arg = arg.replace(sys.executable, "python").replace(str(REPO_ROOT) + os.sep, "")
-        arg = arg.replace(str(Path(sys.executable).with_name("pf")), "pf")
+        arg = arg.replace(str(Path(sys.executable).with_name("pf")), "pf").replace(sys.executable, "python")
+        arg = arg.replace(str(REPO_ROOT) + os.sep, "")
         return f'"{arg}"' if " " in arg else arg
 
     return " ".join(short(part) for part in command)
@@ -267,10 +268,13 @@ def _question(plan: Plan) -> str:
     return plan.question or held_out_questions(plan.data_dir / "test.jsonl", 1)[0][0]
 
 
-def _pf_settings(plan: Plan, env: dict[str, str]) -> None:
+CommandLines = Callable[[Plan], dict[str, list[str]]]
+
+
+def _pf_settings(plan: Plan, env: dict[str, str], command_lines: CommandLines) -> None:
     """Once per smoke folder: no tracing service, no telemetry (what `make setup` does for ~/.promptflow)."""
     if not (plan.runs / "promptflow" / "pf.yaml").is_file():
-        run_step("promptflow-settings", [sys.executable, "-m", "common.pf_settings"], plan.runs / "logs", env)
+        run_step("pf-settings", command_lines(plan)["pf-settings"], plan.runs / "logs", env)
 
 
 def job_name(submit_stdout: str) -> str | None:
@@ -278,12 +282,11 @@ def job_name(submit_stdout: str) -> str | None:
     return next((line.strip() for line in submit_stdout.splitlines() if line.strip() and len(line.split()) == 1), None)
 
 
-CommandLines = Callable[[Plan], dict[str, list[str]]]
-
-
 def run_one(step: str, plan: Plan, state: State, env: dict[str, str], command_lines: CommandLines = commands) -> None:
     """One step, real or dry; its start and end go to the state file."""
     if plan.dry_run and step in ("chat", "teardown"):
+        if step == "chat" and (plan.data_dir / "test.jsonl").is_file():
+            plan = replace(plan, question=_question(plan))
         print(f"# {step} (creates nothing; not run in a dry run): {shown(command_lines(plan)[step])}", flush=True)
         return
     if step == "data":  # a new run: forget the last one's job and timings
@@ -292,11 +295,13 @@ def run_one(step: str, plan: Plan, state: State, env: dict[str, str], command_li
     ok = False
     try:
         if not plan.dry_run and step in ("deploy", "chat"):
-            _pf_settings(plan, env)  # deploy writes the phi_endpoint connection, chat reads it
+            _pf_settings(plan, env, command_lines)  # deploy writes the phi_endpoint connection, chat reads it
         if step == "deploy":
             plan = replace(plan, job=state.data.get("job"))
         if step == "chat":
             plan = replace(plan, question=_question(plan))
+        if plan.dry_run:  # one YAML stream: each command's definitions are documents of their own
+            print(f"--- # {step}: {shown(command_lines(plan)[step])}", flush=True)
         out = run_step(step, command_lines(plan)[step], plan.runs / "logs", env)
         if step == "submit" and not plan.dry_run:
             state.data["job"] = job_name(out)

@@ -129,6 +129,7 @@ def test_flow_errors_have_one_clear_message(pf_client, flow_copy, fake, connect,
     assert len(fake.requests) == 1
 
 
+@pytest.mark.slow
 def test_flow_retries_503_a_bounded_number_of_times(pf_client, flow_copy, fake, connect) -> None:
     fake.default = Reply(503, "no healthy upstream")
     started = time.monotonic()
@@ -140,6 +141,7 @@ def test_flow_retries_503_a_bounded_number_of_times(pf_client, flow_copy, fake, 
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.slow
 def test_flow_honours_retry_after_on_429(pf_client, flow_copy, fake, connect) -> None:
     fake.queue(Reply(429, "busy", headers={"Retry-After": "1"}), Reply(429, "busy", headers={"Retry-After": "1"}))
     assert run_flow(pf_client, flow_copy, "Who founded Microsoft?") == {"answer": ANSWER}
@@ -194,6 +196,7 @@ def pf_cli() -> str:
     return str(Path(sys.executable).with_name("pf"))
 
 
+@pytest.mark.slow
 def test_pf_flow_test_cli_answers_and_reports_errors(flow_copy, fake, connect, tmp_path) -> None:
     """The README's command, as a subprocess: the answer on stdout; a 401 as one clear failure."""
     env = dict(os.environ)
