@@ -57,12 +57,16 @@ def test_no_secrets_and_sign_in_only_through_oidc_in_the_azure_environment(name:
             continue
         assert job["environment"] == "azure"  # the federated credential's subject names this environment
         assert workflow["permissions"]["id-token"] == "write"
-        for login in logins(job):
-            assert login["with"] == {
+        for login in logins(job):  # ids only: from the repository's variables, or from a stack's own outputs
+            assert login["with"] in ({
                 "client-id": "${{ vars.AZURE_CLIENT_ID }}",
                 "tenant-id": "${{ vars.AZURE_TENANT_ID }}",
                 "subscription-id": "${{ vars.AZURE_SUBSCRIPTION_ID }}",
-            }
+            }, {
+                "client-id": "${{ steps.stack.outputs.client_id }}",
+                "tenant-id": "${{ steps.stack.outputs.tenant_id }}",
+                "subscription-id": "${{ steps.stack.outputs.subscription_id }}",
+            })
 
 
 def test_ci_runs_ci_run_on_every_push_and_pull_request_with_the_cpu_build_of_the_pinned_torch() -> None:
@@ -121,6 +125,9 @@ def test_scheduled_teardown_runs_daily_only_once_the_repository_enables_it() -> 
     assert "vars.EXPIRED_TEARDOWN == 'true'" in job["if"]
     assert job["environment"] == "azure"
     assert any(step.get("run") == ".venv/bin/python -m deployment.teardown --expired --yes" for step in steps(job))
+    # each stack signs in as its own GitHub identity, read from its outputs
+    assert set(job["strategy"]["matrix"]["outputs"]) == {"SMOKE_STACK_OUTPUTS", "STACK_OUTPUTS"}
+    assert ".github_uai_client_id" in next(step for step in steps(job) if step.get("id") == "stack")["run"]
 
 
 def test_actionlint_passes_ours_and_fails_a_broken_copy(tmp_path: Path) -> None:
