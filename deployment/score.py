@@ -6,7 +6,7 @@ Self-contained on purpose: it imports only the standard library, torch, transfor
 server's `AMLResponse`, never this repository. (No dataclasses: the server loads this file with
 `spec_from_file_location` without registering it in sys.modules, which dataclasses need.)
 
-Requests (docs/ARCHITECTURE.md section 5), one conversation each:
+Requests (ARCHITECTURE section 5), one conversation each:
   contract  {"messages": [...], "max_tokens": 128, "temperature": 0.7, "top_p": 0.9}
   registry  {"input_data": {"input_string": [...], "parameters": {"max_new_tokens": 128, ...}}}
   mlflow    {"input_data": ["text"] | [...messages], "params": {"max_new_tokens": 128, ...}}

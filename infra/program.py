@@ -1,4 +1,4 @@
-"""The Pulumi program: config -> resources -> stack outputs (docs/ARCHITECTURE.md section 3)."""
+"""The Pulumi program: config -> resources -> stack outputs (ARCHITECTURE section 3)."""
 from __future__ import annotations
 
 import pulumi

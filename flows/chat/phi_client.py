@@ -4,7 +4,7 @@ Used by the Prompt flow tool (flows/chat/chat.py) and by deployment's smoke test
 and response logic lives only here. Standard library + `requests` only: this folder is uploaded to
 Azure AI Foundry as is.
 
-- Request shapes (docs/ARCHITECTURE.md section 5): "contract" (`messages` + sampling fields), "registry"
+- Request shapes (ARCHITECTURE section 5): "contract" (`messages` + sampling fields), "registry"
   (`input_data.input_string` + `parameters`), "mlflow" (`input_data` list + `params`).
 - Response shapes (sections 5 and 6): `{"output": "..."}`, `["text"]`, `[{"0": "text"}]`, a bare
   string, a JSON document encoded as a string (what Azure ML returns when `run()` returns
@@ -130,7 +130,7 @@ def _group_turns(messages: list[dict[str, str]]) -> list[list[dict[str, str]]]:
 
 
 def build_payload(messages: list[dict[str, str]], request_format: str, params: dict[str, Any]) -> dict:
-    """The request body in one of the three shapes of docs/ARCHITECTURE.md section 5."""
+    """The request body in one of the three shapes of ARCHITECTURE section 5."""
     max_tokens = int(params["max_tokens"])
     temperature = float(params["temperature"])
     top_p = float(params["top_p"])
