@@ -207,7 +207,7 @@ def synthetic_rows(n: int, mean_tokens: float, tokens_per_word: float, seed: int
         word_budget = max(8, int(target / tokens_per_word))
         turns = rng.choice((1, 2, 2, 3, 3, 4))
         messages = []
-        for _ in range(turns):
+        for turn in range(turns):
             share = word_budget // turns
             user = max(3, share // 5)
             messages.append({"role": "user", "content": " ".join(rng.choices(words, k=user)) + "?"})

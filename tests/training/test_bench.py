@@ -85,7 +85,7 @@ def test_config_table_and_flag_checks() -> None:
         ("full", "bfloat16", "eager", 5e-6, 2048)
     assert bench.CONFIGS["tutorial-nopack"].flags[bench.CONFIGS["tutorial-nopack"].flags.index("--packing") + 1] == "false"
     trainer = bench.load_trainer_module()
-    for config in bench.CONFIGS.values():  # every configuration is a valid trainer command line
+    for name, config in bench.CONFIGS.items():  # every configuration is a valid trainer command line
         trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *config.flags])
     bf16_base = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o",
                                     *bench.CONFIGS["bf16-base"].flags])
