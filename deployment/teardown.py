@@ -69,7 +69,7 @@ def _our_deployments(ml_client: Any, endpoint_names: Sequence[str]) -> dict[str,
     found: dict[str, list[str]] = {}
     for name in endpoint_names:
         try:
-            deployments = with_retries(lambda: list(ml_client.online_deployments.list(endpoint_name=name)),  # noqa: B023 (called at once)
+            deployments = with_retries(lambda: list(ml_client.online_deployments.list(endpoint_name=name)),
                                        action=f"listing the deployments of {name}")
         except Exception as err:  # only a report: never stop the teardown for it
             say(f"    could not list the deployments of endpoint {name}: {first_line(err)}")
@@ -137,7 +137,7 @@ def teardown_azure(
     for name in targets:
         with step(f"delete endpoint {name} (a few minutes)"):
             try:
-                poller = with_retries(lambda: ml_client.online_endpoints.begin_delete(name=name), action=f"deleting {name}")  # noqa: B023 (called at once)
+                poller = with_retries(lambda: ml_client.online_endpoints.begin_delete(name=name), action=f"deleting {name}")
                 wait(poller, f"deleting endpoint {name}", interval=poll_interval)
                 report.deleted.append(name)
             except ResourceNotFoundError:
@@ -167,7 +167,7 @@ def teardown_azure(
                     try:
                         poller = with_retries(
                             lambda: ml_client.workspaces.begin_delete(
-                                name, permanently_delete=True, delete_dependent_resources=False  # noqa: B023 (called at once)
+                                name, permanently_delete=True, delete_dependent_resources=False
                             ),
                             action=f"deleting workspace {name}",
                         )
