@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0].split(": ", 1)[1],
         epilog=(
             f"Costs money (not with --dry-run): {SMOKE_VM_SIZE} at about ${known_vm(SMOKE_VM_SIZE).usd_per_hour}/h "
-            "(list price, East US) for the training node while the job runs and for the endpoint until teardown; "
-            "a run takes about half an hour the first time (image builds), and costs cents."
+            "(list price, East US) for the training node while the job runs and for the endpoint until teardown: "
+            "cents a run. The report at the end prints the run's own estimate."
         ),
     )
     parser.add_argument("steps", nargs="*", type=_step, metavar="STEP",
