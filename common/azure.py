@@ -2,9 +2,14 @@
 
 Heavy SDK imports happen inside the functions so that `--help` and `--dry-run` stay instant.
 Tests inject a fake MLClient at this edge; nothing else in the project talks to Azure.
+
+Retries: azure-core's RetryPolicy already retries 408, 429, 500, 502, 503, 504 and dropped
+connections, honouring Retry-After. `RETRY` sets its patience once, for every service client the
+MLClient builds (and the preflight's ARM client); calls are not wrapped again.
 """
 from __future__ import annotations
 
+import datetime as dt
 import random
 import time
 from contextlib import contextmanager
@@ -20,6 +25,28 @@ if TYPE_CHECKING:  # pragma: no cover
 T = TypeVar("T")
 
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+RETRY: dict[str, float] = {"retry_total": 8, "retry_backoff_factor": 1.0, "retry_backoff_max": 60}
+"""azure-core RetryPolicy settings: 8 retries, 1 s doubling to at most 60 s (about 3 minutes in all)."""
+PROPAGATION = dt.timedelta(minutes=10)
+"""Azure's "up to 10 minutes" for a new role assignment to apply (infra.preflight waits the first two)."""
+_roles_created_on: dt.datetime | None = None
+
+
+def remember_role_assignments(created_on: dt.datetime | None) -> None:
+    """Note when the stack's role assignments were created, so a 403 can say they may still be propagating."""
+    global _roles_created_on
+    _roles_created_on = created_on
+
+
+def _propagation_hint(now: dt.datetime | None = None) -> str:
+    if _roles_created_on is None:
+        return ""
+    age = (now or dt.datetime.now(dt.timezone.utc)) - _roles_created_on
+    if age >= PROPAGATION:
+        return ""
+    minutes = max(1, round((PROPAGATION - age).total_seconds() / 60))
+    return (f" The stack's role assignments were created {age.total_seconds() / 60:.0f} min ago: "
+            f"roles are still propagating; retry in {minutes} minutes.")
 
 
 def studio_url(outputs: "StackOutputs", path: str = "") -> str:
@@ -36,16 +63,42 @@ def make_ml_client(outputs: "StackOutputs", credential: Any = None) -> "MLClient
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
+    remember_role_assignments(outputs.role_assignments_created_on)
     return MLClient(
         credential or DefaultAzureCredential(),
         subscription_id=outputs.subscription_id,
         resource_group_name=outputs.resource_group_name,
         workspace_name=outputs.workspace_name,
+        **RETRY,
     )
 
 
 def _status_code(err: BaseException) -> int | None:
     return getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+
+
+def _error_code(err: Any) -> str:
+    """ARM's error code (`LinkedAuthorizationFailed`, `AuthorizationFailed` ...), from the body or the message."""
+    code = getattr(getattr(err, "error", None), "code", None)
+    if code:
+        return str(code)
+    for known in ("LinkedAuthorizationFailed", "AuthorizationFailed"):
+        if known in str(err):
+            return known
+    return ""
+
+
+def forbidden_message(action: str, err: Any) -> str:
+    """What a 403 means here, and who needs which role (docs/DEPLOY.md, "Who needs which role")."""
+    if _error_code(err) == "LinkedAuthorizationFailed":
+        text = (f"{action}: permission denied (LinkedAuthorizationFailed): creating an endpoint that runs as the "
+                "stack's endpoint identity needs Microsoft.ManagedIdentity/userAssignedIdentities/assign/action on "
+                "that identity. Ask for Managed Identity Operator on it (AzureML Data Scientist does not include it).")
+    else:
+        text = (f"{action}: permission denied (403). Submitting needs AzureML Data Scientist (or Contributor) on "
+                "the workspace; deploying also needs Managed Identity Operator on the endpoint identity.")
+    return text + (_propagation_hint() or
+                   " `python -m infra.preflight` names what is missing.")
 
 
 @contextmanager
@@ -78,12 +131,9 @@ def azure_errors(action: str) -> Iterator[None]:
             "Check the network and run the command again (it is safe to re-run)."
         ) from None
     except HttpResponseError as err:
-        code = _status_code(err)
+        code = err.status_code
         if code == 403:
-            raise UserError(
-                f"{action}: permission denied (403). Your identity needs Contributor (or AzureML Data "
-                "Scientist) on the workspace; role assignments can take a few minutes to apply after `pulumi up`."
-            ) from None
+            raise UserError(forbidden_message(action, err)) from None
         raise UserError(f"{action}: Azure answered {code or 'an error'}: {first_line(err)}") from None
 
 

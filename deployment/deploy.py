@@ -132,6 +132,9 @@ def _azure(args: argparse.Namespace) -> int:
         foundry_connection=args.foundry_connection,
     )
     ml_client = azure_edge.make_ml_client(outputs)
+    from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
+
+    require(outputs, "deploy")
     result = deploy_to_azure(ml_client, outputs, plan, code_root=runs_dir() / "deploy", foundry_writer=foundry)
     cost = f" (about ${info.usd_per_hour:.2f}/h, list price East US, until teardown)" if info else ""
     print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")

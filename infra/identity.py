@@ -1,17 +1,16 @@
-"""The user-assigned identity (UAI) shared by the training cluster and the online endpoint, and its roles.
+"""The user-assigned identities (UAIs) and their role assignments.
 
-Roles (all with principal type ServicePrincipal; see docs/INFRA.md for the reasoning):
-- Contributor on the resource group: jobs on the cluster run as this identity and manage runs,
-  outputs and models in the workspace.
-- Storage Blob Data Reader on the workspace storage: the endpoint downloads the model with it.
-- AcrPull on the registry: the cluster and the endpoint pull environment images (admin user is off).
-- AzureML Metrics Writer on the workspace: what Azure grants an endpoint's system identity; the
-  endpoint's UAI gets no automatic roles.
+Two identities, so that the public scoring container holds no write rights (docs/INFRA.md):
+- the training identity, attached to the cluster: jobs run as it, with the tutorials' roles
+  (Contributor on the resource group, Storage Blob Data Reader, AcrPull);
+- the endpoint identity, which online deployments run as: only AcrPull on the registry, Storage
+  Blob Data Reader on the storage and AzureML Metrics Writer on the workspace.
+Every assignment has principal type ServicePrincipal and a deterministic name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pulumi
 from pulumi_azure_native import authorization, managedidentity
@@ -21,7 +20,7 @@ from infra import roles
 
 @dataclass(frozen=True)
 class Grant:
-    """One role for the identity on one scope."""
+    """One role for an identity on one scope."""
 
     logical_name: str
     role_guid: str
@@ -30,10 +29,14 @@ class Grant:
 
 
 def create_identity(
-    name: pulumi.Input[str], resource_group_name: pulumi.Input[str], location: str, tags: Mapping[str, str]
+    logical_name: str,
+    name: pulumi.Input[str],
+    resource_group_name: pulumi.Input[str],
+    location: str,
+    tags: Mapping[str, str],
 ) -> managedidentity.UserAssignedIdentity:
     return managedidentity.UserAssignedIdentity(
-        "identity",
+        logical_name,
         resource_name_=name,
         resource_group_name=resource_group_name,
         location=location,
@@ -41,29 +44,36 @@ def create_identity(
     )
 
 
-def grants(
-    resource_group_id: pulumi.Input[str],
-    storage_id: pulumi.Input[str],
-    registry_id: pulumi.Input[str],
-    workspace_id: pulumi.Input[str],
+def training_grants(
+    resource_group_id: pulumi.Input[str], storage_id: pulumi.Input[str], registry_id: pulumi.Input[str]
 ) -> list[Grant]:
-    """The identity's role assignments: least privilege for the cluster's jobs and the online endpoint."""
+    """The cluster's jobs: the tutorials' three roles (Contributor covers Metrics Writer)."""
     return [
         Grant("uai-contributor-rg", roles.CONTRIBUTOR, resource_group_id,
               "jobs on the cluster manage runs, outputs and models in the workspace"),
         Grant("uai-blob-reader-storage", roles.STORAGE_BLOB_DATA_READER, storage_id,
-              "the online endpoint downloads the model from the workspace storage"),
+              "jobs read identity-based data inputs from the workspace storage"),
         Grant("uai-acrpull-registry", roles.ACR_PULL, registry_id,
-              "the cluster and the endpoint pull environment images (registry admin user is off)"),
-        Grant("uai-metrics-writer-workspace", roles.AZUREML_METRICS_WRITER, workspace_id,
-              "the online endpoint writes metrics, as a system-assigned identity could"),
+              "the cluster pulls environment images (registry admin user is off)"),
+    ]
+
+
+def endpoint_grants(
+    storage_id: pulumi.Input[str], registry_id: pulumi.Input[str], workspace_id: pulumi.Input[str]
+) -> list[Grant]:
+    """The online deployments: read the model, pull the image, write metrics; nothing else."""
+    return [
+        Grant("endpoint-uai-acrpull-registry", roles.ACR_PULL, registry_id,
+              "online deployments pull the serving image (registry admin user is off)"),
+        Grant("endpoint-uai-blob-reader-storage", roles.STORAGE_BLOB_DATA_READER, storage_id,
+              "online deployments download the model and code from the workspace storage"),
+        Grant("endpoint-uai-metrics-writer-workspace", roles.AZUREML_METRICS_WRITER, workspace_id,
+              "online deployments write metrics, as a system-assigned identity could"),
     ]
 
 
 def assign_roles(
-    identity: managedidentity.UserAssignedIdentity,
-    subscription_id: pulumi.Input[str],
-    role_grants: list[Grant],
+    principal_id: pulumi.Input[str], subscription_id: pulumi.Input[str], role_grants: Sequence[Grant]
 ) -> list[authorization.RoleAssignment]:
     assignments = []
     for grant in role_grants:
@@ -71,11 +81,11 @@ def assign_roles(
         assignments.append(
             authorization.RoleAssignment(
                 grant.logical_name,
-                role_assignment_name=pulumi.Output.all(scope, identity.principal_id).apply(
+                role_assignment_name=pulumi.Output.all(scope, principal_id).apply(
                     lambda args, guid=grant.role_guid: roles.assignment_name(args[0], args[1], guid)
                 ),
                 scope=scope,
-                principal_id=identity.principal_id,
+                principal_id=principal_id,
                 # The default is "User": Azure then refuses a managed identity, and retries in vain on
                 # PrincipalNotFound while the new identity replicates.
                 principal_type="ServicePrincipal",

@@ -62,8 +62,8 @@ def budget_name(prefix: str, stack: str) -> str:
 
 
 NAME_KINDS = (
-    "storage", "key_vault", "registry", "log_analytics", "app_insights", "identity", "workspace",
-    "foundry_hub", "foundry_project",
+    "storage", "key_vault", "registry", "log_analytics", "app_insights", "identity", "endpoint_identity",
+    "github_identity", "workspace", "foundry_hub", "foundry_project",
 )
 
 
@@ -76,6 +76,8 @@ def names(prefix: str, token: str) -> dict[str, str]:
         "log_analytics": check("log_analytics", f"log-{prefix}-{token}"),
         "app_insights": check("app_insights", f"appi-{prefix}-{token}"),
         "identity": check("identity", f"id-{prefix}-{token}"),
+        "endpoint_identity": check("identity", f"id-{prefix}-endpoint-{token}"),
+        "github_identity": check("identity", f"id-{prefix}-github-{token}"),
         "workspace": check("workspace", f"mlw-{prefix}-{token}"),
         "foundry_hub": check("workspace", f"hub-{prefix}-{token}"),
         "foundry_project": check("workspace", f"proj-{prefix}-{token}"),

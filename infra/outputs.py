@@ -1,4 +1,4 @@
-"""The stack-outputs contract (ARCHITECTURE section 3) and its loader.
+"""The stack-outputs contract (docs/INFRA.md, "Stack outputs"; ARCHITECTURE section 3) and its loader.
 
 Training and deployment read the stack through this module instead of a hand-edited
 config. It never imports Pulumi: the outputs come from, in order,
@@ -10,13 +10,15 @@ config. It never imports Pulumi: the outputs come from, in order,
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from common.cli import UserError
 
@@ -41,13 +43,32 @@ class StackOutputs:
     compute_vm_size: str
     compute_max_nodes: int
     uai_name: str
+    """The training identity: the cluster's jobs run as it."""
     uai_resource_id: str
     uai_client_id: str
     uai_principal_id: str
+    endpoint_uai_name: str
+    """The endpoint identity: online deployments run as it (AcrPull, Storage Blob Data Reader, Metrics Writer only)."""
+    endpoint_uai_resource_id: str
+    endpoint_uai_client_id: str
+    endpoint_uai_principal_id: str
+    # Optional outputs: None when the stack does not export them (older stacks, features turned off).
+    workspace_resource_id: str | None = None
+    compute_priority: str | None = None
+    application_insights_name: str | None = None
+    log_analytics_workspace_name: str | None = None
+    foundry_hub_name: str | None = None
+    foundry_project_name: str | None = None
+    budget_name: str | None = None
+    github_uai_client_id: str | None = None
+    """Client id of the GitHub Actions identity (config `githubRepository`); not a secret."""
+    role_assignments_created_on: dt.datetime | None = None
+    """When the newest of the stack's role assignments was created (UTC): they take minutes to apply."""
     source: str = "unknown"
     """Where the outputs were read from (a file path or `pulumi stack output`)."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Optional outputs beyond the contract (for example the Foundry project name)."""
+    """Every output beyond the required contract, as read (the optional ones above included, for
+    callers that still look them up here; prefer the typed fields)."""
 
     @classmethod
     def from_mapping(
@@ -75,16 +96,54 @@ class StackOutputs:
                 "not a whole number; re-run `pulumi up`."
             ) from None
         values = {key: str(data[key]) for key in REQUIRED_KEYS if key != "compute_max_nodes"}
+        optional = {key: _optional(data, key, source, up_command) for key in OPTIONAL_KEYS}
         extra = {key: value for key, value in data.items() if key not in REQUIRED_KEYS}
-        return cls(**values, compute_max_nodes=max_nodes, source=source, extra=extra)
+        return cls(**values, **optional, compute_max_nodes=max_nodes, source=source, extra=extra)
 
     def as_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in REQUIRED_KEYS}
 
 
 REQUIRED_KEYS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(StackOutputs) if f.name not in ("source", "extra")
+    f.name for f in dataclasses.fields(StackOutputs) if f.default is dataclasses.MISSING
+    and f.default_factory is dataclasses.MISSING
 )
+OPTIONAL_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(StackOutputs) if f.name not in REQUIRED_KEYS + ("source", "extra")
+)
+_ARM_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def parse_arm_time(text: str) -> dt.datetime:
+    """An ARM timestamp (`2026-11-29T04:40:13.2553541Z`: up to 7 fractional digits) as an aware UTC datetime."""
+    match = _ARM_TIME.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not an ISO 8601 timestamp")
+    base, fraction, zone = match.groups()
+    parsed = dt.datetime.fromisoformat(f"{base}.{(fraction or '0')[:6]:0<6}{'+00:00' if zone in (None, 'Z') else zone}")
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def latest_time(values: Iterable[str]) -> str:
+    """The newest of several ARM timestamps, as ARM wrote it (the program exports it)."""
+    return max(values, key=parse_arm_time)
+
+
+def _optional(data: Mapping[str, Any], key: str, source: str, up_command: str) -> Any:
+    value = data.get(key)
+    if value in (None, ""):
+        return None
+    if isinstance(value, (dict, list)) or value == "[secret]":
+        raise StackOutputsError(
+            f"the stack outputs from {source} hold no plain value for {key}; re-run `{up_command}`."
+        )
+    if key != "role_assignments_created_on":
+        return str(value)
+    try:
+        return parse_arm_time(str(value))
+    except ValueError as err:
+        raise StackOutputsError(f"role_assignments_created_on in the stack outputs from {source}: {err}; "
+                                f"re-run `{up_command}`.") from None
 
 
 class StackOutputsError(UserError):

@@ -1,4 +1,4 @@
-"""The Pulumi program: config -> resources -> stack outputs (ARCHITECTURE section 3)."""
+"""The Pulumi program: config -> resources -> stack outputs (docs/INFRA.md, "Stack outputs")."""
 from __future__ import annotations
 
 import pulumi
@@ -7,9 +7,10 @@ from pulumi_azure_native import authorization, resources
 from infra import naming
 from infra.budget import create_budget
 from infra.dependencies import create_dependencies
-from infra.identity import assign_roles, create_identity, grants
+from infra.github import create_github_identity, github_grants
+from infra.identity import assign_roles, create_identity, endpoint_grants, training_grants
 from infra.ml import create_compute, create_foundry, create_workspace
-from infra.outputs import REQUIRED_KEYS
+from infra.outputs import REQUIRED_KEYS, latest_time
 from infra.stack_config import PROJECT, load_config
 
 
@@ -37,9 +38,12 @@ def main() -> None:
 
     deps = create_dependencies(cfg, group.name, names, client.tenant_id, tags)
     workspace = create_workspace(cfg, names["workspace"], group.name, deps, tags)
-    identity = create_identity(names["identity"], group.name, cfg.location, tags)
-    assign_roles(identity, client.subscription_id,
-                 grants(group.id, deps.storage.id, deps.registry.id, workspace.id))
+    identity = create_identity("identity", names["identity"], group.name, cfg.location, tags)
+    endpoint_identity = create_identity("endpoint-identity", names["endpoint_identity"], group.name, cfg.location, tags)
+    assignments = assign_roles(identity.principal_id, client.subscription_id,
+                               training_grants(group.id, deps.storage.id, deps.registry.id))
+    assignments += assign_roles(endpoint_identity.principal_id, client.subscription_id,
+                                endpoint_grants(deps.storage.id, deps.registry.id, workspace.id))
     compute = create_compute(cfg, naming.compute_name(cfg.compute_vm_size, cfg.compute_priority),
                              group.name, workspace, identity.id, tags)
 
@@ -55,6 +59,15 @@ def main() -> None:
     if cfg.budget_amount > 0:
         budget = create_budget(cfg, naming.budget_name(cfg.name_prefix, stack), group.id)
         extras["budget_name"] = budget.name
+    if cfg.github_repository:
+        github = create_github_identity(
+            cfg.github_repository, names["github_identity"], group.name, cfg.location, tags, client.subscription_id,
+            github_grants(workspace.id, group.id, endpoint_identity.id),
+        )
+        assignments += github.assignments
+        extras["github_uai_client_id"] = github.identity.client_id
+    # New role assignments take minutes to apply; submit and deploy wait for them (infra/preflight.py).
+    extras["role_assignments_created_on"] = pulumi.Output.all(*(a.created_on for a in assignments)).apply(latest_time)
 
     export_outputs({
         "subscription_id": client.subscription_id,
@@ -72,5 +85,9 @@ def main() -> None:
         "uai_resource_id": identity.id,
         "uai_client_id": identity.client_id,
         "uai_principal_id": identity.principal_id,
+        "endpoint_uai_name": endpoint_identity.name,
+        "endpoint_uai_resource_id": endpoint_identity.id,
+        "endpoint_uai_client_id": endpoint_identity.client_id,
+        "endpoint_uai_principal_id": endpoint_identity.principal_id,
         **extras,
     })

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "budgetAmount": 0,
     "budgetEmails": [],
     "tags": "",
+    "githubRepository": "",
 }
 """Every project config key and its default (the same as in Pulumi.yaml)."""
 
@@ -39,6 +40,8 @@ _VM_SIZE_RE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
 _EMAIL_RE = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 _LOCATION_RE = re.compile(r"^[a-z][a-z0-9]+$")
 _TAG_KEY_BAD = re.compile(r"[<>%&\\?/]")
+# GitHub: owner 1-39 letters, digits, hyphens; repository letters, digits, '.', '_', '-'.
+_GITHUB_REPO_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 
 
 class InfraConfigError(pulumi.RunError):
@@ -61,6 +64,8 @@ class InfraConfig:
     budget_emails: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     """User tags only; `program.py` adds the project and stack tags."""
+    github_repository: str = DEFAULTS["githubRepository"]
+    """OWNER/NAME whose GitHub Actions may sign in (OIDC) as the GitHub identity; empty: no such identity."""
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -160,6 +165,13 @@ def _parse_tags(text: str) -> dict[str, str]:
     return tags
 
 
+def _parse_github_repository(text: str) -> str:
+    value = str(text).strip()
+    if value and not _GITHUB_REPO_RE.match(value):
+        raise ValueError(f"must be OWNER/NAME of a GitHub repository (for example acme/finetune-phi), got {text!r}")
+    return value
+
+
 _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "namePrefix": ("name_prefix", _parse_prefix),
     "computeVmSize": ("compute_vm_size", _parse_vm_size),
@@ -173,6 +185,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "budgetAmount": ("budget_amount", _parse_int(0, 10_000_000)),
     "budgetEmails": ("budget_emails", _parse_emails),
     "tags": ("tags", _parse_tags),
+    "githubRepository": ("github_repository", _parse_github_repository),
 }
 assert set(_PARSERS) == set(DEFAULTS), "every config key needs a default and a parser"
 

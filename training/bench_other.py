@@ -43,6 +43,11 @@ STACK_OUTPUTS = {
                        "Microsoft.ManagedIdentity/userAssignedIdentities/uai-bench",
     "uai_client_id": "00000000-0000-0000-0000-000000000001",
     "uai_principal_id": "00000000-0000-0000-0000-000000000002",
+    "endpoint_uai_name": "uai-bench-endpoint",
+    "endpoint_uai_resource_id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-bench/providers/"
+                                "Microsoft.ManagedIdentity/userAssignedIdentities/uai-bench-endpoint",
+    "endpoint_uai_client_id": "00000000-0000-0000-0000-000000000003",
+    "endpoint_uai_principal_id": "00000000-0000-0000-0000-000000000004",
 }
 
 

@@ -456,6 +456,9 @@ def _run_azure(args: argparse.Namespace, values: dict[str, Any], ml_client: Any,
             credential = DefaultAzureCredential()
     if ml_client is None:
         ml_client = make_ml_client(outputs, credential)
+    from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
+
+    require(outputs, "submit", credential)
     say(f"==> workspace {outputs.workspace_name} ({outputs.resource_group_name}, {outputs.location}); stack: {outputs.source}")
     with _sdk_errors():
         return _submit_and_follow(args, values, outputs, files, ml_client, registry_client, credential)

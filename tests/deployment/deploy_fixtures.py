@@ -36,6 +36,10 @@ OUTPUTS = {
     "uai_resource_id": UAI_ID,
     "uai_client_id": "11111111-2222-3333-4444-555555555555",
     "uai_principal_id": "66666666-7777-8888-9999-000000000000",
+    "endpoint_uai_name": "uai-phi-endpoint",
+    "endpoint_uai_resource_id": UAI_ID + "-endpoint",
+    "endpoint_uai_client_id": "77777777-2222-3333-4444-555555555555",
+    "endpoint_uai_principal_id": "88888888-7777-8888-9999-000000000000",
 }
 assert set(OUTPUTS) == set(REQUIRED_KEYS)
 

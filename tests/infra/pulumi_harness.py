@@ -56,7 +56,11 @@ ARM: dict[str, tuple[str, str]] = {
     "azure-native:authorization:RoleAssignment": (
         "roleAssignmentName", "Microsoft.Authorization/roleAssignments"),
     "azure-native:consumption:Budget": ("budgetName", "Microsoft.Consumption/budgets"),
+    "azure-native:managedidentity:FederatedIdentityCredential": (
+        "federatedIdentityCredentialResourceName", "federatedIdentityCredentials"),
 }
+CREATED_ON = "2026-11-29T04:40:13.2553541Z"
+"""What Azure answers as a new role assignment's createdOn (seven fractional digits, UTC)."""
 
 
 @dataclass
@@ -102,6 +106,8 @@ class AzureMocks(pulumi.runtime.Mocks):
             return "", outputs
         if args.typ == "azure-native:managedidentity:UserAssignedIdentity":
             outputs.update(principalId=str(uuid.uuid4()), clientId=str(uuid.uuid4()), tenantId=TENANT)
+        if args.typ == "azure-native:authorization:RoleAssignment":
+            outputs["createdOn"] = CREATED_ON
         outputs["id"] = arm_id
         self.resources.append(Registered(args.typ, args.name, inputs, arm_id, outputs))
         return arm_id, outputs
@@ -116,6 +122,9 @@ class AzureMocks(pulumi.runtime.Mocks):
         rg = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{inputs['resourceGroupName']}"
         if typ == "azure-native:machinelearningservices:Compute":
             return f"{rg}/providers/Microsoft.MachineLearningServices/workspaces/{inputs['workspaceName']}/computes/{name}"
+        if typ == "azure-native:managedidentity:FederatedIdentityCredential":
+            uai = f"{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{inputs['resourceName']}"
+            return f"{uai}/{arm_type}/{name}"
         return f"{rg}/providers/{arm_type}/{name}"
 
 

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from infra.outputs import ENV_VAR, PROJECT_DIR, REQUIRED_KEYS, StackOutputs, StackOutputsError, load_stack_outputs
+import datetime as dt
+
+from infra.outputs import (
+    ENV_VAR,
+    OPTIONAL_KEYS,
+    PROJECT_DIR,
+    REQUIRED_KEYS,
+    StackOutputs,
+    StackOutputsError,
+    latest_time,
+    load_stack_outputs,
+    parse_arm_time,
+)
 
 OUTPUTS = {
     "subscription_id": "00000000-1111-2222-3333-444444444444",
@@ -28,6 +40,11 @@ OUTPUTS = {
     "uai_resource_id": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id",
     "uai_client_id": "aaaaaaaa-0000-0000-0000-000000000001",
     "uai_principal_id": "aaaaaaaa-0000-0000-0000-000000000002",
+    "endpoint_uai_name": "id-ftphi-endpoint-0badc0de",
+    "endpoint_uai_resource_id": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ManagedIdentity/"
+                                "userAssignedIdentities/id-ftphi-endpoint-0badc0de",
+    "endpoint_uai_client_id": "bbbbbbbb-0000-0000-0000-000000000001",
+    "endpoint_uai_principal_id": "bbbbbbbb-0000-0000-0000-000000000002",
     "foundry_project_name": "proj-ftphi-0badc0de",
 }
 
@@ -74,7 +91,9 @@ def test_from_an_explicit_file(tmp_path) -> None:
     assert loaded.workspace_name == "mlw-ftphi-0badc0de"
     assert loaded.compute_max_nodes == 2 and isinstance(loaded.compute_max_nodes, int)
     assert loaded.source == str(path)
-    assert loaded.extra == {"foundry_project_name": "proj-ftphi-0badc0de"}
+    assert loaded.foundry_project_name == "proj-ftphi-0badc0de"
+    assert loaded.endpoint_uai_client_id == OUTPUTS["endpoint_uai_client_id"]
+    assert loaded.extra == {"foundry_project_name": "proj-ftphi-0badc0de"}  # still there for older callers
     assert set(loaded.as_dict()) == set(REQUIRED_KEYS)
 
 
@@ -249,3 +268,44 @@ def test_the_loader_never_imports_pulumi() -> None:
 def test_round_trip_through_as_dict() -> None:
     loaded = StackOutputs.from_mapping(OUTPUTS, source="test")
     assert StackOutputs.from_mapping(loaded.as_dict(), source="again").as_dict() == loaded.as_dict()
+
+
+# ---------------------------------------------------------------- typed optional outputs
+
+
+def test_optional_outputs_are_typed_fields() -> None:
+    loaded = StackOutputs.from_mapping({
+        **OUTPUTS, "compute_priority": "LowPriority", "github_uai_client_id": "cccccccc-0000-0000-0000-000000000001",
+        "role_assignments_created_on": "2026-11-29T04:40:13.2553541Z", "unknown_future_key": 7,
+    })
+    assert loaded.compute_priority == "LowPriority"
+    assert loaded.github_uai_client_id == "cccccccc-0000-0000-0000-000000000001"
+    assert loaded.role_assignments_created_on == dt.datetime(2026, 11, 29, 4, 40, 13, 255354, tzinfo=dt.timezone.utc)
+    assert loaded.budget_name is None and loaded.workspace_resource_id is None  # not exported: None
+    assert loaded.extra["unknown_future_key"] == 7
+    assert not set(OPTIONAL_KEYS) & set(REQUIRED_KEYS)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("role_assignments_created_on", "yesterday", r"role_assignments_created_on .* 'yesterday' is not an ISO 8601"),
+    ("github_uai_client_id", "[secret]", r"no plain value for github_uai_client_id"),
+    ("foundry_hub_name", ["a"], r"no plain value for foundry_hub_name"),
+])
+def test_optional_outputs_of_the_wrong_shape(key, value, message) -> None:
+    with pytest.raises(StackOutputsError, match=message):
+        StackOutputs.from_mapping({**OUTPUTS, key: value}, source="test")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-11-29T04:40:13.2553541Z", dt.datetime(2026, 11, 29, 4, 40, 13, 255354, tzinfo=dt.timezone.utc)),
+    ("2026-11-29T04:40:13Z", dt.datetime(2026, 11, 29, 4, 40, 13, tzinfo=dt.timezone.utc)),
+    ("2026-11-29T05:40:13.5+01:00", dt.datetime(2026, 11, 29, 4, 40, 13, 500000, tzinfo=dt.timezone.utc)),
+    ("2026-11-29T04:40:13", dt.datetime(2026, 11, 29, 4, 40, 13, tzinfo=dt.timezone.utc)),
+])
+def test_arm_timestamps(text, expected) -> None:
+    assert parse_arm_time(text) == expected
+
+
+def test_latest_time_compares_instants_not_strings() -> None:
+    assert latest_time(["2026-11-29T04:40:13.9Z", "2026-11-29T05:00:00+01:00", "2026-11-29T04:40:14Z"]) == (
+        "2026-11-29T04:40:14Z")

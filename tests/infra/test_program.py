@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from pulumi_harness import CLIENT_CONFIG, SUBSCRIPTION, TENANT, AzureMocks, Run, engine_config
+from pulumi_harness import CLIENT_CONFIG, CREATED_ON, SUBSCRIPTION, TENANT, AzureMocks, Run, engine_config
 
 from infra import naming, roles
 from infra.outputs import REQUIRED_KEYS, load_stack_outputs
@@ -56,29 +56,41 @@ def check_wiring(run: Run) -> None:
             assert res.inputs["resourceGroupName"] == rg_name, res.name
 
 
-def check_roles(run: Run) -> None:
-    """Contributor on the RG, Blob Data Reader on storage, AcrPull on the registry, Metrics Writer on the workspace."""
-    uai = run.one("UserAssignedIdentity")
-    expected_scope = {
-        CONTRIBUTOR: run.one("ResourceGroup").id,
-        STORAGE_BLOB_DATA_READER: run.one("StorageAccount").id,
-        ACR_PULL: run.one("Registry").id,
-        AZUREML_METRICS_WRITER: run.named("workspace").id,
+def expected_roles(run: Run) -> dict[str, dict[str, str]]:
+    """Identity logical name -> {role GUID: scope}: the training identity and the endpoint identity."""
+    rg, storage, registry = run.one("ResourceGroup").id, run.one("StorageAccount").id, run.one("Registry").id
+    return {
+        "identity": {CONTRIBUTOR: rg, STORAGE_BLOB_DATA_READER: storage, ACR_PULL: registry},
+        "endpoint-identity": {ACR_PULL: registry, STORAGE_BLOB_DATA_READER: storage,
+                              AZUREML_METRICS_WRITER: run.named("workspace").id},
     }
-    assignments = run.of_type("RoleAssignment")
-    by_role: dict[str, dict] = {}
-    for ra in assignments:
+
+
+def roles_held(run: Run) -> dict[str, dict[str, dict]]:
+    """Principal id -> {role GUID: the assignment's inputs}, checking each definition id on the way."""
+    held: dict[str, dict[str, dict]] = {}
+    for ra in run.of_type("RoleAssignment"):
         match = ROLE_DEF.match(ra.inputs["roleDefinitionId"])
         assert match, f"{ra.name}: role definition id {ra.inputs['roleDefinitionId']!r} is not subscription-scoped"
         assert match["sub"] == SUBSCRIPTION
-        by_role[match["guid"]] = ra.inputs
-    assert set(by_role) == set(expected_scope), f"roles assigned: {sorted(by_role)}"
-    assert len(assignments) == len(expected_scope)
-    for guid, inputs in by_role.items():
-        assert inputs["scope"] == expected_scope[guid], f"role {guid} on the wrong scope"
-        assert inputs.get("principalType") == "ServicePrincipal", f"role {guid}: principal type {inputs.get('principalType')}"
-        assert inputs["principalId"] == uai.outputs["principalId"]
-        assert inputs["roleAssignmentName"] == roles.assignment_name(inputs["scope"], uai.outputs["principalId"], guid)
+        assert match["guid"] not in held.get(ra.inputs["principalId"], {}), f"{ra.name}: the same role twice"
+        held.setdefault(ra.inputs["principalId"], {})[match["guid"]] = ra.inputs
+    return held
+
+
+def check_roles(run: Run, expected: dict[str, dict[str, str]] | None = None) -> None:
+    """Each identity holds exactly its roles, on the right scopes, as a ServicePrincipal; no one else holds any."""
+    expected = expected or expected_roles(run)
+    held = roles_held(run)
+    for logical, scopes in expected.items():
+        principal = run.named(logical).outputs["principalId"]
+        mine = held.pop(principal, {})
+        assert set(mine) == set(scopes), f"{logical} roles assigned: {sorted(mine)}"
+        for guid, inputs in mine.items():
+            assert inputs["scope"] == scopes[guid], f"{logical}: role {guid} on the wrong scope"
+            assert inputs.get("principalType") == "ServicePrincipal", f"role {guid}: principal type {inputs.get('principalType')}"
+            assert inputs["roleAssignmentName"] == roles.assignment_name(inputs["scope"], principal, guid)
+    assert not held, f"role assignments for principals no identity of the stack has: {sorted(held)}"
 
 
 def check_compute(run: Run, vm_size: str, max_nodes: int, priority: str) -> None:
@@ -96,7 +108,7 @@ def check_compute(run: Run, vm_size: str, max_nodes: int, priority: str) -> None
     assert compute.inputs["workspaceName"] == run.named("workspace").outputs["name"]
     assert compute.inputs["computeName"] == naming.compute_name(vm_size, priority)
     assert compute.inputs["identity"] == {
-        "type": "UserAssigned", "userAssignedIdentities": [run.one("UserAssignedIdentity").id],
+        "type": "UserAssigned", "userAssignedIdentities": [run.named("identity").id],  # the training identity
     }
 
 
@@ -132,7 +144,7 @@ def check_exports(run: Run) -> None:
     outputs = run.outputs
     assert set(REQUIRED_KEYS) <= set(outputs), f"missing exports: {set(REQUIRED_KEYS) - set(outputs)}"
     assert not run.secret_outputs
-    uai = run.one("UserAssignedIdentity")
+    uai, endpoint = run.named("identity"), run.named("endpoint-identity")
     assert outputs["subscription_id"] == CLIENT_CONFIG["subscriptionId"]
     assert outputs["tenant_id"] == CLIENT_CONFIG["tenantId"]
     assert outputs["resource_group_name"] == run.one("ResourceGroup").outputs["name"]
@@ -145,6 +157,12 @@ def check_exports(run: Run) -> None:
     assert outputs["uai_resource_id"] == uai.id
     assert outputs["uai_client_id"] == uai.outputs["clientId"], "uai_client_id is not the identity's client id"
     assert outputs["uai_principal_id"] == uai.outputs["principalId"]
+    assert outputs["endpoint_uai_name"] == endpoint.outputs["name"]
+    assert outputs["endpoint_uai_resource_id"] == endpoint.id
+    assert outputs["endpoint_uai_client_id"] == endpoint.outputs["clientId"]
+    assert outputs["endpoint_uai_principal_id"] == endpoint.outputs["principalId"]
+    assert endpoint.id != uai.id
+    assert outputs["role_assignments_created_on"] == CREATED_ON
     assert not any(re.search(r"key$|password|secret|token|connection", k) for k in outputs), sorted(outputs)
 
 
@@ -153,7 +171,9 @@ def check_exports(run: Run) -> None:
 
 def test_up_creates_the_expected_resources(default_up: Run) -> None:
     assert {r.type for r in default_up.resources} == EXPECTED_TYPES
-    assert len(default_up.resources) == len(EXPECTED_TYPES) + 3  # four role assignments
+    # one more identity (the endpoint's) and six role assignments in all
+    assert len(default_up.resources) == len(EXPECTED_TYPES) + 1 + 5
+    assert len(default_up.of_type("UserAssignedIdentity")) == 2 and not default_up.of_type("FederatedIdentityCredential")
     assert [token for token, _ in default_up.mocks.calls] == ["azure-native:authorization:getClientConfig"]
     for res in default_up.resources:
         if "location" in res.inputs:
@@ -198,10 +218,12 @@ def test_up_names_follow_azure_rules(default_up: Run) -> None:
     kinds = {
         "StorageAccount": "storage", "keyvault:Vault": "key_vault", "Registry": "registry",
         "operationalinsights:Workspace": "log_analytics", "Component": "app_insights",
-        "UserAssignedIdentity": "identity", "Compute": "compute",
+        "Compute": "compute",
     }
     for suffix, kind in kinds.items():
         naming.check(kind, default_up.one(suffix).outputs["name"])
+    for uai in default_up.of_type("UserAssignedIdentity"):
+        naming.check("identity", uai.outputs["name"])
     naming.check("workspace", default_up.named("workspace").outputs["name"])
 
 
@@ -211,13 +233,14 @@ def test_up_names_follow_azure_rules(default_up: Run) -> None:
 def test_preview_plans_the_same_resources_with_computed_values_unknown(run) -> None:
     preview = run(preview=True)
     assert {r.type for r in preview.resources} == EXPECTED_TYPES
-    assert len(preview.of_type("RoleAssignment")) == 4
+    assert len(preview.of_type("RoleAssignment")) == 6
     # Known at preview: everything that comes from config or the client config ...
     assert preview.outputs["compute_vm_size"] == "Standard_NC24ads_A100_v4"
     assert preview.outputs["compute_max_nodes"] == 1
     assert preview.outputs["subscription_id"] == SUBSCRIPTION
     # ... unknown until Azure creates the identity.
-    assert {"uai_principal_id", "uai_client_id", "uai_resource_id"} <= preview.unknown_outputs
+    assert {"uai_principal_id", "uai_client_id", "uai_resource_id", "endpoint_uai_principal_id",
+            "endpoint_uai_client_id", "endpoint_uai_resource_id", "role_assignments_created_on"} <= preview.unknown_outputs
     for ra in preview.of_type("RoleAssignment"):
         assert ra.inputs["principalType"] == "ServicePrincipal"
         assert ROLE_DEF.match(ra.inputs["roleDefinitionId"])
@@ -357,13 +380,13 @@ def test_a_program_that_drops_a_contract_key_refuses_to_finish(run, monkeypatch)
 
 def _wrong_scope(monkeypatch) -> None:
     import infra.program
-    from infra.identity import grants as real_grants
+    from infra.identity import endpoint_grants as real_grants
 
-    def grants(resource_group_id, storage_id, registry_id, workspace_id):
-        # The mistake: blob reader granted on the resource group instead of the storage account.
-        return real_grants(resource_group_id, resource_group_id, registry_id, workspace_id)
+    def endpoint_grants(storage_id, registry_id, workspace_id):
+        # The mistake: the endpoint's blob reader granted on the registry instead of the storage account.
+        return real_grants(registry_id, registry_id, workspace_id)
 
-    monkeypatch.setattr(infra.program, "grants", grants)
+    monkeypatch.setattr(infra.program, "endpoint_grants", endpoint_grants)
 
 
 def _user_principal_type(monkeypatch) -> None:
@@ -424,7 +447,7 @@ def _missing_export(monkeypatch) -> None:
 @pytest.mark.parametrize(
     ("mutate", "check", "caught_by"),
     [
-        (_wrong_scope, check_roles, f"role {STORAGE_BLOB_DATA_READER} on the wrong scope"),
+        (_wrong_scope, check_roles, f"endpoint-identity: role {STORAGE_BLOB_DATA_READER} on the wrong scope"),
         (_user_principal_type, check_roles, "principal type User"),
         (_wrong_role, check_roles, "roles assigned"),
         (_tenant_scoped_role, check_roles, "is not subscription-scoped"),

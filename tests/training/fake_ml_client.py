@@ -279,6 +279,10 @@ STACK_OUTPUTS = {
     "uai_resource_id": "/subscriptions/s/resourceGroups/rg-phi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-phi",
     "uai_client_id": "11111111-0000-0000-0000-000000000000",
     "uai_principal_id": "22222222-0000-0000-0000-000000000000",
+    "endpoint_uai_name": "uai-phi-endpoint",
+    "endpoint_uai_resource_id": "/subscriptions/s/resourceGroups/rg-phi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-phi-endpoint",
+    "endpoint_uai_client_id": "33333333-0000-0000-0000-000000000000",
+    "endpoint_uai_principal_id": "44444444-0000-0000-0000-000000000000",
 }
 
 
