@@ -7,8 +7,12 @@ PF_HOME_DIRECTORY (default ~/.promptflow), with the encryption key kept in the s
 a headless machine or in CI there is no keyring daemon; `keyrings.alt` (installed by `make setup`)
 provides a file keyring under $XDG_DATA_HOME/python_keyring (default ~/.local/share).
 
+Config `api` says which API the endpoint speaks (ARCHITECTURE section 6): `openai` for this
+project's server (`endpoint` is then its base URL and the flow calls `/v1/chat/completions`);
+absent for a tutorial's endpoint (`endpoint` is its scoring URL, called in `request_format`).
+
 For an endpoint deploy did not create (a tutorial's, a teammate's):
-    PHI_ENDPOINT_KEY=... python -m deployment.connection set --endpoint URL [--deployment NAME]
+    PHI_ENDPOINT_KEY=... python -m deployment.connection set --endpoint URL [--deployment NAME] [--api openai]
 (without PHI_ENDPOINT_KEY the key is asked for, hidden; it is never a command-line argument),
 `python -m deployment.connection show` and `python -m deployment.connection delete`.
 
@@ -26,9 +30,9 @@ from typing import Sequence
 from urllib.parse import urlparse
 
 from common.cli import UserError, first_line, run_cli
+from flows.chat.phi_client import APIS, REQUEST_FORMATS, openai_url  # stdlib + requests: light
 
 CONNECTION_NAME = "phi_endpoint"
-REQUEST_FORMATS = ("contract", "registry", "mlflow")  # the same list as flows/chat/phi_client.py
 
 
 def connection_configs(
@@ -38,14 +42,30 @@ def connection_configs(
     *,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    api: str | None = None,
 ) -> dict[str, str]:
-    """The connection's non-secret configs (strings, as Prompt flow stores them)."""
+    """The connection's non-secret configs (strings, as Prompt flow stores them).
+
+    With `api="openai"` the endpoint is the server's base URL and no `request_format` is written
+    (it applies to /score only); without it the configs are what they always were.
+    """
     parsed = urlparse(endpoint or "")
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UserError(f"the endpoint must be an http(s) scoring URL, got {endpoint!r}")
+        raise UserError(f"the endpoint must be an http(s) URL, got {endpoint!r}")
     if request_format not in REQUEST_FORMATS:
         raise UserError(f"request_format must be one of {', '.join(REQUEST_FORMATS)}, got {request_format!r}")
-    configs = {"endpoint": endpoint, "request_format": request_format}
+    if api is not None and api not in APIS:
+        raise UserError(f"api must be one of {', '.join(APIS)} or unset (a /score endpoint), got {api!r}")
+    if api:
+        if request_format != "contract":
+            raise UserError(f"request_format={request_format!r} applies to /score endpoints only, not with api={api!r}")
+        try:
+            openai_url(endpoint)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        configs = {"endpoint": endpoint, "api": api}
+    else:
+        configs = {"endpoint": endpoint, "request_format": request_format}
     if deployment:
         configs["deployment"] = deployment
     if max_tokens is not None:
@@ -63,13 +83,17 @@ def write_phi_connection(
     *,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    api: str | None = None,
     name: str = CONNECTION_NAME,
 ) -> None:
-    """Create or replace the custom connection `phi_endpoint` (idempotent; the key is a secret)."""
+    """Create or replace the custom connection `phi_endpoint` (idempotent; the key is a secret).
+
+    `api="openai"`: `endpoint` is this project's server's base URL (ARCHITECTURE section 6).
+    """
     if not key:
         raise UserError("the endpoint key is empty; nothing was written to the phi_endpoint connection")
     configs = connection_configs(
-        endpoint, deployment, request_format, max_tokens=max_tokens, temperature=temperature
+        endpoint, deployment, request_format, max_tokens=max_tokens, temperature=temperature, api=api
     )
     with _promptflow_errors(f"write the Prompt flow connection {name!r}"):
         from promptflow.client import PFClient
@@ -149,8 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     put = sub.add_parser("set", help=f"create or replace it (key from ${KEY_ENV} or a hidden prompt)")
-    put.add_argument("--endpoint", required=True, help="the scoring URL (https://<name>.<region>.inference.ml.azure.com/score)")
+    put.add_argument("--endpoint", required=True,
+                     help="the scoring URL (https://<name>.<region>.inference.ml.azure.com/score), "
+                          "or with --api openai the base URL (https://<name>.<region>.inference.ml.azure.com)")
     put.add_argument("--deployment", help="pin one deployment (azureml-model-deployment header)")
+    put.add_argument("--api", choices=APIS,
+                     help="the endpoint speaks the OpenAI chat-completions API (this project's server); "
+                          "leave out for a tutorial's /score endpoint")
     put.add_argument("--request-format", default="contract", choices=REQUEST_FORMATS)
     put.add_argument("--max-tokens", type=int)
     put.add_argument("--temperature", type=float)
@@ -158,10 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("delete", help="delete it (no error when absent)")
     args = parser.parse_args(argv)
     if args.action == "set":
-        connection_configs(args.endpoint, args.deployment, args.request_format)  # fail before asking for the key
+        connection_configs(args.endpoint, args.deployment, args.request_format, api=args.api)  # fail before asking for the key
         write_phi_connection(
             args.endpoint, _read_key(), args.deployment, args.request_format,
-            max_tokens=args.max_tokens, temperature=args.temperature,
+            max_tokens=args.max_tokens, temperature=args.temperature, api=args.api,
         )
         print(f"connection {CONNECTION_NAME} written (key stored as its secret)")
     elif args.action == "show":

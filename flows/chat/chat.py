@@ -2,10 +2,12 @@
 
 Connection (a Prompt flow CustomConnection):
 - secret `key`: the endpoint key (sent as a bearer token);
-- config `endpoint`: the scoring URL;
-- optional configs: `deployment` (the `azureml-model-deployment` header), `request_format`
-  (contract | registry | mlflow, default contract), `max_tokens`, `temperature`, `top_p`,
-  `system_prompt`, `timeout`, `max_retries`, `history_budget_chars`.
+- config `endpoint`: the scoring URL, or the server's base URL when `api` is `openai`;
+- optional configs: `api` (`openai`: this project's server, called on /v1/chat/completions; unset:
+  a tutorial's /score endpoint, called as before), `deployment` (the `azureml-model-deployment`
+  header), `request_format` (/score only: contract | registry | mlflow, default contract),
+  `max_tokens`, `temperature`, `top_p`, `system_prompt`, `timeout`, `max_retries`,
+  `history_budget_chars`.
 
 `pf flow serve` accepts missing inputs silently, so the inputs are validated here.
 """
@@ -17,9 +19,9 @@ from promptflow.connections import CustomConnection
 from promptflow.core import tool
 
 try:  # run by Prompt flow: this folder is the working directory and on sys.path
-    from phi_client import REQUEST_FORMATS, PhiClient
+    from phi_client import APIS, REQUEST_FORMATS, PhiClient
 except ImportError:  # imported from the repository as a package
-    from flows.chat.phi_client import REQUEST_FORMATS, PhiClient
+    from flows.chat.phi_client import APIS, REQUEST_FORMATS, PhiClient
 
 _NUMBERS = {
     "timeout": float,
@@ -58,6 +60,11 @@ def client_from_connection(connection: CustomConnection) -> Tuple[PhiClient, Dic
         raise ValueError(
             f"the connection {name!r} has request_format={request_format!r}; use one of {', '.join(REQUEST_FORMATS)}"
         )
+    api = configs.get("api") or None
+    if api is not None and api not in APIS:
+        raise ValueError(
+            f"the connection {name!r} has api={api!r}; use {' or '.join(APIS)}, or remove it for a /score endpoint"
+        )
     options: Dict[str, Any] = {}
     for field, cast in _NUMBERS.items():
         if configs.get(field) not in (None, ""):
@@ -73,6 +80,7 @@ def client_from_connection(connection: CustomConnection) -> Tuple[PhiClient, Dic
         deployment=configs.get("deployment") or None,
         request_format=request_format,
         system_prompt=configs.get("system_prompt") or None,
+        api=api,
         **options,
     )
     return client, params

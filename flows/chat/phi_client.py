@@ -1,10 +1,13 @@
-"""The project's one client for a Phi-3 scoring endpoint (Azure ML online endpoint or local serve).
+"""The project's one client for a Phi-3 endpoint (Azure ML online endpoint or local serve).
 
 Used by the Prompt flow tool (flows/chat/chat.py) and by deployment's smoke test, so the request
 and response logic lives only here. Standard library + `requests` only: this folder is uploaded to
 Azure AI Foundry as is.
 
-- Request shapes (ARCHITECTURE section 5): "contract" (`messages` + sampling fields), "registry"
+- APIs: `api="openai"` (this project's server, docs/ARCHITECTURE.md section 5): `endpoint` is the server's
+  base URL and the client POSTs `{endpoint}/v1/chat/completions` (OpenAI Chat Completions) and reads
+  `choices[0].message.content`. Without `api`, `endpoint` is a scoring URL (`.../score`) and the
+  request takes one of the tutorials' shapes: "contract" (`messages` + sampling fields), "registry"
   (`input_data.input_string` + `parameters`), "mlflow" (`input_data` list + `params`).
 - Response shapes (sections 5 and 6): `{"output": "..."}`, `["text"]`, `[{"0": "text"}]`, a bare
   string, a JSON document encoded as a string (what Azure ML returns when `run()` returns
@@ -26,6 +29,8 @@ from urllib.parse import urlparse
 import requests
 
 REQUEST_FORMATS = ("contract", "registry", "mlflow")
+APIS = ("openai",)  # None: the tutorials' /score dialects (REQUEST_FORMATS)
+OPENAI_CHAT_PATH = "/v1/chat/completions"
 DEFAULT_PARAMS: dict[str, Any] = {"max_tokens": 256, "temperature": 0.7, "top_p": 0.9}
 # About 4 characters per token: 8000 characters leave room for the answer in a 4k-token context.
 DEFAULT_HISTORY_BUDGET_CHARS = 8000
@@ -130,7 +135,7 @@ def _group_turns(messages: list[dict[str, str]]) -> list[list[dict[str, str]]]:
 
 
 def build_payload(messages: list[dict[str, str]], request_format: str, params: dict[str, Any]) -> dict:
-    """The request body in one of the three shapes of ARCHITECTURE section 5."""
+    """The request body in one of the three shapes of docs/ARCHITECTURE.md section 5."""
     max_tokens = int(params["max_tokens"])
     temperature = float(params["temperature"])
     top_p = float(params["top_p"])
@@ -147,6 +152,35 @@ def build_payload(messages: list[dict[str, str]], request_format: str, params: d
     if request_format == "mlflow":
         return {"input_data": messages, "params": generation}
     raise ValueError(f"request_format must be one of {', '.join(REQUEST_FORMATS)}, got {request_format!r}")
+
+
+def parse_openai_reply(body: Any) -> ChatReply | None:
+    """Read an OpenAI Chat Completions response (`choices[0].message.content`); None otherwise."""
+    if not isinstance(body, dict):
+        return None
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        return None
+    reason = choices[0].get("finish_reason")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+    return ChatReply(content, str(reason) if reason is not None else None, body, usage)
+
+
+def openai_url(endpoint: str) -> str:
+    """`{base}/v1/chat/completions` from a server's base URL (an OpenAI-style `.../v1` base works too)."""
+    base = endpoint.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    if base.endswith("/score"):
+        raise ValueError(
+            f"with api='openai' the endpoint is the server's base URL, not its scoring URL: got {endpoint!r}; "
+            f"use {base[: -len('/score')]!r}"
+        )
+    return base + OPENAI_CHAT_PATH
 
 
 def parse_reply(body: Any) -> ChatReply | None:
@@ -189,11 +223,14 @@ def parse_reply(body: Any) -> ChatReply | None:
 
 
 class PhiClient:
-    """Send a chat to a Phi-3 scoring endpoint and read the reply.
+    """Send a chat to a Phi-3 endpoint and read the reply.
 
-    `endpoint` is the scoring URL (`https://<name>.<region>.inference.ml.azure.com/score` or a
-    local `http://127.0.0.1:<port>/score`); `key` is sent as a bearer token; `deployment`, when
-    given, goes in the `azureml-model-deployment` header (pins one deployment behind the endpoint).
+    Without `api`, `endpoint` is the scoring URL (`https://<name>.<region>.inference.ml.azure.com/score`
+    or a local `http://127.0.0.1:<port>/score`) and `request_format` picks the body. With
+    `api="openai"`, `endpoint` is the server's base URL (`https://<name>.<region>.inference.ml.azure.com`
+    or `http://127.0.0.1:<port>`) and the client calls its `/v1/chat/completions`. `key` is sent as a
+    bearer token; `deployment`, when given, goes in the `azureml-model-deployment` header (pins one
+    deployment behind the endpoint).
     """
 
     def __init__(
@@ -212,18 +249,29 @@ class PhiClient:
         default_params: dict[str, Any] | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        api: str | None = None,
     ) -> None:
         endpoint = (endpoint or "").strip()
         parsed = urlparse(endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"endpoint must be an http(s) scoring URL, got {endpoint!r}")
+            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
         if not key:
             raise ValueError("the endpoint key is empty: re-run `python -m deployment.deploy` to write it")
         if request_format not in REQUEST_FORMATS:
             raise ValueError(f"request_format must be one of {', '.join(REQUEST_FORMATS)}, got {request_format!r}")
+        api = api or None
+        if api is not None and api not in APIS:
+            raise ValueError(f"api must be one of {', '.join(APIS)} or unset (the /score dialects), got {api!r}")
+        if api == "openai" and request_format != "contract":
+            raise ValueError(
+                f"request_format={request_format!r} applies to /score endpoints only; with api='openai' leave it unset"
+            )
         if max_retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError("timeout must be > 0, max_retries and backoff >= 0")
         self.endpoint = endpoint
+        self.api = api
+        # where requests go: the scoring URL itself, or the OpenAI route under the base URL
+        self.url = openai_url(endpoint) if api == "openai" else endpoint
         self.deployment = deployment or None
         self.request_format = request_format
         self.timeout = float(timeout)
@@ -239,10 +287,8 @@ class PhiClient:
 
     def __repr__(self) -> str:
         deployment = f", deployment={self.deployment!r}" if self.deployment else ""
-        return (
-            f"PhiClient(endpoint={self.endpoint!r}{deployment}, request_format={self.request_format!r}, "
-            f"key=<hidden>)"
-        )
+        speaks = f"api={self.api!r}" if self.api else f"request_format={self.request_format!r}"
+        return f"PhiClient(endpoint={self.endpoint!r}{deployment}, {speaks}, key=<hidden>)"
 
     # -- public API -------------------------------------------------------------------------
 
@@ -258,7 +304,8 @@ class PhiClient:
         messages = build_messages(
             question, history, system_prompt=system_prompt, budget_chars=self.history_budget_chars
         )
-        payload = build_payload(messages, self.request_format, merged)
+        # the contract body is the OpenAI Chat Completions body: messages, max_tokens, temperature, top_p
+        payload = build_payload(messages, "contract" if self.api == "openai" else self.request_format, merged)
         return self.send(payload)
 
     def send(self, payload: dict) -> ChatReply:
@@ -283,9 +330,7 @@ class PhiClient:
         attempts = self.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                response = self._session.post(
-                    self.endpoint, data=data, headers=self._headers(), timeout=self.timeout
-                )
+                response = self._session.post(self.url, data=data, headers=self._headers(), timeout=self.timeout)
             except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
                 if attempt < attempts:
                     self._sleep(self._delay(attempt, None))
@@ -340,16 +385,24 @@ class PhiClient:
                 if text.strip() and not text.lstrip().startswith(("{", "[")):
                     return ChatReply(text=text, raw=text)  # a plain-text answer
                 raise EndpointError(self._malformed(text), status=status) from None
-            reply = parse_reply(body)
+            reply = parse_openai_reply(body) if self.api == "openai" else parse_reply(body)
             if reply is None:
                 raise EndpointError(self._malformed(text), status=status)
             return reply
         raise EndpointError(self._error_message(status, text), status=status)
 
     def _malformed(self, text: str) -> str:
+        got = f"the endpoint {self.url} answered with a response this client cannot read: " + (
+            self._redact(_snippet(text)) or "(empty body)"
+        )
+        if self.api == "openai":
+            return (
+                f"{got}. Expected an OpenAI chat completion (choices[0].message.content). The connection "
+                "says api=openai: if this endpoint is a tutorial's /score endpoint, remove `api` from the "
+                "phi_endpoint connection and set `endpoint` to its scoring URL."
+            )
         return (
-            f"the endpoint {self.endpoint} answered with a response this client cannot read: "
-            f"{self._redact(_snippet(text)) or '(empty body)'}. Expected {{\"output\": \"...\"}}, "
+            f"{got}. Expected {{\"output\": \"...\"}}, "
             '["text"] or [{"0": "text"}]. Check request_format in the phi_endpoint connection '
             f"(now {self.request_format!r}; one of {', '.join(REQUEST_FORMATS)}) and the scoring script."
         )
@@ -366,10 +419,15 @@ class PhiClient:
             )
         if status == 404:
             target = f" or its deployment {self.deployment!r}" if self.deployment else ""
+            route = (
+                f" The client called {self.url} because the connection says api=openai; a tutorial's "
+                "/score endpoint has no such route: remove `api` from the connection for it."
+                if self.api == "openai" else ""
+            )
             return (
                 f"{where}{target} was not found (HTTP 404): it was deleted, or the URL in the "
                 "phi_endpoint connection is wrong. Re-run `python -m deployment.deploy` to create it "
-                "and rewrite the connection."
+                f"and rewrite the connection.{route}"
             )
         if status == 400:
             return f"{where} rejected the request (HTTP 400): {detail or '(no error text)'}"

@@ -1,8 +1,11 @@
-"""The scripted fake scoring endpoint (a real HTTP server on 127.0.0.1) and small test helpers.
+"""The scripted fake endpoint (a real HTTP server on 127.0.0.1) and small test helpers.
 
 The only fake in the flow tests: it answers what each test scripts (status, body, headers, delay,
 connection reset) and records every request (path, headers, decoded body) so tests can count
-requests and inspect payloads.
+requests and inspect payloads. Unscripted, it answers like the two kinds of endpoint the flow
+talks to: `POST /score` with the contract dialect's `{"output": ...}`, `POST /v1/chat/completions`
+with an OpenAI chat completion in the API's real shape (`openai_completion`; the tests parse it with
+the official `openai` client's types), any other path with 404.
 """
 from __future__ import annotations
 
@@ -18,6 +21,52 @@ from typing import Any
 
 KEY = "sk-test-0123456789abcdef-SECRET"  # long and unique: any leak is found by a substring search
 ANSWER = "Bill Gates and Paul Allen founded Microsoft."
+SCORE_PATH = "/score"
+OPENAI_PATH = "/v1/chat/completions"
+MODEL = "phi-tiny"
+
+
+def openai_completion(
+    content: str | None = ANSWER,
+    finish_reason: str = "stop",
+    prompt_tokens: int = 12,
+    completion_tokens: int = 9,
+) -> dict[str, Any]:
+    """A non-streamed OpenAI chat completion, every field as the API sends it (`object`, `created`,
+    `logprobs`, `refusal`, `annotations`, the token-detail objects, `system_fingerprint`...)."""
+    return {
+        "id": "chatcmpl-fake0123456789",
+        "object": "chat.completion",
+        "created": 1764400000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
+
+
+def openai_error(message: str, code: str | None = None, type_: str = "invalid_request_error") -> dict[str, Any]:
+    """The OpenAI API's error body."""
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
 @dataclass
@@ -47,7 +96,7 @@ class FakeEndpoint:
         self.requests: list[Recorded] = []
         self._script: list[Reply] = []
         self._lock = threading.Lock()
-        self.default = Reply()
+        self.default: Reply | None = None  # None: the unscripted answer of each path (see _unscripted)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,13 +134,16 @@ class FakeEndpoint:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/score"
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = self.base_url + SCORE_PATH
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def _record(self, path: str, headers: dict[str, str], body: Any) -> Reply:
         with self._lock:
             self.requests.append(Recorded(path, headers, body, time.monotonic()))
-            return self._script.pop(0) if self._script else self.default
+            if self._script:
+                return self._script.pop(0)
+            return self.default or _unscripted(path)
 
     def queue(self, *replies: Reply) -> None:
         with self._lock:
@@ -101,7 +153,7 @@ class FakeEndpoint:
         with self._lock:
             self.requests.clear()
             self._script.clear()
-            self.default = Reply()
+            self.default = None
 
     def start(self) -> None:
         self._thread.start()
@@ -110,6 +162,14 @@ class FakeEndpoint:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
+
+
+def _unscripted(path: str) -> Reply:
+    if path == SCORE_PATH:
+        return Reply()
+    if path == OPENAI_PATH:
+        return Reply(body=openai_completion())
+    return Reply(404, {"detail": "Not Found"})
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:

@@ -45,12 +45,30 @@ def test_delete_is_safe_to_repeat(pf_ready) -> None:
     assert delete_phi_connection() is False
 
 
+def test_api_openai_is_recorded_with_the_base_url_and_no_request_format(pf_ready) -> None:
+    write_phi_connection("https://phi.eastus.inference.ml.azure.com", KEY, deployment="blue", api="openai")
+    assert read_phi_connection() == {
+        "endpoint": "https://phi.eastus.inference.ml.azure.com",
+        "api": "openai",
+        "deployment": "blue",
+    }
+    # rewritten for a tutorial's endpoint: `api` does not linger, so it is called on /score as before
+    write_phi_connection("https://tutorial.eastus.inference.ml.azure.com/score", KEY)
+    assert read_phi_connection() == {
+        "endpoint": "https://tutorial.eastus.inference.ml.azure.com/score",
+        "request_format": "contract",
+    }
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"endpoint": "127.0.0.1/score", "key": KEY}, "http\\(s\\) scoring URL"),
+        ({"endpoint": "127.0.0.1/score", "key": KEY}, "http\\(s\\) URL"),
         ({"endpoint": "http://x/score", "key": ""}, "key is empty"),
         ({"endpoint": "http://x/score", "key": KEY, "request_format": "openai"}, "request_format must be one of"),
+        ({"endpoint": "http://x", "key": KEY, "api": "azure"}, "api must be one of openai"),
+        ({"endpoint": "http://x/score", "key": KEY, "api": "openai"}, "base URL, not its scoring URL"),
+        ({"endpoint": "http://x", "key": KEY, "api": "openai", "request_format": "mlflow"}, "applies to /score"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(pf_ready, kwargs, match) -> None:
@@ -79,6 +97,13 @@ def test_cli_set_reads_the_key_from_stdin_and_never_prints_it(pf_ready) -> None:
     assert '"request_format": "mlflow"' in shown.stdout
     assert KEY not in done.stdout + done.stderr + shown.stdout + shown.stderr
     assert stored_secret() == KEY
+
+    as_openai = subprocess.run(
+        cmd + ["set", "--endpoint", "http://127.0.0.1:5002", "--api", "openai"],
+        input=KEY + "\n", capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert as_openai.returncode == 0, as_openai.stderr[-2000:]
+    assert read_phi_connection() == {"endpoint": "http://127.0.0.1:5002", "api": "openai"}
 
 
 def test_project_prompt_flow_settings_land_in_pf_home(pf_ready) -> None:
