@@ -243,7 +243,9 @@ def test_a_403_from_the_sdk_on_a_young_stack_says_propagating(example: dict) -> 
 
     outputs = StackOutputs.from_mapping({**example, "role_assignments_created_on":
                                          (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=2)).isoformat()})
-    run_require(outputs, "submit", FakeArm({scopes(outputs)["workspace"]: [SCIENTIST]}), now=lambda: NOW)
+    # the real clock, as for created_on above: with the fixed NOW, a run after NOW saw an age of 0 forever
+    run_require(outputs, "submit", FakeArm({scopes(outputs)["workspace"]: [SCIENTIST]}),
+                now=lambda: dt.datetime.now(dt.timezone.utc))
     error = HttpResponseError(message="(AuthorizationFailed) The client does not have authorization")
     error.status_code = 403
     with pytest.raises(UserError, match=r"roles are still propagating; retry in [78] minutes"):
