@@ -1,7 +1,7 @@
 """The offline end-to-end path, step by step, through the same command lines a user types.
 
-data (sample) -> fine-tune (local target, tiny Phi-3) -> deploy (local inference server)
--> chat (Prompt flow `pf flow test`) -> teardown. Each step runs as a subprocess with its
+data (sample) -> fine-tune (local target, tiny Phi-3) -> deploy (local server, continuous batching)
+-> chat (Prompt flow `pf flow test`, then one answer through the official `openai` client) -> teardown. Each step runs as a subprocess with its
 output in `runs/demo/logs/<step>.log`; a failing step is named, its log tail shown, and the
 local server is stopped whatever happens.
 """
@@ -55,6 +55,8 @@ class DemoResult:
     answers: list[tuple[str, str, str]] = field(default_factory=list)
     """(question, the model's answer, the held-out reference answer)"""
     timings: dict[str, float] = field(default_factory=dict)
+    openai_answer: tuple[str, str] | None = None
+    """(question, the answer through the official `openai` client on /v1/chat/completions)"""
 
 
 class StepFailed(UserError):
@@ -124,6 +126,21 @@ def parse_flow_answer(stdout: str) -> str:
     raise UserError(f"`pf flow test` printed no answer:\n{stdout[-1000:]}")
 
 
+def ask_with_openai_client(question: str) -> str:
+    """One question to the running local endpoint through the official `openai` client."""
+    from openai import OpenAI
+
+    from deployment.local import HOST, read_record
+
+    record = read_record()
+    if record is None:
+        raise UserError("no local endpoint is recorded: the deploy step did not finish")
+    client = OpenAI(base_url=f"http://{HOST}:{record.port}/v1", api_key="local-endpoint-checks-no-key", max_retries=1)
+    reply = client.chat.completions.create(model="phi", messages=[{"role": "user", "content": question}],
+                                           max_tokens=64, temperature=0)
+    return reply.choices[0].message.content or ""
+
+
 def run_demo(
     budget: Budget = Budget(),
     env: dict[str, str] | None = None,
@@ -172,6 +189,10 @@ def run_demo(
             answer = parse_flow_answer(out)
             result.answers.append((question, answer, reference))
             print(f"\nQ: {question}\nA: {answer}\n   (held-out reference: {reference})\n", flush=True)
+        if result.answers:
+            question = result.answers[0][0]
+            result.openai_answer = (question, ask_with_openai_client(question))
+            print(f"Q (openai client, POST /v1/chat/completions): {question}\nA: {result.openai_answer[1]}\n", flush=True)
     finally:
         try:
             _run_step("teardown", [python, "-m", "deployment.teardown", "--target", "local"], logs, result, env)

@@ -89,7 +89,7 @@ def _hint(detail: str, instance_type: str) -> str:
         return " The serving image failed to build: check the environment's build log in Azure ML studio."
     if "sku" in low and ("not" in low or "invalid" in low):
         return f" {instance_type} is not offered for managed online endpoints here; pass another --instance-type."
-    return " The container log above usually says why (a crash in score.py's init(), out of memory, a missing package)."
+    return " The container log above usually says why (the model failed to load, out of memory, a missing package)."
 
 
 def _log_tail(ml_client: Any, endpoint: str, name: str) -> str:
@@ -136,12 +136,12 @@ def _check_existing_endpoint(endpoint: Any, outputs: "StackOutputs") -> None:
         str(getattr(uai, "resource_id", "") or "").lower()
         for uai in (getattr(identity, "user_assigned_identities", None) or [])
     ]
-    if "userassigned" not in kind or outputs.uai_resource_id.lower() not in ids:
+    if "userassigned" not in kind or outputs.endpoint_uai_resource_id.lower() not in ids:
         have = f"{getattr(identity, 'type', None) or 'no'} identity" + (f" ({', '.join(ids)})" if ids else "")
         raise UserError(
-            f"endpoint {name} already exists with {have}, not the stack's user-assigned identity "
-            f"{outputs.uai_name}. An endpoint's identity cannot be changed after creation, and the deployment "
-            "relies on the UAI's roles (AcrPull, Storage Blob Data Reader). Deploy to a new endpoint with "
+            f"endpoint {name} already exists with {have}, not the stack's endpoint identity "
+            f"{outputs.endpoint_uai_name}. An endpoint's identity cannot be changed after creation, and the deployment "
+            "relies on that identity's roles (AcrPull, Storage Blob Data Reader). Deploy to a new endpoint with "
             f"--endpoint-name NEW-NAME, or delete this one first (`az ml online-endpoint delete -n {name}`)."
         )
     auth = str(getattr(endpoint, "auth_mode", "") or "key").lower()
@@ -193,7 +193,7 @@ def deploy_to_azure(
                 endpoint = None
         created = endpoint is None
         if created:
-            say(f"    creating endpoint {ep_name} (key auth, identity {outputs.uai_name}); about 1-2 minutes")
+            say(f"    creating endpoint {ep_name} (key auth, identity {outputs.endpoint_uai_name}); about 1-2 minutes")
             entity = definitions.build_endpoint(ep_name, outputs)
             with azure_errors(f"creating endpoint {ep_name}"):
                 poller = with_retries(lambda: ops_ep.begin_create_or_update(entity), action="creating the endpoint")
@@ -225,7 +225,6 @@ def deploy_to_azure(
         endpoint_name=ep_name,
         model=model.reference,
         environment=env.reference,
-        code_dir=definitions.stage_code(code_root),
         instance_type=plan.instance_type,
         outputs=outputs,
     )

@@ -9,12 +9,13 @@ import copy
 import hashlib
 import io
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from common.cli import UserError
 from common.vm_sizes import KNOWN_SIZES, VmSize
+from deployment.engine import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
+from deployment.serve import ENV_MODEL_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
@@ -25,16 +26,26 @@ MODEL_NAME = "phi3-finetuned"
 CREATED_BY = {"created-by": "finetune-phi"}
 """Tag on every endpoint this tool creates; teardown deletes only these unless --all."""
 SLOTS = ("blue", "green")
-SCORE_SCRIPT = Path(__file__).resolve().with_name("score.py")
 
-# Long initial delay: a 3.8B model loads in minutes (download from storage + to GPU); the
-# tutorials' 500-600 s avoid the container being killed before it is ready.
-PROBE_INITIAL_DELAY_S = 600
+# Probes. The container's port opens within seconds (GET /live answers while the model loads);
+# /health turns 200 once the model is loaded, which for a 3.8B model takes minutes (download
+# from storage, then to the GPU). So readiness starts probing early and tolerates a long wait
+# (a high failure threshold: 10 s x 120 = 20 minutes), and the deployment is ready as soon as the
+# model is; only liveness keeps a long initial delay, so a slow start is never killed.
+READINESS_INITIAL_DELAY_S = 10
+READINESS_FAILURE_THRESHOLD = 120
+LIVENESS_INITIAL_DELAY_S = 600
+LIVENESS_FAILURE_THRESHOLD = 30
 PROBE_PERIOD_S = 10
 PROBE_TIMEOUT_S = 10
-PROBE_FAILURE_THRESHOLD = 30
-REQUEST_TIMEOUT_MS = 90_000
-MAX_CONCURRENT_REQUESTS = 2
+# Requests. The engine decodes up to ENGINE_MAX_SEQUENCES at once (deployment/engine.py sizes it
+# for an A100 80 GB); the endpoint lets exactly that many in per instance and answers 429 beyond,
+# so no request waits inside the container longer than one reply takes. One reply of the server's
+# largest max_tokens (2048) at ~20 tokens/s per stream in a full batch takes ~100 s: the timeout
+# is Azure's maximum, 180 s.
+ENGINE_MAX_SEQUENCES = DEFAULT_MAX_SEQUENCES
+MAX_CONCURRENT_REQUESTS = ENGINE_MAX_SEQUENCES
+REQUEST_TIMEOUT_MS = 180_000
 
 
 INSTANCE_TYPES: dict[str, VmSize] = {key: size for key, size in KNOWN_SIZES.items() if size.serving_note}
@@ -66,7 +77,8 @@ def check_endpoint_name(name: str) -> str:
 
 
 def build_endpoint(name: str, outputs: "StackOutputs") -> "ManagedOnlineEndpoint":
-    """Key auth, the stack's user-assigned identity (it cannot be changed after creation)."""
+    """Key auth, the stack's endpoint identity (AcrPull, Blob Data Reader, Metrics Writer only; it cannot
+    be changed after creation). Never the training identity, which is Contributor on the resource group."""
     from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration, ManagedOnlineEndpoint
 
     return ManagedOnlineEndpoint(
@@ -76,7 +88,7 @@ def build_endpoint(name: str, outputs: "StackOutputs") -> "ManagedOnlineEndpoint
         tags=dict(CREATED_BY),
         identity=IdentityConfiguration(
             type="user_assigned",
-            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=outputs.uai_resource_id)],
+            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=outputs.endpoint_uai_resource_id)],
         ),
     )
 
@@ -87,66 +99,39 @@ def build_deployment(
     endpoint_name: str,
     model: Any,
     environment: Any,
-    code_dir: Path,
     instance_type: str,
     outputs: "StackOutputs",
 ) -> "ManagedOnlineDeployment":
-    """One deployment slot: score.py as code, the pinned serving environment, long probes, the UAI id."""
-    from azure.ai.ml.entities import (
-        CodeConfiguration,
-        ManagedOnlineDeployment,
-        OnlineRequestSettings,
-        ProbeSettings,
-    )
-
-    def probe() -> ProbeSettings:
-        return ProbeSettings(
-            initial_delay=PROBE_INITIAL_DELAY_S,
-            period=PROBE_PERIOD_S,
-            timeout=PROBE_TIMEOUT_S,
-            failure_threshold=PROBE_FAILURE_THRESHOLD,
-            success_threshold=1,
-        )
+    """One deployment slot: the server's container (deployment/environment.py), probes, request limits."""
+    from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
 
     return ManagedOnlineDeployment(
         name=name,
         endpoint_name=endpoint_name,
         model=model,
         environment=environment,
-        code_configuration=CodeConfiguration(code=str(code_dir), scoring_script=SCORE_SCRIPT.name),
         instance_type=instance_type,
         instance_count=1,
-        liveness_probe=probe(),
-        readiness_probe=probe(),
+        readiness_probe=ProbeSettings(
+            initial_delay=READINESS_INITIAL_DELAY_S, period=PROBE_PERIOD_S, timeout=PROBE_TIMEOUT_S,
+            failure_threshold=READINESS_FAILURE_THRESHOLD, success_threshold=1,
+        ),
+        liveness_probe=ProbeSettings(
+            initial_delay=LIVENESS_INITIAL_DELAY_S, period=PROBE_PERIOD_S, timeout=PROBE_TIMEOUT_S,
+            failure_threshold=LIVENESS_FAILURE_THRESHOLD, success_threshold=1,
+        ),
         request_settings=OnlineRequestSettings(
             request_timeout_ms=REQUEST_TIMEOUT_MS,
             max_concurrent_requests_per_instance=MAX_CONCURRENT_REQUESTS,
         ),
         environment_variables={
-            # The container signs in to storage/registry as the endpoint's UAI; DefaultAzureCredential
-            # inside score.py (if ever used) picks the same identity through AZURE_CLIENT_ID.
-            "UAI_CLIENT_ID": outputs.uai_client_id,
-            "AZURE_CLIENT_ID": outputs.uai_client_id,
-            "WORKER_COUNT": "1",  # one model copy per instance: one GPU, one worker
+            # The container signs in (if it ever does) as the endpoint's identity.
+            "AZURE_CLIENT_ID": outputs.endpoint_uai_client_id,
+            ENV_MODEL_NAME: MODEL_NAME,  # the id /v1/models reports
+            ENV_MAX_SEQUENCES: str(ENGINE_MAX_SEQUENCES),  # the engine's bound = the endpoint's concurrency
         },
         tags=dict(CREATED_BY),
     )
-
-
-def stage_code(root: Path) -> Path:
-    """A code folder holding score.py only (Azure ML uploads the whole folder). Content-addressed."""
-    if not SCORE_SCRIPT.is_file():
-        raise UserError(f"{SCORE_SCRIPT} is missing; the deployment's code is that scoring script.")
-    data = SCORE_SCRIPT.read_bytes()
-    folder = root / f"code-{hashlib.sha256(data).hexdigest()[:12]}"
-    if not (folder / SCORE_SCRIPT.name).is_file():
-        tmp = root / f".{folder.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (tmp / SCORE_SCRIPT.name).write_bytes(data)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    return folder
 
 
 def _plain(value: Any) -> Any:
@@ -179,7 +164,20 @@ def definitions_yaml(entities: Iterable[Any]) -> str:
     """Multi-document YAML of the entities, each validated by loading it back with the SDK."""
     import yaml
 
+    entities = list(entities)
     docs = [entity_dict(e) for e in entities]
     for doc in docs:
         load_back(doc)
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    return yaml.safe_dump_all(docs, sort_keys=False) + "".join(_build_context_comment(e) for e in entities)
+
+
+def _build_context_comment(entity: Any) -> str:
+    """The image's Dockerfile and requirements as YAML comments, so a dry run shows the whole definition."""
+    build = getattr(getattr(entity, "environment", None), "build", None)
+    folder = Path(build.path) if build is not None and getattr(build, "path", None) else None
+    if folder is None or not (folder / "Dockerfile").is_file():
+        return ""
+    lines = [f"build context {folder} (Azure ML builds the deployment's image from it):"]
+    for name in ("Dockerfile", "requirements.txt"):
+        lines += [f"--- {name}"] + (folder / name).read_text(encoding="utf-8").splitlines()
+    return "".join(f"# {line}\n" for line in lines)

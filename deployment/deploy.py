@@ -76,7 +76,6 @@ def _dry_run(args: argparse.Namespace) -> int:
     from deployment.environment import serving_environment
     from deployment.registration import job_output_path, parse_model_ref
     from infra.outputs import load_stack_outputs
-    from training.local_runs import runs_dir
 
     outputs = load_stack_outputs(args.outputs_file, args.stack)
     name = definitions.check_endpoint_name(args.endpoint_name or definitions.default_endpoint_name(outputs))
@@ -98,7 +97,6 @@ def _dry_run(args: argparse.Namespace) -> int:
         endpoint_name=name,
         model=model,
         environment=serving_environment(args.instance_type).to_entity(),
-        code_dir=definitions.stage_code(runs_dir() / "deploy"),
         instance_type=args.instance_type,
         outputs=outputs,
     )

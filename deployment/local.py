@@ -143,7 +143,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _stop_process_group(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the server's process group (its gunicorn workers too), SIGKILL if it does not go."""
+    """SIGTERM the server's process group, SIGKILL if it does not go."""
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
@@ -233,10 +233,11 @@ def _start_server(model_dir: Path, port: int, fresh_log: bool) -> tuple[subproce
 
 
 def _wait_until_ready(process: subprocess.Popen, port: int, offset: int, timeout: float) -> None:
-    """Poll the liveness route until it answers; UserError with the log tail if the server dies or hangs."""
+    """Poll the readiness route (/health: 200 once the model is loaded); UserError with the log tail if
+    the server dies or hangs."""
     started = time.monotonic()
     next_note = started + 5.0
-    url = f"http://{HOST}:{port}/"
+    url = f"http://{HOST}:{port}/health"
     while True:
         code = process.poll()
         if code is not None:

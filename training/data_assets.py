@@ -89,11 +89,11 @@ def ensure_data_asset(ml_client: Any, data: DataFile) -> str:
     from azure.ai.ml.entities import Data
     from azure.core.exceptions import ResourceNotFoundError
 
-    from common.azure import azure_errors, with_retries
+    from common.azure import azure_errors
 
     with azure_errors(f"looking up data asset {data.asset_name}:{data.version}"):
         try:
-            with_retries(lambda: ml_client.data.get(name=data.asset_name, version=data.version), action="data lookup")
+            ml_client.data.get(name=data.asset_name, version=data.version)
             say(f"    data {data.asset_name}:{data.version} exists: reused (no upload)")
             return data.ref
         except ResourceNotFoundError:
@@ -107,7 +107,7 @@ def ensure_data_asset(ml_client: Any, data: DataFile) -> str:
         tags={"sha256": data.sha256, "finetune-phi": "data"},
     )
     with azure_errors(f"uploading data asset {data.asset_name}:{data.version}"):
-        with_retries(lambda: ml_client.data.create_or_update(asset), action="data upload")
+        ml_client.data.create_or_update(asset)
     say(f"    data {data.asset_name}:{data.version} uploaded ({data.path.stat().st_size / 1e6:.1f} MB)")
     return data.ref
 

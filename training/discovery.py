@@ -60,10 +60,10 @@ def finetune_jobs(jobs: Iterable[Any], experiment_name: str = EXPERIMENT_NAME) -
 
 def latest_completed_job(ml_client: Any, experiment_name: str = EXPERIMENT_NAME) -> tuple[str, str]:
     """(job name, model output name) of the newest completed fine-tuning job in the workspace."""
-    from common.azure import azure_errors, with_retries
+    from common.azure import azure_errors
 
     with azure_errors("listing the workspace's jobs"):
-        jobs = with_retries(lambda: list(ml_client.jobs.list()), action="listing jobs")
+        jobs = list(ml_client.jobs.list())
     ours = finetune_jobs(jobs, experiment_name)
     for job in ours:
         if getattr(job, "status", None) == COMPLETED:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from training.code_staging import ENTRY_MODULE
 from training.discovery import EXPERIMENT_NAME, job_tags
-from training.hyperparams import TRAINER_DIR, TRAINER_ENTRY, trainer_argv
+from training.hyperparams import trainer_argv
 
 COMMAND_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
 PIPELINE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"
@@ -42,10 +43,14 @@ def registry_model_uri(name: str, label: str = "latest") -> str:
     return f"azureml://registries/{REGISTRY}/models/{name}/labels/{label}"
 
 
-def _is_asset_or_local(model: str) -> bool:
-    """A registered asset or a local folder (absolute paths count even before they exist: a dry run
-    names the tiny model's folder without building it); anything else is a Hugging Face id."""
-    return model.startswith("azureml:") or Path(model).is_absolute() or Path(model).is_dir()
+MODEL_INPUT_TYPES = ("custom_model", "mlflow_model")
+"""How a registered model (`azureml:NAME:VERSION`) enters the job: as the model asset it is, not a data asset."""
+
+
+def _is_local(model: str) -> bool:
+    """A local folder (absolute paths count even before they exist: a dry run names the tiny
+    model's folder without building it)."""
+    return Path(model).is_absolute() or Path(model).is_dir()
 
 
 @dataclass
@@ -54,6 +59,10 @@ class SftJob:
 
     model: str
     compute: str
+    code_dir: Path
+    """The staged folder that holds `trainer/` (training.code_staging)."""
+    device: str
+    """What the trainer must train on: `cuda` on a GPU cluster (it refuses to fall back to CPU), `cpu` on a CPU one."""
     environment: str | Mapping[str, Any]
     train_data: str
     eval_data: str
@@ -65,11 +74,18 @@ class SftJob:
     display_name: str | None = None
     name: str | None = None
     experiment_name: str = EXPERIMENT_NAME
-    code_dir: Path = TRAINER_DIR
+    model_revision: str | None = None
+    """The pinned hub commit (training.models), for a hub id."""
+    model_input_type: str = "custom_model"
+    """For `azureml:NAME:VERSION`: the registered model's type (a real submit reads it; a dry run assumes custom_model)."""
+
+    @property
+    def processes_per_node(self) -> int:
+        return max(self.gpus_per_node, 1)
 
     @property
     def distributed(self) -> bool:
-        return self.instance_count * self.gpus_per_node > 1
+        return self.instance_count * self.processes_per_node > 1
 
 
 def _data_input(path_or_ref: str) -> dict[str, Any]:
@@ -77,20 +93,29 @@ def _data_input(path_or_ref: str) -> dict[str, Any]:
 
 
 def build_sft_job(job: SftJob) -> dict[str, Any]:
-    """The command job: code = the trainer folder only, a named `model` output, the trainer's flags."""
+    """The command job: code = the staged trainer package only, a named `model` output, the trainer's flags."""
+    if job.model_input_type not in MODEL_INPUT_TYPES:
+        raise ValueError(f"model input type {job.model_input_type!r}: expected one of {MODEL_INPUT_TYPES}")
     inputs: dict[str, Any] = {"train_file": _data_input(job.train_data), "eval_file": _data_input(job.eval_data)}
-    if _is_asset_or_local(job.model):
-        path = job.model if job.model.startswith("azureml:") else str(Path(job.model).resolve())
-        inputs["model"] = {"type": "uri_folder", "path": path, "mode": "ro_mount"}
+    revision: list[str] = []
+    if job.model.startswith("azureml:"):
+        inputs["model"] = {"type": job.model_input_type, "path": job.model, "mode": "ro_mount"}
+        model_arg = "${{inputs.model}}"
+    elif _is_local(job.model):
+        inputs["model"] = {"type": "uri_folder", "path": str(Path(job.model).resolve()), "mode": "ro_mount"}
         model_arg = "${{inputs.model}}"
     else:
         model_arg = shlex.quote(job.model)
+        revision = ["--model_revision", shlex.quote(job.model_revision)] if job.model_revision else []
     command = " ".join(
         [
-            "python",
-            TRAINER_ENTRY,
+            "python -m",
+            ENTRY_MODULE,
             "--model_name_or_path",
             model_arg,
+            *revision,
+            "--device",
+            job.device,
             "--train_file ${{inputs.train_file}}",
             "--eval_file ${{inputs.eval_file}}",
             "--output_dir ${{outputs.model}}",
@@ -99,7 +124,7 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
     )
     spec = _job_header(
         job, COMMAND_SCHEMA, "command", "sft",
-        "Supervised fine-tuning of a Phi-3 model with TRL (training/trainer/fine_tune.py).",
+        "Supervised fine-tuning of a Phi model with TRL (training/trainer, staged as the `trainer` package).",
     )
     spec.update(
         {
@@ -115,7 +140,7 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
         }
     )
     if job.distributed:
-        spec["distribution"] = {"type": "pytorch", "process_count_per_instance": job.gpus_per_node}
+        spec["distribution"] = {"type": "pytorch", "process_count_per_instance": job.processes_per_node}
     return spec
 
 
@@ -214,7 +239,7 @@ def build_registry_job(job: RegistryJob) -> dict[str, Any]:
 def to_yaml(spec: Mapping[str, Any], header: str | None = None) -> str:
     import yaml
 
-    text = yaml.safe_dump(dict(spec), sort_keys=False, default_flow_style=False, width=120)
+    text = yaml.safe_dump(dict(spec), sort_keys=False, default_flow_style=False, width=100_000)  # one line per command
     if header:
         text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
     return text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from common.cli import UserError, say
 from common.vm_sizes import VmSize, family_display, known_vm
@@ -39,6 +39,33 @@ def vm_info(vm_size: str, sizes: Iterable[Any] | None = None) -> VmSize:
             "(for example Standard_NC24ads_A100_v4) and run `pulumi up`."
         )
     return info
+
+
+def offline_vm(vm_size: str) -> VmSize:
+    """The size from the offline table (dry runs); an unknown size is assumed to have one GPU, with a note."""
+    vm = known_vm(vm_size)
+    if vm is None:
+        say(f"    note: {vm_size} is not in the offline size table; assuming 1 GPU per node")
+        return VmSize(name=vm_size, family="", vcpus=0, gpus=1)
+    return vm
+
+
+def subscription_read(read: Callable[[], Iterable[Any]], action: str, fallback: str) -> list[Any] | None:
+    """A subscription-level read (VM sizes, usages). Someone whose roles are scoped to the resource group
+    gets 403 there yet can run jobs: warn and return None, so the caller falls back, instead of failing."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    from common.azure import azure_errors
+
+    with azure_errors(action):
+        try:
+            return list(read())
+        except HttpResponseError as err:
+            if err.status_code != 403 or isinstance(err, ClientAuthenticationError):
+                raise
+    say(f"    warning: {action}: permission denied (403); that is a subscription-level read and your roles may be "
+        f"scoped to the resource group. {fallback[0].upper() + fallback[1:]}.")
+    return None
 
 
 def _field(obj: Any, *keys: str) -> Any:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy_fixtures import UAI_ID
 from common.cli import UserError
 from deployment import definitions
 from deployment.azure_deploy import DeployPlan, choose_slot, deploy_to_azure
@@ -56,17 +55,15 @@ def test_first_deploy_runs_in_blue_green_order(fake_client, outputs, runs, write
     ep_doc = c.calls[c.index("online_endpoints.begin_create_or_update", traffic={})].args["doc"]
     assert ep_doc["auth_mode"] == "key" and ep_doc["tags"] == {"created-by": "finetune-phi"}
     assert ep_doc["identity"]["type"] == "user_assigned"
-    assert [u["resource_id"] for u in ep_doc["identity"]["user_assigned_identities"]] == [UAI_ID]
-    # deployment: score.py only, pinned environment, probes, request settings, UAI client id
+    assert [u["resource_id"] for u in ep_doc["identity"]["user_assigned_identities"]] == [outputs.endpoint_uai_resource_id]
+    # deployment: the server's container environment, probes, request settings, the endpoint identity
     dep = c.calls[c.index("online_deployments.begin_create_or_update")].args["doc"]
     assert dep["instance_type"] == "Standard_NC24ads_A100_v4" and dep["model"] == "azureml:phi3-finetuned:1"
     assert dep["environment"].startswith("azureml:phi3-serve:")
-    assert sorted(p.name for p in Path(dep["code_configuration"]["code"]).iterdir()) == ["score.py"]
-    assert dep["code_configuration"]["scoring_script"] == "score.py"
-    assert dep["readiness_probe"]["initial_delay"] >= 500 and dep["liveness_probe"]["initial_delay"] >= 500
-    assert dep["request_settings"]["request_timeout_ms"] == 90000
-    assert dep["environment_variables"]["UAI_CLIENT_ID"] == outputs.uai_client_id
-    assert dep["environment_variables"]["AZURE_CLIENT_ID"] == outputs.uai_client_id
+    assert "code_configuration" not in dep
+    assert dep["readiness_probe"]["initial_delay"] <= 30 and dep["liveness_probe"]["initial_delay"] >= 500
+    assert dep["request_settings"]["request_timeout_ms"] == 180000
+    assert dep["environment_variables"]["AZURE_CLIENT_ID"] == outputs.endpoint_uai_client_id
     # smoke test went to the new deployment with the fetched key
     assert scoring_server.requests and all(r["authorized"] and r["deployment"] == "blue" for r in scoring_server.requests)
     # final state

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_fixtures import OUTPUTS, UAI_ID
+from deploy_fixtures import OUTPUTS
 from common.cli import run_cli
 from deployment import deploy
 from deploy_fake_client import SECRET_KEY
@@ -52,14 +52,14 @@ def test_dry_run_prints_yaml_the_sdk_loads_without_network(outputs_file, runs, m
     endpoint = load_online_endpoint(source=io.StringIO(yaml.safe_dump(docs[0])))
     deployment = load_online_deployment(source=io.StringIO(yaml.safe_dump(docs[1])))
     assert endpoint.auth_mode == "key" and endpoint.identity.type == "user_assigned"
-    assert [u.resource_id for u in endpoint.identity.user_assigned_identities] == [UAI_ID]
+    assert [u.resource_id for u in endpoint.identity.user_assigned_identities] == [OUTPUTS["endpoint_uai_resource_id"]]
     assert deployment.endpoint_name == endpoint.name and deployment.name == "blue"
     assert deployment.instance_type == "Standard_E16s_v3"
-    assert "cpu-inference" in deployment.environment.image  # a CPU SKU gets the CPU base image
-    pins = deployment.environment.conda_file["dependencies"][-1]["pip"]
-    assert any(p.startswith("azureml-inference-server-http==") for p in pins)
-    assert [p.name for p in Path(deployment.code_configuration.code).iterdir()] == ["score.py"]
-    assert deployment.environment_variables["UAI_CLIENT_ID"] == OUTPUTS["uai_client_id"]
+    # the server's container: a staged build context and its routes; no scoring script
+    assert (Path(deployment.environment.build.path) / "Dockerfile").is_file()
+    assert docs[1]["environment"]["inference_config"]["readiness_route"] == {"port": 8000, "path": "/health"}
+    assert deployment.code_configuration is None
+    assert deployment.environment_variables["AZURE_CLIENT_ID"] == OUTPUTS["endpoint_uai_client_id"]
 
 
 def test_dry_run_with_a_named_model(outputs_file, runs, capsys):
@@ -67,7 +67,7 @@ def test_dry_run_with_a_named_model(outputs_file, runs, capsys):
                  "--endpoint-name", "my-phi"]) == 0
     endpoint, deployment = yaml.safe_load_all(capsys.readouterr().out)
     assert endpoint["name"] == "my-phi" and deployment["model"] == "azureml:phi3-finetuned:7"
-    assert "gpu-inference" in deployment["environment"]["image"]
+    assert deployment["environment"]["inference_config"]["scoring_route"] == {"port": 8000, "path": "/"}
 
 
 def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server, monkeypatch, capsys):

@@ -1,65 +1,126 @@
 """The entities and the serving environment: real azure-ai-ml objects, validated by the SDK loaders."""
 from __future__ import annotations
 
-import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from common.cli import UserError
+from common.pins import CLOUD_TORCH_PIN, cloud_pins
 from deployment import definitions
-from deployment.environment import CPU_BASE_IMAGE, GPU_BASE_IMAGE, serve_requirements, serving_environment
+from deployment.engine import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
+from deployment.environment import BASE_IMAGE, SERVER_FILES, base_pins, serving_environment
+from serving_helpers import REPO_ROOT
 
-PROJECT_PACKAGES = {"infra", "training", "deployment", "flows", "common"}
+def test_environment_is_the_server_container_built_from_the_cloud_pins(tmp_path):
+    env = serving_environment("Standard_NC24ads_A100_v4")
+    assert env == serving_environment("Standard_E4s_v3")  # one image for CPU and GPU instances: reused
+    requirements = env.files["requirements.txt"].decode().split()
+    assert requirements == cloud_pins("serve") + base_pins()
+    assert CLOUD_TORCH_PIN in requirements and "torch==2.13.0" not in requirements  # never the local CUDA 13 build
+    assert not any(r.startswith("azureml-inference-server-http") for r in requirements)
+    assert {"fastapi==0.141.1", "uvicorn==0.54.0"} <= set(requirements)
+    docker = env.files["Dockerfile"].decode()
+    base = docker.splitlines()[0].removeprefix("FROM ")
+    assert base == BASE_IMAGE and re.search(r":\d{8}\.v\d+$", base), "the base image must be a dated tag, not :latest"
+    cmd = json.loads(docker.strip().splitlines()[-1].removeprefix("CMD "))
+    assert "-m deployment.serve --model-dir \"$AZUREML_MODEL_DIR\" --host 0.0.0.0 --port 8000" in cmd[-1]
+    assert sorted(p for p in env.files if p.startswith("app/")) == sorted(f"app/{f}" for f in SERVER_FILES)
 
-
-def test_score_py_is_self_contained():
-    """Only score.py is uploaded as the deployment's code: it must import no project module."""
-    tree = ast.parse(definitions.SCORE_SCRIPT.read_text(encoding="utf-8"))
-    imported = {
-        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert not imported & PROJECT_PACKAGES
-    assert {"init", "run"} <= {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-
-
-def test_environment_from_the_serve_pins_versioned_by_content(repo_root, tmp_path):
-    pins = serve_requirements()
-    assert any(p.startswith("azureml-inference-server-http==") for p in pins)
-    assert any(p.startswith("torch==") for p in pins)
-    gpu = serving_environment("Standard_NC24ads_A100_v4")
-    assert gpu.image == GPU_BASE_IMAGE and serving_environment("Standard_E4s_v3").image == CPU_BASE_IMAGE
-    assert gpu == serving_environment("Standard_NC40ads_H100_v5")  # same content, same version: reused
-    assert gpu.conda["dependencies"][-1]["pip"] == pins
-
+    # a changed pin is a new version
     changed = tmp_path / "pyproject.toml"
-    text = (repo_root / "pyproject.toml").read_text(encoding="utf-8")
-    server_pin = next(p for p in pins if p.startswith("azureml-inference-server-http=="))
-    changed.write_text(text.replace(f'"{server_pin}"', f'"{server_pin}.post1"'))
-    assert serving_environment("Standard_NC24ads_A100_v4", changed).version != gpu.version
-
+    text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    changed.write_text(text.replace('"uvicorn==0.54.0"', '"uvicorn==0.54.1"'))
+    assert serving_environment("x", changed).version != env.version
     unpinned = tmp_path / "unpinned.toml"
-    unpinned.write_text('[project.optional-dependencies]\nserve = ["torch", "mlflow==3.17.0"]\n')
+    unpinned.write_text('[project.optional-dependencies]\nserve = ["torch", "fastapi==0.141.1"]\n')
     with pytest.raises(UserError, match="unpinned"):
-        serve_requirements(unpinned)
+        serving_environment("x", unpinned)
 
 
-def test_endpoint_serializes_twice_and_stays_usable(outputs):
+def test_environment_entity_routes_and_staged_context(tmp_path):
+    env = serving_environment("Standard_NC24ads_A100_v4")
+    entity = env.to_entity(tmp_path)
+    folder = Path(entity.build.path)
+    assert folder == tmp_path / f"serve-image-{env.version}"
+    assert {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} == set(env.files)
+    assert env.to_entity(tmp_path).build.path == entity.build.path  # content-addressed: staged once
+    routes = entity.inference_config
+    assert routes["liveness_route"] == {"port": 8000, "path": "/live"}
+    assert routes["readiness_route"] == {"port": 8000, "path": "/health"}
+    assert routes["scoring_route"] == {"port": 8000, "path": "/"}  # the caller's path is appended: /score, /v1/...
+
+
+@pytest.mark.slow
+def test_the_staged_app_alone_serves_the_model(tmp_path, tiny_model_dir):
+    """The container's code is complete: the staged app/ folder, without this repository, serves."""
+    from serving_helpers import free_port, stop, wait_healthy
+
+    app = serving_environment("x").stage(tmp_path) / "app"
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-c", "import sys, runpy; sys.path.insert(0, '.'); "
+             "runpy.run_module('deployment.serve', run_name='__main__')",
+             "--model-dir", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
+            cwd=app, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", process, log)
+    finally:
+        stop(process)
+    where = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import deployment.serve, deployment.engine, "
+         "deployment.openai_api, common.cli; print(deployment.serve.__file__, deployment.engine.__file__, common.cli.__file__)"],
+        cwd=app, capture_output=True, text=True, env=env, timeout=60,
+    ).stdout.split()
+    assert where and all(Path(f).is_relative_to(app) for f in where)  # the staged copies, not this repository's
+
+
+def test_serving_torch_runs_on_azure_mls_driver():
+    """The container's torch must not need a newer NVIDIA driver than Azure ML's 535 (CUDA 12 at most)."""
+    requirements = serving_environment("x").files["requirements.txt"].decode().split()
+    torch = next(r for r in requirements if r.startswith("torch=="))
+    assert torch == CLOUD_TORCH_PIN == "torch==2.10.0"  # PyPI's newest CUDA 12 (12.8) build
+
+
+def test_deployment_runs_the_container_with_probes_limits_and_the_endpoint_identity(outputs, tmp_path):
+    env = serving_environment("Standard_NC24ads_A100_v4").to_entity(tmp_path)
+    deployment = definitions.build_deployment(name="blue", endpoint_name="phi3-x", model="azureml:phi3-finetuned:1",
+                                              environment=env, instance_type="Standard_NC24ads_A100_v4", outputs=outputs)
+    doc = definitions.entity_dict(deployment)
+    loaded = definitions.load_back(doc)
+    assert "code_configuration" not in doc  # no scoring script: the container runs the server itself
+    ready, live = loaded.readiness_probe, loaded.liveness_probe
+    assert ready.initial_delay <= 30 and ready.period * ready.failure_threshold >= 15 * 60  # short delay, long patience
+    assert live.initial_delay >= 500  # only liveness waits long before its first probe
+    settings = loaded.request_settings
+    assert settings.max_concurrent_requests_per_instance == DEFAULT_MAX_SEQUENCES > 2
+    assert settings.request_timeout_ms == 180_000  # Azure's maximum: a full-length reply in a full batch
+    variables = loaded.environment_variables
+    assert variables["AZURE_CLIENT_ID"] == outputs.endpoint_uai_client_id != outputs.uai_client_id
+    assert variables[ENV_MAX_SEQUENCES] == str(DEFAULT_MAX_SEQUENCES)
+    assert doc["environment"]["inference_config"]["scoring_route"] == {"port": 8000, "path": "/"}
+    printed = definitions.definitions_yaml([deployment])  # what the dry run prints: the image's recipe too
+    assert f"# FROM {BASE_IMAGE}" in printed and f"# {CLOUD_TORCH_PIN}" in printed
+    assert loaded.environment.build.path == env.build.path
+
+
+def test_endpoint_serializes_twice_and_uses_the_endpoint_identity(outputs):
     endpoint = definitions.build_endpoint("phi3-x", outputs)
     first, second = definitions.entity_dict(endpoint), definitions.entity_dict(endpoint)
     assert first == second
     loaded = definitions.load_back(first)
-    assert loaded.identity.user_assigned_identities[0].resource_id == outputs.uai_resource_id
+    ids = [u.resource_id for u in loaded.identity.user_assigned_identities]
+    assert ids == [outputs.endpoint_uai_resource_id] and outputs.uai_resource_id not in ids
     assert loaded.tags == definitions.CREATED_BY
-
-
-def test_stage_code_holds_score_py_only(tmp_path):
-    folder = definitions.stage_code(tmp_path)
-    assert [p.name for p in folder.iterdir()] == ["score.py"]
-    assert definitions.stage_code(tmp_path) == folder  # content-addressed: same folder again
-    assert (folder / "score.py").read_bytes() == definitions.SCORE_SCRIPT.read_bytes()
 
 
 def test_instance_table_matches_the_docs(repo_root):

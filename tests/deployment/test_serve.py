@@ -1,63 +1,196 @@
-"""`python -m deployment.serve`: score.py under the real Azure ML inference server.
+"""`python -m deployment.serve`, the real server on the tiny model, driven by the clients people use.
 
-One server per module (startup is the slow part), serving the trainer's MLflow output laid out
-the way Azure ML mounts a registered model, so the cloud's model discovery is exercised too.
+The official `openai` client (non-streamed, streamed, 4xx), the tutorials' exact client code paths
+against /score, the routes that must not exist, requests decoded together, the registry pipeline's
+hftransformers layout, and the command line. One server per module (startup is the slow part).
 """
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 
-from serving_helpers import free_port, post
+from serving_helpers import build_hftransformers_tree, free_port, post, start_server, stop
 
 pytestmark = pytest.mark.slow
 
+QUESTION = "Who founded Microsoft?"
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Who founded Microsoft?"},
+    {"role": "user", "content": QUESTION},
 ]
 
 
-def test_liveness_probe(inference_server: str) -> None:
-    with urllib.request.urlopen(inference_server + "/", timeout=10) as response:
-        assert response.status == 200
-        assert response.headers["x-ms-server-version"].startswith("azmlinfsrv/")
+@pytest.fixture(scope="module")
+def client(inference_server: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=inference_server + "/v1", api_key="not-checked-locally", max_retries=0, timeout=60)
+
+
+# -- the OpenAI API ----------------------------------------------------------------------------------
+
+
+def test_openai_client_gets_a_reply_with_finish_reason_and_usage(client) -> None:
+    reply = client.chat.completions.create(model="phi", messages=MESSAGES, max_tokens=6)
+    choice = reply.choices[0]
+    assert isinstance(choice.message.content, str) and choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    usage = reply.usage
+    assert usage.prompt_tokens > 5 and 1 <= usage.completion_tokens <= 6
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert usage.completion_tokens == 6
+
+
+def test_openai_client_streams_in_several_chunks(client) -> None:
+    stream = client.chat.completions.create(model="phi", messages=MESSAGES, max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(content) >= 2, chunks
+    assert finishes in (["length"], ["stop"])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 12
+    # The streamed text is the non-streamed reply, piece by piece (greedy is deterministic).
+    whole = client.chat.completions.create(model="phi", messages=MESSAGES, max_tokens=12, temperature=0)
+    assert "".join(content).strip() == whole.choices[0].message.content
+
+
+def test_sse_ends_with_done(inference_server: str) -> None:
+    body = {"messages": MESSAGES, "max_tokens": 3, "stream": True}
+    with requests.post(inference_server + "/v1/chat/completions", json=body, stream=True, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines(decode_unicode=True) if line]
+    assert events[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in events)
+    assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
 
 
 @pytest.mark.parametrize(
-    "body",
+    "extra, message",
     [
-        {"messages": MESSAGES, "max_tokens": 6, "temperature": 0.7, "top_p": 0.9},
-        {"input_data": {"input_string": MESSAGES, "parameters": {"max_new_tokens": 6, "temperature": 0.0}}},
-        {"input_data": ["Who founded Microsoft?"], "params": {"max_new_tokens": 6}},
-        {"input_data": MESSAGES, "params": {"max_new_tokens": 6, "do_sample": True, "temperature": 0.8}},
+        ({"max_tokens": -1}, "max_tokens must be between 1 and"),
+        ({"max_completion_tokens": 10**6}, "max_completion_tokens must be between 1 and"),
+        ({"messages": [{"role": "user", "content": "word " * 5000}]}, "context cap"),
+        ({"temperature": 5}, "temperature"),
+        ({"n": 3}, "n must be 1"),
     ],
-    ids=["contract", "registry", "mlflow-text", "mlflow-messages"],
+    ids=["max-tokens-negative", "max-completion-tokens-over-cap", "prompt-too-long", "temperature", "n"],
 )
-def test_all_request_shapes(inference_server: str, body: dict) -> None:
-    status, answer = post(inference_server + "/score", body)
-    assert status == 200, answer
-    assert isinstance(answer["output"], str)
-    assert answer["finish_reason"] in ("stop", "length")
-    usage = answer["usage"]
-    assert usage["prompt_tokens"] > 5
-    assert 1 <= usage["completion_tokens"] <= 6
-    if answer["finish_reason"] == "length":
-        assert usage["completion_tokens"] == 6
+def test_openai_client_gets_4xx_for_bad_requests(client, extra: dict, message: str) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        params = {"model": "phi", "messages": MESSAGES, **extra}
+        if "max_completion_tokens" not in params:
+            params.setdefault("max_tokens", 4)
+        client.chat.completions.create(**params)
+    assert info.value.status_code == 400
+    assert message in info.value.body["message"]
 
 
-def test_token_limit_cuts_the_reply(inference_server: str) -> None:
-    status, answer = post(inference_server + "/score", {"messages": MESSAGES, "max_tokens": 1})
+def test_models_lists_the_one_served_model(client, inference_server: str) -> None:
+    models = client.models.list().data
+    assert [m.id for m in models] == ["finetune-phi"]  # the registered folder's name (AZUREML_MODEL_DIR/<name>/<version>)
+    status = requests.get(inference_server + "/v1/models", timeout=10).status_code
     assert status == 200
-    assert answer["usage"]["completion_tokens"] == 1
-    # One token cannot hold an answer plus its <|end|>, so the reply was cut.
-    assert answer["finish_reason"] == "length" or answer["output"] == ""
+
+
+def test_health_reports_the_limits(inference_server: str) -> None:
+    health = requests.get(inference_server + "/health", timeout=10).json()
+    assert health["status"] == "ok"
+    limits = health["limits"]
+    assert limits["max_tokens"] < limits["context_tokens"] and limits["max_sequences"] >= 2
+    assert requests.get(inference_server + "/live", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/load_model"), ("POST", "/reset"), ("GET", "/docs"),
+                                          ("GET", "/openapi.json"), ("GET", "/v1/responses")])
+def test_management_routes_do_not_exist(inference_server: str, method: str, path: str) -> None:
+    response = requests.request(method, inference_server + path, json={"model": "x"}, timeout=10)
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+def test_stop_sequence_cuts_the_reply(client) -> None:
+    whole = client.chat.completions.create(model="phi", messages=MESSAGES, max_tokens=16, temperature=0)
+    text = whole.choices[0].message.content
+    stop_at = next(i for i in range(3, len(text) - 1) if text[i:i + 2].strip() and text[i:i + 2] not in text[:i])
+    cut = client.chat.completions.create(model="phi", messages=MESSAGES, max_tokens=16, temperature=0,
+                                         stop=[text[stop_at:stop_at + 2]])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[:stop_at].strip()
+
+
+def test_requests_are_decoded_together(client, inference_server: str) -> None:
+    """Several requests in flight in the engine at once (the mechanism; no timing is asserted)."""
+    before = requests.get(inference_server + "/health", timeout=10).json()["peak_in_flight"]
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        reply = client.chat.completions.create(model="phi", max_tokens=24,
+                                               messages=[{"role": "user", "content": f"question {i}"}])
+        results.append(reply.choices[0].finish_reason)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 8
+    peak = requests.get(inference_server + "/health", timeout=10).json()["peak_in_flight"]
+    assert peak >= 2, f"requests ran one at a time (peak in flight {peak}, before {before})"
+
+
+# -- /score: the tutorials' clients, unchanged ----------------------------------------------------
+
+
+def test_first_tutorial_client_reads_element_zero(inference_server: str) -> None:
+    """The first tutorial's Prompt flow tool: {"input_data": [question], "params": {...}}; reads response.json()[0]."""
+    data = {"input_data": [QUESTION], "params": {"temperature": 0.7, "max_new_tokens": 8, "do_sample": True,
+                                                 "return_full_text": False}}
+    body = str.encode(json.dumps(data))
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer key", "azureml-model-deployment": "blue"}
+    response = requests.post(inference_server + "/score", data=body, headers=headers, timeout=60)
+    result = response.json()[0]
+    assert isinstance(result, str) and response.status_code == 200
+
+
+def test_foundry_tutorial_client_reads_output(inference_server: str) -> None:
+    """The AI Foundry tutorial's client: {"messages": [...], ...}; reads response.json()["output"]."""
+    response = requests.post(inference_server + "/score", json={"messages": MESSAGES, "max_tokens": 8,
+                                                               "temperature": 0.7, "top_p": 0.9}, timeout=60)
+    output = response.json()["output"]
+    assert isinstance(output, str)
+    assert response.json()["finish_reason"] in ("stop", "length")
+
+
+def test_registry_tutorial_sample_score_json(inference_server: str, tmp_path: Path) -> None:
+    """The registry tutorial's sample_score.json: one conversation wrapped in a list, "params": {} beside."""
+    sample = tmp_path / "sample_score.json"
+    sample.write_text(json.dumps({
+        "input_data": {
+            "input_string": [MESSAGES],
+            "parameters": {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 8},
+        },
+        "params": {},
+    }))
+    with open(sample) as handle:
+        response = requests.post(inference_server + "/score", data=handle.read(),
+                                 headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert isinstance(answer["output"], str) and 1 <= answer["usage"]["completion_tokens"] <= 8
 
 
 @pytest.mark.parametrize(
@@ -67,14 +200,14 @@ def test_token_limit_cuts_the_reply(inference_server: str) -> None:
         ({"messages": []}, "empty"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
         ({"messages": MESSAGES, "max_tokens": 10**6}, "max_tokens"),
-        ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
-        ({"messages": MESSAGES, "temperature": 3}, "temperature"),
+        ({"messages": MESSAGES, "max_tokens": -1}, "max_tokens"),
         ({"input_data": {"input_string": MESSAGES, "parameters": {"top_p": 0}}}, "top_p"),
-        ({"messages": [{"role": "user", "content": "word " * 5000}]}, "context"),
+        ({"messages": [{"role": "user", "content": "word " * 5000}]}, "context cap"),
+        ({"input_data": [[MESSAGES[1]], [MESSAGES[1]]]}, "2 conversations"),
     ],
-    ids=["bad-json", "empty", "role", "max-tokens-cap", "max-tokens-zero", "temperature", "top-p", "too-long"],
+    ids=["bad-json", "empty", "role", "max-tokens-cap", "max-tokens-negative", "top-p", "too-long", "two-chats"],
 )
-def test_bad_requests_are_4xx_with_a_message(inference_server: str, body, message: str) -> None:
+def test_bad_score_requests_are_400_with_a_message(inference_server: str, body, message: str) -> None:
     status, answer = post(inference_server + "/score", body)
     assert status == 400
     assert message in answer["error"]
@@ -99,6 +232,30 @@ def test_binds_loopback_only(inference_server: str) -> None:
         socket.create_connection((ip, port), timeout=2).close()
 
 
+# -- the registry pipeline's hftransformers layout ----------------------------------------------------
+
+
+def test_serves_the_registry_pipelines_hftransformers_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """AZUREML_MODEL_DIR/<name>/<version>/ holding the pipeline's `trained_model` tree, served as is."""
+    root = tmp_path / "azureml-models" / "phi3-registry" / "1"
+    tree = build_hftransformers_tree(tiny_model_dir, root / "mlflow_model_folder")
+    assert sorted(p.name for p in tree.iterdir()) == ["MLmodel", "code", "conda.yaml", "data"]
+    process, base = start_server(root, tmp_path / "server.log")
+    try:
+        status, answer = post(base + "/score", {"input_data": {"input_string": MESSAGES, "parameters": {"max_new_tokens": 4}}})
+        assert status == 200 and answer["usage"]["completion_tokens"] <= 4
+        from openai import OpenAI
+
+        reply = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0).chat.completions.create(
+            model="phi", messages=MESSAGES, max_tokens=4)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        stop(process)
+    log = (tmp_path / "server.log").read_text()
+    assert "hftransformers model" in log and "mlflow_model_folder/data/model" in log
+    assert "trust_remote_code" in log and "not needed" in log  # MLmodel asked; built-in Phi3 needs none
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 
@@ -107,13 +264,11 @@ def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_help_is_instant_and_imports_nothing_heavy() -> None:
-    started = time.perf_counter()
     result = _serve("--help")
     assert result.returncode == 0 and "--model-dir" in result.stdout and "--host" in result.stdout
-    assert time.perf_counter() - started < 5
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, deployment.serve as s; s.build_parser();"
-         "print(sorted(m for m in ('torch', 'transformers', 'azureml_inference_server_http') if m in sys.modules))"],
+         "print(sorted(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn') if m in sys.modules))"],
         capture_output=True, text=True, timeout=30,
     )
     assert probe.stdout.strip() == "[]"
@@ -134,3 +289,13 @@ def test_busy_port_is_a_clear_error(tiny_model_dir: Path) -> None:
         result = _serve("--model-dir", str(tiny_model_dir), "--port", str(port))
     assert result.returncode == 1
     assert "already in use" in result.stderr
+
+
+def test_a_model_that_fails_to_load_exits_non_zero(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "phi3"}')  # a config, but no tokenizer or weights
+    port = free_port()
+    result = _serve("--model-dir", str(tmp_path), "--port", str(port), timeout=120)
+    assert result.returncode == 1
+    assert "the model failed to load" in result.stderr
+    with pytest.raises(OSError):  # and nothing is left listening
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=2)

@@ -1,6 +1,6 @@
 """The offline end-to-end path (`make demo`) with a smaller training budget.
 
-Checks each hand-off: the data files, the MLflow model, the real inference server's answer,
+Checks each hand-off: the data files, the MLflow model, the real server's answer (and one through the openai client),
 the real Prompt flow runtime's answer, and that nothing is left running afterwards.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         probed["pid"] = record.pid
         reply = requests.post(
             record.url,
-            # greedy: this checks the serving hand-off, not sampling (score.py's own tests cover that)
+            # greedy: this checks the serving hand-off, not sampling (the server's own tests cover that)
             json={"messages": [{"role": "user", "content": "Who founded Microsoft?"}], "max_tokens": 24, "temperature": 0},
             timeout=60,
         )
@@ -62,7 +62,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert result.eval_loss_before is not None and result.eval_loss_after is not None
     assert result.eval_loss_after < result.eval_loss_before * 0.8
 
-    # serving hand-off: the real inference server answered the contract shape, refused a bad one
+    # serving hand-off: the real server answered the contract shape, refused a bad one
     body = probed["body"]
     assert isinstance(body["output"], str)
     assert body["finish_reason"] in ("stop", "length")
@@ -73,6 +73,9 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(result.answers) == 1
     question, answer, reference = result.answers[0]
     assert question and reference and answer.strip()
+    # and the same question through the official openai client on /v1/chat/completions
+    assert result.openai_answer is not None and result.openai_answer[0] == question
+    assert isinstance(result.openai_answer[1], str)
 
     # teardown: nothing left running, record gone, every step timed
     assert not _pid_alive(probed["pid"])

@@ -34,9 +34,8 @@ from flows.chat.phi_client import EndpointError, PhiClient
 QUESTION = "Who founded Microsoft?"
 KEY = "local-test-key"  # the local server checks no key; the connection needs one
 PARAMS = {"max_tokens": 12, "temperature": 0.0}  # greedy: the page's answer is reproducible
-# How the connection addresses the local server: None = its scoring URL in the contract dialect,
-# which every version of deployment.serve answers; "openai" = its base URL and /v1/chat/completions.
-ENDPOINT_API: str | None = None
+# The connection addresses the local server as the project writes it: its base URL, OpenAI API.
+ENDPOINT_API: str | None = "openai"
 BROWSER_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -241,14 +241,15 @@ def test_a_right_missing_on_a_young_stack_is_said_to_be_propagating(example: dic
 def test_a_403_from_the_sdk_on_a_young_stack_says_propagating(example: dict) -> None:
     from common.azure import azure_errors
 
+    # The SDK-error hint reads the real clock, so the stack's age is built from it too (3 min: past
+    # the preflight's 2-minute wait, inside Azure's 10 minutes of propagation).
+    real_now = dt.datetime.now(dt.timezone.utc)
     outputs = StackOutputs.from_mapping({**example, "role_assignments_created_on":
-                                         (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=2)).isoformat()})
-    # the real clock, as for created_on above: with the fixed NOW, a run after NOW saw an age of 0 forever
-    run_require(outputs, "submit", FakeArm({scopes(outputs)["workspace"]: [SCIENTIST]}),
-                now=lambda: dt.datetime.now(dt.timezone.utc))
+                                         (real_now - dt.timedelta(minutes=3)).isoformat()})
+    run_require(outputs, "submit", FakeArm({scopes(outputs)["workspace"]: [SCIENTIST]}), now=lambda: real_now)
     error = HttpResponseError(message="(AuthorizationFailed) The client does not have authorization")
     error.status_code = 403
-    with pytest.raises(UserError, match=r"roles are still propagating; retry in [78] minutes"):
+    with pytest.raises(UserError, match=r"roles are still propagating; retry in [67] minutes"):
         with azure_errors("pulling the image"):
             raise error
     common.azure.remember_role_assignments(None)

@@ -169,6 +169,7 @@ class FakeMLClient:
         self.sizes = sizes if sizes is not None else default_sizes()
         self.usages = usages if usages is not None else a100_usages()
         self.environments = _Assets("environments", self.record)
+        self.models = _Assets("models", self.record)
         self.data = _Assets("data", self.record)
         self.compute = _Compute(self)
         self.jobs = _Jobs(self)
@@ -218,34 +219,64 @@ COMPONENT_INPUTS = [
 ]
 
 
-def registry_model(name: str, version: str, allow: list[str] | None, defaults: dict[str, Any] | None) -> Any:
-    """A registry Model entity with the string-encoded tags the catalog uses."""
+def registry_model(name: str, version: str, tags: dict[str, Any]) -> Any:
+    """A registry Model entity as `MLClient(registry_name="azureml").models.get` returns it: tag values are strings."""
     from azure.ai.ml.entities import Model
 
-    tags = {}
-    if allow is not None:
-        tags["finetune_compute_allow_list"] = repr(allow)
-    if defaults is not None:
-        tags["model_specific_defaults"] = repr(defaults)
-    model = Model(name=name, version=version, type="mlflow_model", tags=tags)
+    model = Model(name=name, version=version, type="mlflow_model", tags={k: str(v) for k, v in tags.items()})
     model._id = f"azureml://registries/azureml/models/{name}/versions/{version}"
     return model
+
+
+A100_ALLOW = ["Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4",
+              "Standard_ND96asr_v4", "Standard_ND96amsr_A100_v4"]
+PHI3_MINI_4K_TAGS: dict[str, Any] = {
+    # Azure/azureml-assets assets/models/system/phi-3-mini-4k-instruct/spec.yaml, version 15 (excerpt)
+    "InferenceLegacyDate": "2025-06-09",
+    "InferenceDeprecationDate": "2025-06-30",
+    "InferenceRetirementDate": "2025-08-30",
+    "FinetuneDeprecationDate": "2025-06-30",
+    "FinetuneRetirementDate": "2025-08-30",
+    "task": "chat-completion",
+    "textContextWindow": "4096",
+    "finetune_compute_allow_list": repr(A100_ALLOW),
+    "model_specific_defaults": repr({"apply_deepspeed": "true", "deepspeed_stage": 2, "apply_lora": "true",
+                                     "apply_ort": "false", "precision": 16, "num_train_epochs": 1,
+                                     "learning_rate": 5e-6, "lr_scheduler_type": "cosine", "logging_steps": 10}),
+}
+PHI35_MINI_TAGS: dict[str, Any] = {**PHI3_MINI_4K_TAGS, "textContextWindow": "131072"}
+PHI4_TAGS: dict[str, Any] = {
+    # Azure/azureml-assets assets/models/system/Phi-4/spec.yaml, version 8 (excerpt): no lifecycle dates
+    "task": "chat-completion",
+    "textContextWindow": "16384",
+    "finetune_compute_allow_list": repr(A100_ALLOW + ["Standard_NC40ads_H100_v5", "Standard_NC80adis_H100_v5",
+                                                      "Standard_ND96isr_H100_v5"]),
+    "model_specific_defaults": repr({"apply_deepspeed": "true", "deepspeed_stage": 3, "apply_lora": "true",
+                                     "apply_ort": "false", "precision": 16, "num_train_epochs": 1,
+                                     "learning_rate": 5e-6, "lr_scheduler_type": "cosine", "logging_steps": 10}),
+}
 
 
 class FakeRegistryClient:
     """MLClient(credential, registry_name="azureml") stand-in, sharing the workspace fake's call log."""
 
     def __init__(self, recorder: Recorder, *, allow: list[str] | None = None, defaults: dict[str, Any] | None = None) -> None:
+        """`allow` / `defaults` replace Phi-4's finetune_compute_allow_list / model_specific_defaults tags."""
         self.record = recorder
         self.component = FakeComponent(
-            id="azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.57",
-            version="0.0.57",
+            id="azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.82",
+            version="0.0.82",
             inputs={name: object() for name in COMPONENT_INPUTS},
         )
-        allow = allow if allow is not None else ["Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4"]
+        phi4 = dict(PHI4_TAGS)
+        if allow is not None:
+            phi4["finetune_compute_allow_list"] = repr(allow)
+        if defaults is not None:
+            phi4["model_specific_defaults"] = repr(defaults)
         self.model_store = {
-            "Phi-3-mini-4k-instruct": registry_model("Phi-3-mini-4k-instruct", "15", allow, defaults),
-            "Phi-3.5-mini-instruct": registry_model("Phi-3.5-mini-instruct", "6", allow, defaults),
+            "Phi-4": registry_model("Phi-4", "8", phi4),
+            "Phi-3-mini-4k-instruct": registry_model("Phi-3-mini-4k-instruct", "15", PHI3_MINI_4K_TAGS),
+            "Phi-3.5-mini-instruct": registry_model("Phi-3.5-mini-instruct", "6", PHI35_MINI_TAGS),
         }
         self.components = _RegistryComponents(self)
         self.models = _RegistryModels(self)

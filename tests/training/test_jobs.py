@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fake_ml_client import write_data, write_stack_outputs
+from common.pins import CLOUD_TORCH_PIN
 from training import environment, hyperparams, jobs, submit
 
 
@@ -70,13 +71,14 @@ def test_sft_dry_run_yaml_loads_and_validates(argv, capsys, monkeypatch, tmp_pat
 def test_registry_dry_run_yaml_loads_with_registry_uris(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
     from azure.ai.ml import load_job
 
-    text = _dry_run(argv + ["--recipe", "registry", "--model", "microsoft/Phi-3.5-mini-instruct", "--learning-rate", "1e-5"],
-                    capsys, monkeypatch)
+    text = _dry_run(argv + ["--recipe", "registry", "--learning-rate", "1e-5"], capsys, monkeypatch)
+    assert "# Model Phi-4: the registry default Phi-4 is the only current Phi" in text
     job = load_job(io.StringIO(text))
     assert type(job).__name__ == "PipelineJob"
     node = job.jobs["chat_completion"]
     assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/labels/latest"
-    assert node.inputs["mlflow_model_path"]._data.path == "azureml://registries/azureml/models/Phi-3.5-mini-instruct/labels/latest"
+    # the default is the current Phi the registry fine-tunes, a fixed name (a dry run reads no registry)
+    assert node.inputs["mlflow_model_path"]._data.path == "azureml://registries/azureml/models/Phi-4/labels/latest"
     assert node.inputs["learning_rate"]._data == 1e-5  # the flag wins over the tutorial's 5e-6
     assert node.inputs["num_train_epochs"]._data == 3 and node.inputs["deepspeed_stage"]._data == "2"
     assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
@@ -105,9 +107,11 @@ def test_model_folder_becomes_an_input(tmp_path: Path) -> None:
     tiny_model_dir.mkdir()
     (tiny_model_dir / "config.json").write_text("{}")
     spec = jobs.build_sft_job(jobs.SftJob(model=str(tiny_model_dir), compute="c", environment="azureml:e:1",
+                                          code_dir=tmp_path, device="cuda",
                                           train_data="azureml:t:1", eval_data="azureml:v:1"))
     assert spec["inputs"]["model"] == {"type": "uri_folder", "path": str(tiny_model_dir.resolve()), "mode": "ro_mount"}
-    assert "--model_name_or_path ${{inputs.model}}" in spec["command"]
+    assert "--model_name_or_path ${{inputs.model}} --device cuda" in spec["command"]
+    assert "--model_revision" not in spec["command"]  # a folder is what it is: no hub revision
     assert "distribution" not in spec
     job = jobs.load(spec)
     assert job.inputs["model"].path == str(tiny_model_dir.resolve())
@@ -185,7 +189,9 @@ def test_environment_pins_come_from_pyproject(tmp_path: Path) -> None:
 
     train = tomllib.loads(environment.PYPROJECT.read_text())["project"]["optional-dependencies"]["train"]
     pins = environment.train_pins()
-    assert [p for p in pins if not p.startswith(("mlflow==", "azureml-mlflow"))] == [p for p in train if not p.startswith("mlflow==")]
+    ours = [p for p in pins if not p.startswith(("mlflow==", "azureml-mlflow"))]
+    assert ours == [CLOUD_TORCH_PIN if p.startswith("torch==") else p for p in train if not p.startswith("mlflow==")]
+    assert "torch==2.10.0" in pins  # the CUDA 12 build Azure ML's driver runs, not the local CUDA 13 one
     assert "mlflow==3.15.0" in pins and "azureml-mlflow==1.62.0.post6" in pins
 
     spec = environment.environment_spec()
@@ -231,3 +237,58 @@ def test_shm_size_is_checked_before_anything_is_built(argv, capsys) -> None:  # 
         assert exit_.value.code == 2 and "expected a size such as 16g" in capsys.readouterr().err
     assert submit.main(argv + ["--shm-size", "32G"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["resources"]["shm_size"] == "32g"
+
+
+# ---------------------------------------------------------------- one builder, staged trainer, model inputs
+
+
+def test_dry_run_and_submit_build_the_same_job(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
+    """Both paths go through azure_submit.build_job: only the references Azure decides differ."""
+    from fake_ml_client import FakeMLClient
+    from training import azure_submit
+
+    flags = ["--display-name", "same", "--learning-rate", "3e-5", "--model", "microsoft/Phi-4-mini-instruct"]
+    printed = yaml.safe_load(_dry_run(argv + flags, capsys, monkeypatch))
+    sent: list[dict] = []
+    real_load = jobs.load
+    monkeypatch.setattr(azure_submit.jobs, "load", lambda spec: sent.append(spec) or real_load(spec))
+    argv = [a for a in argv if a != "--dry-run"]
+    assert submit.main(argv + flags + ["--no-stream"], ml_client=FakeMLClient()) == 0
+    (spec,) = sent
+    decided_by_azure = {"name", "environment", "inputs"}
+    assert {k: v for k, v in spec.items() if k not in decided_by_azure} == {
+        k: v for k, v in printed.items() if k not in decided_by_azure}
+    assert set(spec) - set(printed) == {"name"}
+    assert spec["environment"].startswith("azureml:finetune-phi-train:")
+    assert printed["environment"]["image"] == environment.BASE_IMAGE
+
+
+def test_trainer_is_staged_as_a_package_once(tmp_path: Path) -> None:
+    from training import code_staging
+
+    source = tmp_path / "src"
+    (source / "__pycache__").mkdir(parents=True)
+    (source / "fine_tune.py").write_text("print('hi')\n")
+    (source / "helpers.py").write_text("X = 1\n")
+    (source / "__pycache__" / "fine_tune.cpython-311.pyc").write_bytes(b"\0")
+    staged = code_staging.stage_trainer(source, tmp_path / "staged")
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == [
+        "trainer/fine_tune.py", "trainer/helpers.py"]
+    assert code_staging.stage_trainer(source, tmp_path / "staged") == staged  # unchanged: reused
+    (source / "helpers.py").write_text("X = 2\n")
+    assert code_staging.stage_trainer(source, tmp_path / "staged") != staged  # changed: a new folder
+    assert not [p for p in (tmp_path / "staged").iterdir() if p.name.startswith(".staging-")]
+
+
+def test_registered_model_dry_run_loads_as_a_model_input(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
+    from azure.ai.ml import load_job
+
+    text = _dry_run(argv + ["--model", "azureml:phi-ft:3"], capsys, monkeypatch)
+    assert "A registered model is a custom_model input here" in text
+    job = load_job(io.StringIO(text))
+    assert job.inputs["model"].type == "custom_model"
+    result = _offline_client().jobs.validate(job)
+    assert result.passed, result.error_messages
+    with pytest.raises(ValueError, match="model input type"):
+        jobs.build_sft_job(jobs.SftJob(model="azureml:m:1", compute="c", environment="azureml:e:1", code_dir=Path("."),
+                                       device="cuda", train_data="t", eval_data="e", model_input_type="uri_folder"))

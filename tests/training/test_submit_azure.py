@@ -7,7 +7,6 @@ import pytest
 from azure.ai.ml.exceptions import ErrorCategory, ErrorTarget, JobException
 from azure.core.exceptions import ClientAuthenticationError
 
-import common.azure
 from common.cli import UserError
 from fake_ml_client import (
     A100,
@@ -26,8 +25,6 @@ from training import submit
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
-    # no real back-off waits in tests
-    monkeypatch.setitem(common.azure.with_retries.__kwdefaults__, "sleep", lambda seconds: None)
 
 
 @pytest.fixture
@@ -119,7 +116,12 @@ def test_job_comes_from_stack_outputs_and_flags(argv: list[str], tmp_path: Path)
     assert job.inputs["train_file"].path.removeprefix("azureml:").startswith("finetune-phi-train:")
     assert job.inputs["eval_file"].path.removeprefix("azureml:").startswith("finetune-phi-eval:")
     assert job.outputs["model"].type == "uri_folder"
-    assert Path(job.code) == Path(submit.__file__).parent / "trainer"
+    staged = Path(job.code)  # a copy of training/trainer/ named trainer/, run as a package
+    assert (staged / "trainer" / "fine_tune.py").read_bytes() == (Path(submit.__file__).parent / "trainer" / "fine_tune.py").read_bytes()
+    assert not list(staged.rglob("__pycache__"))
+    assert job.command.startswith("python -m trainer.fine_tune ")
+    assert "--device cuda" in job.command  # a GPU cluster: the trainer must not fall back to CPU
+    assert "--model_revision 2fe192450127e6a83f7441aef6e3ca586c338b77" in job.command
     assert "--learning_rate 2e-05" in job.command and "--packing false" in job.command
     assert "--epochs" not in job.command  # not given: the trainer's default applies
     assert "--model_name_or_path microsoft/Phi-3.5-mini-instruct" in job.command
@@ -225,13 +227,13 @@ def test_not_logged_in_says_az_login(argv: list[str]) -> None:
         submit.main(argv, ml_client=fake)
 
 
-def test_transient_submit_errors_are_retried(argv: list[str]) -> None:
+def test_service_errors_are_one_message_without_our_own_retries(argv: list[str]) -> None:
+    """azure-core's retry policy already retries 408/429/5xx inside the SDK call: submit adds no loop of its own."""
     fake = FakeMLClient()
-    fake.jobs.fail_submit = [http_error(503), http_error(429)]
-    assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
-    names = fake.record.names()
-    assert names.count("jobs.create_or_update") == 3
-    assert len({detail for what, detail in fake.calls if what == "jobs.create_or_update"}) == 1  # same name: idempotent
+    fake.jobs.fail_submit = [http_error(503, "Service Unavailable")]
+    with pytest.raises(UserError, match="submitting the job: Azure answered 503"):
+        submit.main(argv + ["--no-stream"], ml_client=fake)
+    assert fake.record.names().count("jobs.create_or_update") == 1
 
 
 def test_job_failure_gives_last_lines_and_studio_link(argv: list[str]) -> None:
@@ -299,8 +301,8 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
         "compute.get",
         "compute.list_sizes",
         "compute.list_usage",
-        "registry.components.get",
         "registry.models.get",
+        "registry.components.get",
         "data.get",
         "data.create_or_update",
         "data.get",
@@ -309,15 +311,15 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
         "jobs.stream",
         "jobs.get",
     ]
-    assert ("registry.models.get", ("Phi-3-mini-4k-instruct", "latest")) in fake.calls
+    assert ("registry.models.get", ("Phi-4", "latest")) in fake.calls
     (job,) = fake.jobs.submitted
     assert type(job).__name__ == "PipelineJob"
     assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
     assert job.tags["finetune-phi"] == "registry" and job.experiment_name == "finetune-phi"
     node = job.jobs["chat_completion"]
-    assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.57"
+    assert node.component == "azureml://registries/azureml/components/chat_completion_pipeline/versions/0.0.82"
     inputs = {name: value._data for name, value in node.inputs.items()}
-    assert inputs["mlflow_model_path"].path == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
+    assert inputs["mlflow_model_path"].path == "azureml://registries/azureml/models/Phi-4/versions/8"
     assert inputs["compute_finetune"] == "gpu-a100"
     assert inputs["number_of_gpu_to_use_finetuning"] == 1
     assert inputs["train_file_path"].path.removeprefix("azureml:").startswith("finetune-phi-train:")
@@ -330,13 +332,60 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
     assert not any(name.startswith("environments.") for name in fake.record.names())
 
 
-def test_registry_model_option_for_phi35(argv: list[str]) -> None:
+@pytest.mark.parametrize("model", ["Phi-3-mini-4k-instruct", "Phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct"])
+def test_registry_refuses_a_retired_model_from_its_lifecycle_tags(argv: list[str], model: str) -> None:
+    """The registry model's FinetuneRetirementDate tag (as the SDK's Model entity carries it) is past: one message
+    naming the current choices, and nothing uploaded or submitted."""
     fake = FakeMLClient()
     registry = FakeRegistryClient(fake.record)
-    assert submit.main(argv + ["--recipe", "registry", "--model", "Phi-3.5-mini-instruct", "--no-stream"],
+    with pytest.raises(UserError) as err:
+        submit.main(argv + ["--recipe", "registry", "--model", model], ml_client=fake, registry_client=registry)
+    message = str(err.value)
+    assert "retired for fine-tuning" in message and "2025-08-30" in message
+    assert "--model Phi-4" in message and "--recipe sft --model microsoft/Phi-4-mini-instruct" in message
+    assert not any(name.startswith(("data.", "jobs.", "registry.components")) for name in fake.record.names())
+
+
+def test_registry_archived_model_gets_the_retirement_message(argv: list[str]) -> None:
+    """Newer azureml-assets specs archive retired Phi-3 assets; a lookup that finds nothing still says why."""
+    fake = FakeMLClient()
+    registry = FakeRegistryClient(fake.record)
+    del registry.model_store["Phi-3-mini-4k-instruct"]
+    with pytest.raises(UserError, match="retired for fine-tuning in registry azureml on 2025-08-30"):
+        submit.main(argv + ["--recipe", "registry", "--model", "Phi-3-mini-4k-instruct"], ml_client=fake,
+                    registry_client=registry)
+    with pytest.raises(UserError, match="model No-Such-Phi is not in registry azureml.*--list-models"):
+        submit.main(argv + ["--recipe", "registry", "--model", "No-Such-Phi"], ml_client=fake, registry_client=registry)
+
+
+def test_registry_lifecycle_is_read_from_the_tags_not_only_the_table(argv: list[str]) -> None:
+    """A model the table does not know is refused by its own tags (ISO timestamps, lower-case keys as in newer
+    azureml-assets specs); a deprecated one still runs, with a warning."""
+    from datetime import date, timedelta
+
+    from fake_ml_client import PHI4_TAGS, registry_model
+
+    fake = FakeMLClient()
+    registry = FakeRegistryClient(fake.record)
+    registry.model_store["Some-Phi"] = registry_model("Some-Phi", "1", {
+        **PHI4_TAGS, "finetuneDeprecationDate": "2025-01-01T00:00:00.000000Z",
+        "finetuneRetirementDate": "2025-02-01T00:00:00.000000Z"})
+    with pytest.raises(UserError, match="Some-Phi was retired for fine-tuning in registry azureml on 2025-02-01"):
+        submit.main(argv + ["--recipe", "registry", "--model", "Some-Phi"], ml_client=fake, registry_client=registry)
+    later = (date.today() + timedelta(days=30)).isoformat()
+    registry.model_store["Some-Phi"] = registry_model("Some-Phi", "1", {
+        **PHI4_TAGS, "FinetuneDeprecationDate": "2025-01-01", "FinetuneRetirementDate": later})
+    assert submit.main(argv + ["--recipe", "registry", "--model", "Some-Phi", "--no-stream"],
                        ml_client=fake, registry_client=registry) == 0
-    node = fake.jobs.submitted[0].jobs["chat_completion"]
-    assert node.inputs["mlflow_model_path"]._data.path.endswith("/models/Phi-3.5-mini-instruct/versions/6")
+
+
+def test_registry_fractional_epochs_refused_before_any_call(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    with pytest.raises(UserError, match="--epochs 1.5: the registry pipeline's num_train_epochs is a whole number"):
+        submit.main(argv + ["--recipe", "registry", "--epochs", "1.5"], ml_client=fake,
+                    registry_client=FakeRegistryClient(fake.record))
+    assert fake.calls == []
+    assert submit.main(argv + ["--epochs", "1.5", "--no-stream"], ml_client=FakeMLClient()) == 0  # sft takes fractions
 
 
 def test_registry_refuses_cluster_outside_allow_list(argv: list[str]) -> None:
@@ -373,3 +422,81 @@ def test_sdk_validation_errors_become_one_message(argv: list[str]) -> None:
                                                  target=ErrorTarget.JOB, error_category=ErrorCategory.USER_ERROR)]
     with pytest.raises(UserError, match="Azure ML refused the request: There is no file on target path"):
         submit.main(argv, ml_client=fake)
+
+
+# ---------------------------------------------------------------- device, permissions, registered models
+
+
+def _cpu_client() -> FakeMLClient:
+    from azure.ai.ml.entities import AmlCompute
+
+    return FakeMLClient(computes={"cpu": AmlCompute(name="cpu", size="Standard_E4s_v3", max_instances=2)},
+                        usages=a100_usages())
+
+
+def test_cpu_cluster_trains_on_cpu_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The cheap smoke path: a CPU cluster is allowed, the trainer is told `--device cpu`, nobody is surprised."""
+    outputs = write_stack_outputs(tmp_path / "cpu.json", compute_name="cpu", compute_vm_size="Standard_E4s_v3")
+    argv = ["--outputs-file", str(outputs), "--data", str(write_data(tmp_path / "data")), "--no-stream"]
+    model = tmp_path / "small-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    fake = _cpu_client()
+    assert submit.main(argv + ["--model", str(model), "--instance-count", "2"], ml_client=fake) == 0
+    (job,) = fake.jobs.submitted
+    assert "--device cpu" in job.command and "--device cuda" not in job.command
+    assert job.distribution.process_count_per_instance == 1  # one process per node on CPU
+    assert "has no GPU; the job trains on CPU" in capsys.readouterr().err
+    with pytest.raises(UserError, match="registry's chat_completion_pipeline needs a GPU size"):
+        submit.main(argv + ["--recipe", "registry"], ml_client=_cpu_client(),
+                    registry_client=FakeRegistryClient(fake.record))
+
+
+def test_resource_group_scoped_teammate_gets_a_warning_not_a_refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """list_sizes / list_usage are subscription-level reads: 403 for a teammate whose roles stop at the resource group."""
+    fake = FakeMLClient()
+
+    def forbidden(**kwargs):  # noqa: ANN003
+        raise http_error(403, "AuthorizationFailed: does not have authorization to perform action "
+                              "'Microsoft.MachineLearningServices/locations/usages/read' over scope '/subscriptions/s'")
+
+    fake.compute.list_sizes = forbidden  # type: ignore[method-assign]
+    fake.compute.list_usage = forbidden  # type: ignore[method-assign]
+    assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
+    err = capsys.readouterr().err
+    assert "listing VM sizes: permission denied (403)" in err and "offline VM-size table" in err
+    assert "quota check is skipped" in err
+    (job,) = fake.jobs.submitted
+    assert "--device cuda" in job.command  # the table knows the A100 size has a GPU
+
+
+def test_other_errors_of_those_reads_still_stop(argv: list[str]) -> None:
+    fake = FakeMLClient()
+
+    def unavailable(**kwargs):  # noqa: ANN003
+        raise http_error(500, "InternalServerError")
+
+    fake.compute.list_usage = unavailable  # type: ignore[method-assign]
+    with pytest.raises(UserError, match="reading quota in eastus: Azure answered 500"):
+        submit.main(argv, ml_client=fake)
+    assert fake.jobs.submitted == []
+
+
+@pytest.mark.parametrize("kind", ["custom_model", "mlflow_model"])
+def test_registered_model_is_a_model_input_of_its_own_type(argv: list[str], kind: str) -> None:
+    from azure.ai.ml.entities import Model
+
+    fake = FakeMLClient()
+    fake.models.store[("phi-ft", "3")] = Model(name="phi-ft", version="3", type=kind, path="azureml://x")
+    assert submit.main(argv + ["--model", "azureml:phi-ft:3", "--no-stream"], ml_client=fake) == 0
+    (job,) = fake.jobs.submitted
+    assert job.inputs["model"].type == kind and job.inputs["model"].path.removeprefix("azureml:") == "phi-ft:3"
+    assert "--model_name_or_path ${{inputs.model}}" in job.command and "--model_revision" not in job.command
+    assert ("models.get", ("phi-ft", "3")) in fake.calls
+
+
+def test_a_missing_registered_model_stops_before_upload(argv: list[str]) -> None:
+    fake = FakeMLClient()
+    with pytest.raises(UserError, match="reading registered model phi-ft:9: not found"):
+        submit.main(argv + ["--model", "azureml:phi-ft:9"], ml_client=fake)
+    assert "data.create_or_update" not in fake.record.names() and fake.jobs.submitted == []

@@ -1,0 +1,104 @@
+"""Will an Azure ML environment's torch see the GPU? Its wheel's CUDA major against the node's driver.
+
+A torch wheel from PyPI brings its own CUDA runtime (the `nvidia-*-cuXX` / `cuda-toolkit` wheels
+it requires), so what limits it on a GPU node is the host's NVIDIA driver, not the image's CUDA.
+Azure ML compute runs driver 535 (CUDA 12.x) as of mid-2026. PyPI's torch 2.11.0 and later are
+CUDA 13 builds (driver >= 580): on Azure ML they import fine and then see no GPU.
+
+The facts come from the wheel's own metadata (Requires-Dist), recorded from PyPI in
+tests/fixtures/torch_metadata/ (refresh with its refresh.py), since it cannot be read offline.
+Training (training.environment) and serving (deployment.environment) check their conda files
+with `environment_driver_problem`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+AZURE_ML_DRIVER = 535
+"""The NVIDIA driver branch on Azure ML GPU compute (mid-2026; rapidsai/deployment PR #719 keeps
+its Azure ML docs on CUDA 12 for this reason)."""
+
+MIN_DRIVER_BY_CUDA_MAJOR: Mapping[int, int] = {11: 450, 12: 525, 13: 580}
+"""NVIDIA's CUDA compatibility table (Linux): the oldest driver branch that runs any toolkit of that
+major release through minor-version compatibility (11.x: 450.80.02, 12.x: 525.60.13, 13.x: 580)."""
+
+SNAPSHOT_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch_metadata"
+TARGET_MARKERS = {"platform_system": "Linux", "platform_machine": "x86_64", "sys_platform": "linux",
+                  "python_version": "3.11", "python_full_version": "3.11.0", "os_name": "posix"}
+"""The Azure ML node: Linux x86-64, the project's Python."""
+
+_CU_SUFFIX = re.compile(r"^nvidia-.+-cu(\d+)$")
+_VERSIONED = {"cuda-toolkit", "cuda-bindings", "nvidia-cuda-runtime"}
+
+
+def cuda_major(requires_dist: Iterable[str]) -> int | None:
+    """The CUDA major release a wheel's requirements pull in on a Linux x86-64 node (None: no CUDA)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    majors: list[int] = []
+    for line in requires_dist:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({**TARGET_MARKERS, "extra": ""}):
+            continue
+        name = canonicalize_name(req.name)
+        suffix = _CU_SUFFIX.match(name)
+        if suffix:
+            majors.append(int(suffix.group(1)))
+        elif name in _VERSIONED:
+            pinned = [spec.version for spec in req.specifier if spec.operator in ("==", "===", ">=", "~=")]
+            majors.extend(int(version.split(".")[0]) for version in pinned)
+    return max(majors) if majors else None
+
+
+def min_driver(requires_dist: Iterable[str]) -> int | None:
+    """The oldest NVIDIA driver branch that runs the wheel's CUDA (None: a CPU-only wheel)."""
+    major = cuda_major(requires_dist)
+    if major is None:
+        return None
+    if major not in MIN_DRIVER_BY_CUDA_MAJOR:
+        raise ValueError(f"CUDA {major}: not in the driver table; add NVIDIA's minimum driver for it")
+    return MIN_DRIVER_BY_CUDA_MAJOR[major]
+
+
+def torch_requires(version: str, snapshot_dir: Path = SNAPSHOT_DIR) -> list[str]:
+    """PyPI's Requires-Dist of torch==VERSION's Linux wheel, as recorded."""
+    path = snapshot_dir / f"torch-{version}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no recorded metadata for torch {version} in {snapshot_dir}; record it with "
+            f"`python {snapshot_dir / 'refresh.py'} {version}`"
+        )
+    return list(json.loads(path.read_text(encoding="utf-8"))["requires_dist"])
+
+
+def pip_requirements(conda_file: Mapping[str, Any]) -> list[str]:
+    """The pip lines of a conda file (the `pip:` list among its dependencies)."""
+    return [line for dep in conda_file.get("dependencies", []) if isinstance(dep, dict) for line in dep.get("pip", [])]
+
+
+def torch_version(requirements: Iterable[str]) -> str | None:
+    for line in requirements:
+        match = re.fullmatch(r"\s*torch\s*==\s*([0-9][^;\s]*)\s*", line)
+        if match:
+            return match.group(1)
+        if re.match(r"\s*torch\b(?![-_.\w])", line):
+            raise ValueError(f"{line!r}: pin torch with == so its build (and CUDA) is known")
+    return None
+
+
+def environment_driver_problem(conda_file: Mapping[str, Any], driver: int = AZURE_ML_DRIVER,
+                               snapshot_dir: Path = SNAPSHOT_DIR) -> str | None:
+    """Why this environment's torch would not see the GPU on a node with `driver`, or None when it would."""
+    version = torch_version(pip_requirements(conda_file))
+    if version is None:
+        return None
+    needed = min_driver(torch_requires(version, snapshot_dir))
+    if needed is None or needed <= driver:
+        return None
+    return (f"torch=={version} from PyPI is a CUDA {cuda_major(torch_requires(version, snapshot_dir))} build that needs "
+            f"NVIDIA driver >= {needed}; Azure ML nodes run {driver}, so torch would see no GPU. "
+            "Pin a CUDA 12 build (common.pins.CLOUD_TORCH_PIN).")

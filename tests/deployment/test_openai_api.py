@@ -1,0 +1,83 @@
+"""deployment/openai_api.py in process (Starlette's test client): the states a live server rarely shows on
+demand: still loading, the engine failing a request, the logs. The engine is the real one on the tiny model."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deployment.openai_api import Server, create_app
+
+USER = [{"role": "user", "content": "Who founded Microsoft?"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path):
+    from deployment.engine import TransformersEngine
+    from deployment.model_dir import locate_model
+
+    engine = TransformersEngine(locate_model(tiny_model_dir), "tiny")
+    yield engine
+    engine.close()
+
+
+def test_while_loading_only_liveness_answers() -> None:
+    client = TestClient(create_app(Server("phi")))
+    assert client.get("/live").status_code == 200
+    for method, path, body in [("GET", "/health", None), ("GET", "/v1/models", None),
+                               ("POST", "/v1/chat/completions", {"messages": USER}), ("POST", "/score", {"messages": USER})]:
+        response = client.request(method, path, json=body)
+        assert response.status_code == 503, path
+        message = response.json()["error"]
+        assert "loading" in (message["message"] if isinstance(message, dict) else message)
+
+
+def test_a_failed_load_is_reported_as_503() -> None:
+    server = Server("phi")
+    server.load_error = "the model failed to load: OSError: no weights"
+    response = TestClient(create_app(server)).get("/health")
+    assert response.status_code == 503 and "failed to load" in response.json()["error"]
+
+
+@pytest.mark.slow
+def test_an_engine_failure_is_a_short_500_and_a_log_line(engine, monkeypatch, caplog) -> None:
+    server = Server("tiny")
+    server.engine = engine
+    client = TestClient(create_app(server), raise_server_exceptions=False)
+    assert client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code == 200
+    monkeypatch.setattr(engine._manager, "add_request", lambda *a, **k: None)  # the manager refuses work
+    with caplog.at_level(logging.INFO, logger="deployment.serve"):
+        openai_style = client.post("/v1/chat/completions", json={"messages": USER})
+        score_style = client.post("/score", json={"messages": [{"role": "user", "content": "my-secret-4711"}]})
+    assert openai_style.status_code == 500
+    assert openai_style.json()["error"] == {"message": "generation failed; see the server log", "type": "server_error",
+                                            "param": None, "code": None}
+    assert score_style.status_code == 500 and score_style.json() == {"error": "generation failed; see the server log"}
+    assert "engine error: the engine is not accepting requests" in caplog.text
+    assert "Traceback" not in caplog.text and "my-secret-4711" not in caplog.text
+    assert engine.stats.in_flight == 0  # the failed requests gave their slots back
+
+
+@pytest.mark.slow
+def test_unknown_model_id_is_404_in_openai_shape(engine) -> None:
+    server = Server("tiny")
+    server.engine = engine
+    client = TestClient(create_app(server))
+    assert client.get("/v1/models/tiny").json()["id"] == "tiny"
+    missing = client.get("/v1/models/gpt-4")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert client.get("/v1/chat/completions").status_code == 405
+
+
+@pytest.mark.slow
+def test_a_dead_generation_loop_fails_liveness(engine, monkeypatch) -> None:
+    server = Server("tiny")
+    server.engine = engine
+    client = TestClient(create_app(server))
+    assert client.get("/live").status_code == 200
+    monkeypatch.setattr(engine._manager.background_thread_status, "fatal_error", RuntimeError("CUDA error"))
+    live = client.get("/live")
+    assert live.status_code == 503 and "generation loop stopped (RuntimeError)" in live.json()["error"]
+    assert client.get("/health").status_code == 503
