@@ -32,6 +32,7 @@ PHI4_MINI = dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=24,
                  vocab_size=200064, max_position_embeddings=131072)
 
 
+@pytest.mark.slow
 def test_kv_cache_per_token_of_the_published_shapes() -> None:
     assert kv_bytes_per_token(_phi3_config(**PHI35_MINI), 2) == 384 * 1024  # no GQA
     assert kv_bytes_per_token(_phi3_config(**PHI4_MINI), 2) == 128 * 1024  # 8 KV heads of 128
