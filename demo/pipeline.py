@@ -52,6 +52,8 @@ class Budget:
 class DemoResult:
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
+    eval_table: str | None = None
+    """deploy's evaluation of the fine-tuned model on held-out conversations (deployment/evaluate.py)"""
     answers: list[tuple[str, str, str]] = field(default_factory=list)
     """(question, the model's answer, the held-out reference answer)"""
     timings: dict[str, float] = field(default_factory=dict)
@@ -126,6 +128,14 @@ def parse_flow_answer(stdout: str) -> str:
     raise UserError(f"`pf flow test` printed no answer:\n{stdout[-1000:]}")
 
 
+def _deploy_eval_table(runs: Path) -> str | None:
+    """The table of the scores deploy's evaluation gate just wrote (runs/eval/), if any."""
+    from deployment.evaluate import Scores, table
+
+    written = sorted((runs / "eval").glob("*-new-*.json"), key=lambda p: p.stat().st_mtime)
+    return table([Scores.from_json(json.loads(written[-1].read_text(encoding="utf-8")))]) if written else None
+
+
 def ask_with_openai_client(question: str) -> str:
     """One question to the running local endpoint through the official `openai` client."""
     from openai import OpenAI
@@ -181,6 +191,7 @@ def run_demo(
             result.eval_loss_before, result.eval_loss_after = float(loss["before"]), float(loss["after"])
             say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
         _run_step("deploy", [python, "-m", "deployment.deploy", "--target", "local"], logs, result, env)
+        result.eval_table = _deploy_eval_table(runs)
         if on_deployed is not None:
             on_deployed()
         for number, (question, reference) in enumerate(held_out_questions(data_dir / "test.jsonl", budget.questions), 1):
@@ -213,4 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"demo finished in {result.timings['total']:.0f}s ({steps})")
     if result.eval_loss_before is not None:
         print(f"eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
+    if result.eval_table:
+        print(f"held-out answers of the fine-tuned model (deploy's evaluation gate):\n{result.eval_table}")
     return 0

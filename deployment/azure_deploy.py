@@ -1,34 +1,43 @@
-"""Blue/green deployment to a managed online endpoint, with rollback.
+"""Blue/green deployment to a managed online endpoint, gated by evaluation, with rollback.
 
 register the model -> endpoint (create if missing; never delete it) -> serving environment
 (reused when unchanged) -> a new deployment beside the live one -> smoke test it directly
-(`azureml-model-deployment` header, the Prompt flow's own client) -> 100% traffic to it ->
-delete the old one -> write the Prompt flow connection.
+(`azureml-model-deployment` header, the Prompt flow's own client) -> evaluate it and the live
+one on the same held-out conversations (deployment/gate.py) -> 100% traffic to it -> delete
+the old one -> write the Prompt flow connection.
 
-If the new deployment or its smoke test fails, traffic is left where it was, the new deployment
-is deleted (it bills per hour) after its container log tail is shown, and a UserError says
-what happened. The endpoint key is fetched with the SDK and handed only to the smoke-test
-client and the connection writer: it is never printed, logged or returned.
+From the new deployment's creation until traffic moves, every step runs inside
+`rollback.guard(...)` (deployment/rollback.py): a failure, or the gate's refusal, leaves
+traffic where it was and deletes the new deployment (it bills per hour). The endpoint key is
+fetched with the SDK and handed only to the clients and the connection writer: never printed,
+logged or returned. azure-core retries 408/429/5xx itself; nothing here wraps calls in retries.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from common.azure import azure_errors, with_retries
+from common.azure import azure_errors
 from common.cli import UserError, first_line, say, step
 from deployment import definitions
 from deployment.environment import serving_environment
+from deployment.expiry import DELETE_AFTER, expiry_tags
 from deployment.registration import ModelChoice, RegisteredModel, resolve_model
+from deployment.rollback import Rollback
 
 if TYPE_CHECKING:  # pragma: no cover
+    from deployment.evaluate import EvalSet
+    from deployment.gate import Verdict
     from infra.outputs import StackOutputs
 
 LOG_LINES = 50
 SMOKE_QUESTION = "Reply with one short sentence: what are you?"
 SMOKE_MAX_TOKENS = 32
+SCORES_ASSET = "phi3-eval-scores"
+"""The data asset holding per-conversation scores (one version per evaluated deployment)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,11 @@ class DeployPlan:
     instance_type: str = definitions.DEFAULT_INSTANCE_TYPE
     choice: ModelChoice = field(default_factory=ModelChoice)
     foundry_connection: bool = False
+    eval_file: Path | None = None
+    eval_limit: int | None = None
+    force: bool = False
+    margin: float | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -48,12 +62,29 @@ class DeployResult:
     endpoint_created: bool
     replaced: tuple[str, ...]
     smoke_answer: str
+    verdict: "Verdict | None" = None
 
 
-def _default_smoke_client(endpoint: str, key: str, deployment: str) -> Any:
-    from flows.chat.phi_client import PhiClient
+@dataclass(frozen=True)
+class Slots:
+    new: str
+    live: list[str]
+    existing: list[str]
+    traffic_before: dict[str, int]
 
-    return PhiClient(endpoint=endpoint, key=key, deployment=deployment, timeout=120.0, max_retries=3, backoff=2.0)
+    @property
+    def main_live(self) -> str | None:
+        """The live deployment the new one is compared with: the one taking most traffic."""
+        return max(self.live, key=lambda name: self.traffic_before[name], default=None)
+
+    def traffic_text(self) -> str:
+        return ", ".join(f"{n}={p}%" for n, p in self.traffic_before.items() if p) or "none"
+
+
+def _default_client(endpoint: str, key: str, deployment: str) -> Any:
+    from deployment.evaluate import client_for
+
+    return client_for(endpoint, key, deployment)
 
 
 def _default_write_connection(endpoint: str, key: str, deployment: str) -> None:
@@ -72,8 +103,8 @@ def wait(poller: Any, what: str, *, interval: float = 30.0) -> Any:
     return poller.result()
 
 
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "<hidden>") if secret else text
+def _delete_command(endpoint: str, name: str) -> str:
+    return f"`az ml online-deployment delete -e {endpoint} -n {name} --yes`"
 
 
 def _hint(detail: str, instance_type: str) -> str:
@@ -102,7 +133,7 @@ def _log_tail(ml_client: Any, endpoint: str, name: str) -> str:
             say(f"    (could not fetch the {container or 'inference server'} log of {name}: {first_line(err)})")
             continue
         if text and str(text).strip():
-            return str(text).rstrip()
+            return f"---- last {LOG_LINES} lines of the {name} container log ----\n{str(text).rstrip()}\n---- end of log ----"
     return ""
 
 
@@ -111,11 +142,8 @@ def _delete_deployment(ml_client: Any, endpoint: str, name: str, *, interval: fl
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        poller = with_retries(
-            lambda: ml_client.online_deployments.begin_delete(name=name, endpoint_name=endpoint),
-            action=f"deleting deployment {name}",
-        )
-        wait(poller, f"deleting deployment {name}", interval=interval)
+        wait(ml_client.online_deployments.begin_delete(name=name, endpoint_name=endpoint),
+             f"deleting deployment {name}", interval=interval)
         return True
     except ResourceNotFoundError:
         return True
@@ -124,27 +152,33 @@ def _delete_deployment(ml_client: Any, endpoint: str, name: str, *, interval: fl
         return False
 
 
+def _endpoint_identity(outputs: "StackOutputs") -> tuple[str, str]:
+    """(resource id, name) of the identity deploy gives a new endpoint (definitions.build_endpoint's choice)."""
+    built = definitions.build_endpoint("probe-identity", outputs)
+    resource_id = str(built.identity.user_assigned_identities[0].resource_id)
+    named = {outputs.uai_resource_id.lower(): outputs.uai_name,
+             outputs.endpoint_uai_resource_id.lower(): outputs.endpoint_uai_name}
+    return resource_id, named.get(resource_id.lower(), resource_id.rsplit("/", 1)[-1])
+
+
 def _check_existing_endpoint(endpoint: Any, outputs: "StackOutputs") -> None:
     """An endpoint's identity and auth mode cannot change after creation: refuse a mismatch clearly."""
     name = endpoint.name
-    state = str(getattr(endpoint, "provisioning_state", "") or "")
-    if state.lower() == "deleting":
+    expected_id, expected_name = _endpoint_identity(outputs)
+    if str(endpoint.provisioning_state or "").lower() == "deleting":
         raise UserError(f"endpoint {name} is being deleted; wait until it is gone, or pass another --endpoint-name.")
-    identity = getattr(endpoint, "identity", None)
+    identity = endpoint.identity
     kind = str(getattr(identity, "type", "") or "none").lower().replace("_", "")
-    ids = [
-        str(getattr(uai, "resource_id", "") or "").lower()
-        for uai in (getattr(identity, "user_assigned_identities", None) or [])
-    ]
-    if "userassigned" not in kind or outputs.endpoint_uai_resource_id.lower() not in ids:
+    ids = [str(uai.resource_id or "").lower() for uai in (getattr(identity, "user_assigned_identities", None) or [])]
+    if "userassigned" not in kind or expected_id.lower() not in ids:
         have = f"{getattr(identity, 'type', None) or 'no'} identity" + (f" ({', '.join(ids)})" if ids else "")
         raise UserError(
-            f"endpoint {name} already exists with {have}, not the stack's endpoint identity "
-            f"{outputs.endpoint_uai_name}. An endpoint's identity cannot be changed after creation, and the deployment "
-            "relies on that identity's roles (AcrPull, Storage Blob Data Reader). Deploy to a new endpoint with "
+            f"endpoint {name} already exists with {have}, not the stack's user-assigned identity "
+            f"{expected_name}. An endpoint's identity cannot be changed after creation, and the deployment "
+            "relies on the UAI's roles (AcrPull, Storage Blob Data Reader). Deploy to a new endpoint with "
             f"--endpoint-name NEW-NAME, or delete this one first (`az ml online-endpoint delete -n {name}`)."
         )
-    auth = str(getattr(endpoint, "auth_mode", "") or "key").lower()
+    auth = str(endpoint.auth_mode or "key").lower()
     if auth != "key":
         raise UserError(
             f"endpoint {name} uses {auth} auth, not key auth; the Prompt flow connection needs a key. "
@@ -165,194 +199,274 @@ def choose_slot(traffic: dict[str, int], existing: list[str]) -> str:
     return (unused or free)[0]
 
 
+# -- the steps -------------------------------------------------------------------------------------
+
+
+class _Deploy:
+    """One run of deploy_to_azure: its inputs and what the steps found, so each step is a short method."""
+
+    def __init__(self, ml_client: Any, outputs: "StackOutputs", plan: DeployPlan, *,
+                 client: Callable[[str, str, str], Any], poll_interval: float) -> None:
+        self.ml, self.outputs, self.plan = ml_client, outputs, plan
+        self.client, self.poll = client, poll_interval
+        self.ep_name = definitions.check_endpoint_name(plan.endpoint_name)
+        self.key: str | None = None
+        self.scoring_uri = ""
+
+    def load_eval_set(self) -> "EvalSet":
+        from deployment.evaluate import DEFAULT_LIMIT, load_eval_set
+
+        return load_eval_set(self.plan.eval_file, self.plan.eval_limit or DEFAULT_LIMIT)
+
+    def endpoint(self) -> tuple[Any, bool]:
+        """The endpoint, created (key auth, the stack's UAI) when missing; never deleted."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ops = self.ml.online_endpoints
+        with azure_errors(f"looking up endpoint {self.ep_name}"):
+            try:
+                endpoint = ops.get(name=self.ep_name)
+            except ResourceNotFoundError:
+                endpoint = None
+        if endpoint is not None:
+            _check_existing_endpoint(endpoint, self.outputs)
+            say(f"    endpoint {self.ep_name} exists: adding a deployment beside the live one (it is never deleted)")
+            return endpoint, False
+        say(f"    creating endpoint {self.ep_name} (key auth, identity {_endpoint_identity(self.outputs)[1]}); "
+            "about 1-2 minutes")
+        entity = definitions.build_endpoint(self.ep_name, self.outputs)
+        entity.tags.update(expiry_tags(self.plan.expires_at))
+        with azure_errors(f"creating endpoint {self.ep_name}"):
+            wait(ops.begin_create_or_update(entity), f"creating endpoint {self.ep_name}", interval=self.poll)
+            return ops.get(name=self.ep_name), True
+
+    def slots(self, endpoint: Any) -> Slots:
+        traffic = {name: int(share or 0) for name, share in (endpoint.traffic or {}).items()}
+        with azure_errors(f"listing the deployments of {self.ep_name}"):
+            existing = [d.name for d in self.ml.online_deployments.list(endpoint_name=self.ep_name)]
+        slots = Slots(choose_slot(traffic, existing), [n for n, p in traffic.items() if p > 0], existing, traffic)
+        say(f"    live: {slots.traffic_text() if slots.live else 'nothing'}; new deployment: {slots.new}")
+        return slots
+
+    def environment(self) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        env = serving_environment(self.plan.instance_type)
+        with azure_errors(f"registering environment {env.name}:{env.version}"):
+            try:
+                self.ml.environments.get(name=env.name, version=env.version)
+                say(f"    {env.name}:{env.version} exists (same pins, same image): reusing it")
+            except ResourceNotFoundError:
+                self.ml.environments.create_or_update(env.to_entity())
+                say(f"    registered {env.name}:{env.version}; its image is built on first use (10-20 minutes)")
+        return env
+
+    def rollback(self, slots: Slots) -> Rollback:
+        return Rollback(
+            name=f"deployment {slots.new} on endpoint {self.ep_name}",
+            undo=lambda: _delete_deployment(self.ml, self.ep_name, slots.new, interval=self.poll),
+            manual=_delete_command(self.ep_name, slots.new),
+            kept=f"Traffic was not moved ({slots.traffic_text()}).",
+            evidence=lambda: _log_tail(self.ml, self.ep_name, slots.new),
+            hint=lambda detail: _hint(detail, self.plan.instance_type),
+        )
+
+    def create_deployment(self, slots: Slots, model: RegisteredModel, env: Any) -> None:
+        deployment = definitions.build_deployment(
+            name=slots.new, endpoint_name=self.ep_name, model=model.reference, environment=env.reference,
+            instance_type=self.plan.instance_type, outputs=self.outputs,
+        )
+        deployment.tags.update(expiry_tags(self.plan.expires_at))
+        info = definitions.instance_info(self.plan.instance_type)
+        say(f"    bills{f' about ${info.usd_per_hour:.2f}/h' if info else ' per hour'} from now until deleted; "
+            "image build + model load take 10-30 minutes")
+        wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {slots.new}", interval=self.poll)
+
+    def connect(self, rollback: Rollback) -> None:
+        """The scoring URI and the key (handed to the rollback, which redacts it from then on)."""
+        endpoint = self.ml.online_endpoints.get(name=self.ep_name)
+        self.scoring_uri = str(endpoint.scoring_uri)
+        self.key = self.ml.online_endpoints.get_keys(name=self.ep_name).primary_key
+        rollback.secret = self.key
+        if not self.key:
+            raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
+
+    def smoke_test(self, name: str) -> str:
+        reply = self.client(self.scoring_uri, self.key or "", name).chat(SMOKE_QUESTION, max_tokens=SMOKE_MAX_TOKENS)
+        answer = (reply.text or "").strip()
+        if not answer:
+            raise UserError("the deployment answered with an empty reply")
+        return answer
+
+    def evaluate(self, slots: Slots, model: RegisteredModel, eval_set: "EvalSet") -> "Verdict":
+        """Score the new deployment and the live one (or reuse the live one's valid scores), then decide."""
+        from deployment import gate
+        from deployment.evaluate import score_deployment
+
+        def scores(name: str, label: str, model_ref: str) -> Any:
+            return score_deployment(self.client(self.scoring_uri, self.key or "", name), eval_set,
+                                    label=label, model=model_ref)
+
+        scope = f"azure/{self.outputs.workspace_name}/{self.ep_name}"
+        started = time.perf_counter()
+        new = scores(slots.new, f"new {slots.new}", model.reference)
+        live = None
+        if slots.main_live:
+            current = self.ml.online_deployments.get(name=slots.main_live, endpoint_name=self.ep_name)
+            live_model, label = str(current.model), f"live {slots.main_live}"
+            live, reused = gate.live_scores(scope, dict(current.tags or {}), live_model, eval_set, label,
+                                            lambda: scores(slots.main_live, label, live_model))
+            if not reused:
+                gate.remember(scope, live)
+                self.tag(slots.main_live, gate.tags_for(live, self.store_scores(live, slots.main_live)))
+        verdict = gate.decide(new, live, force=self.plan.force, margin=self.plan.margin)
+        say(f"    evaluation took {time.perf_counter() - started:.0f}s")
+        if verdict.promote:
+            gate.remember(scope, new)
+            self.tag(slots.new, gate.tags_for(new, self.store_scores(new, slots.new)))
+        else:
+            self.store_scores(new, slots.new)  # kept for the record: the deployment itself is deleted
+        return verdict
+
+    def store_scores(self, scores: Any, deployment: str) -> str:
+        """Per-conversation scores as a workspace data asset (best effort); returns NAME:VERSION or ''."""
+        import json
+        import tempfile
+
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Data
+
+        version = f"{self.ep_name}-{deployment}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        folder = Path(tempfile.mkdtemp(prefix="eval-scores-"))
+        path = folder / f"{deployment}.json"
+        path.write_text(json.dumps(scores.to_json()), encoding="utf-8")
+        asset = Data(name=SCORES_ASSET, version=version, type=AssetTypes.URI_FILE, path=str(path),
+                     description=f"evaluation of {deployment} on endpoint {self.ep_name}", tags=dict(definitions.CREATED_BY))
+        try:
+            self.ml.data.create_or_update(asset)
+        except Exception as err:  # the scores are also under runs/eval/: a failed upload only costs the record
+            say(f"    warning: could not store the scores as data asset {SCORES_ASSET}: {first_line(err)}")
+            return ""
+        return f"{SCORES_ASSET}:{version}"
+
+    def tag(self, name: str, tags: dict[str, str]) -> None:
+        """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""
+        try:
+            deployment = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
+            deployment.tags = {**(deployment.tags or {}), **tags}
+            wait(self.ml.online_deployments.begin_create_or_update(deployment), f"tagging {name}", interval=self.poll)
+        except Exception as err:
+            say(f"    warning: could not tag deployment {name} with its scores: {first_line(err)}")
+
+    def move_traffic(self, slots: Slots, rollback: Rollback, created: bool) -> None:
+        """100% to the new deployment; if Azure's answer is unclear, read the traffic back before undoing."""
+        endpoint = self.ml.online_endpoints.get(name=self.ep_name)
+        if self.plan.expires_at is not None and (created or DELETE_AFTER in (endpoint.tags or {})):
+            endpoint.tags = {**(endpoint.tags or {}), **expiry_tags(self.plan.expires_at)}
+        elif self.plan.expires_at is not None:
+            say(f"    endpoint {self.ep_name} has no expiry (created without --expires-in): it keeps none")
+        endpoint.traffic = {slots.new: 100}
+        try:
+            wait(self.ml.online_endpoints.begin_create_or_update(endpoint), "moving traffic", interval=self.poll)
+        except Exception as err:
+            now = _current_traffic(self.ml, self.ep_name)
+            if now is None:
+                raise UserError(
+                    f"moving traffic to {slots.new} failed ({first_line(err)}) and the endpoint's traffic could not be "
+                    f"read back, so both deployments were kept. Check the endpoint {self.ep_name} in Azure ML studio, then "
+                    f"re-run the deploy or delete {slots.new} with {_delete_command(self.ep_name, slots.new)}."
+                ) from None
+            if int(now.get(slots.new, 0) or 0) > 0:
+                raise UserError(
+                    f"moving traffic to {slots.new} reported an error ({first_line(err)}), but {slots.new} now takes "
+                    f"traffic ({now}); the old deployment(s) {', '.join(slots.live) or '-'} were kept. Check the "
+                    "endpoint in Azure ML studio."
+                ) from None
+            raise rollback.fail("moving traffic", first_line(err)) from None
+
+    def delete_old(self, slots: Slots) -> tuple[list[str], list[str]]:
+        """The previous deployments (live or idle slots); returns (replaced, could not be deleted)."""
+        old = [n for n in dict.fromkeys(slots.live + [s for s in definitions.SLOTS if s in slots.existing]) if n != slots.new]
+        leftovers = [name for name in old if not _delete_deployment(self.ml, self.ep_name, name, interval=self.poll)]
+        return old, leftovers
+
+    def write_connections(self, new: str, leftovers: list[str], writers: list[tuple[str, Callable[..., None]]]) -> None:
+        """The Prompt flow connection(s); a failure says the deployment is live (never a traceback)."""
+        for which, write in writers:
+            try:
+                write(self.scoring_uri, self.key, new)
+            except Exception as err:
+                detail = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {first_line(err)}"
+                detail = detail.replace(self.key, "<hidden>") if self.key else detail
+                raise UserError(
+                    f"deployment {new} is live on {self.scoring_uri} with 100% of the traffic, but {which} was not "
+                    f"written: {detail.rstrip()} Fix that and run deploy again (it reuses the registered model and "
+                    f"the environment), or write the local connection alone with `python -m deployment.connection set "
+                    f"--endpoint {self.scoring_uri} --deployment {new}` (key from "
+                    f"`az ml online-endpoint get-credentials -n {self.ep_name}`).{_still_bill(self.ep_name, leftovers)}"
+                ) from None
+
+
+def _still_bill(endpoint: str, leftovers: list[str]) -> str:
+    if not leftovers:
+        return ""
+    return (f" Also, the old deployment(s) {', '.join(leftovers)} could not be deleted and still bill per hour: "
+            + "; ".join(_delete_command(endpoint, n) for n in leftovers) + ".")
+
+
 def deploy_to_azure(
     ml_client: Any,
     outputs: "StackOutputs",
     plan: DeployPlan,
     *,
-    code_root: Path,
-    smoke_client: Callable[[str, str, str], Any] = _default_smoke_client,
+    smoke_client: Callable[[str, str, str], Any] = _default_client,
     write_connection: Callable[[str, str, str], None] = _default_write_connection,
     foundry_writer: Callable[[str, str, str], None] | None = None,
     poll_interval: float = 30.0,
 ) -> DeployResult:
-    """Run the whole blue/green deployment; see the module docstring for the order and the rollback."""
-    from azure.core.exceptions import ResourceNotFoundError
+    """The whole gated blue/green deployment; see the module docstring for the order and the rollback.
 
-    ep_name = definitions.check_endpoint_name(plan.endpoint_name)
-    ops_ep, ops_dep = ml_client.online_endpoints, ml_client.online_deployments
-
+    `smoke_client(url, key, deployment)` builds the client of the smoke test and the evaluation.
+    """
+    run = _Deploy(ml_client, outputs, plan, client=smoke_client, poll_interval=poll_interval)
+    eval_set = run.load_eval_set()  # a missing eval file fails before anything is created
     with step("register the model"):
         model = resolve_model(ml_client, plan.choice)
-
-    with step(f"endpoint {ep_name}"):
-        with azure_errors(f"looking up endpoint {ep_name}"):
-            try:
-                endpoint = with_retries(lambda: ops_ep.get(name=ep_name), action="getting the endpoint")
-            except ResourceNotFoundError:
-                endpoint = None
-        created = endpoint is None
-        if created:
-            say(f"    creating endpoint {ep_name} (key auth, identity {outputs.endpoint_uai_name}); about 1-2 minutes")
-            entity = definitions.build_endpoint(ep_name, outputs)
-            with azure_errors(f"creating endpoint {ep_name}"):
-                poller = with_retries(lambda: ops_ep.begin_create_or_update(entity), action="creating the endpoint")
-                wait(poller, f"creating endpoint {ep_name}", interval=poll_interval)
-                endpoint = with_retries(lambda: ops_ep.get(name=ep_name), action="getting the endpoint")
-        else:
-            _check_existing_endpoint(endpoint, outputs)
-            say(f"    endpoint {ep_name} exists: adding a deployment beside the live one (it is never deleted)")
-        traffic_before = dict(getattr(endpoint, "traffic", None) or {})
-        with azure_errors(f"listing the deployments of {ep_name}"):
-            existing = [d.name for d in with_retries(lambda: list(ops_dep.list(endpoint_name=ep_name)), action="listing deployments")]
-        new = choose_slot(traffic_before, existing)
-        live = [name for name, share in traffic_before.items() if share and int(share) > 0]
-        say(f"    live: {', '.join(f'{n}={traffic_before[n]}%' for n in live) or 'nothing'}; new deployment: {new}")
-
+    with step(f"endpoint {run.ep_name}"):
+        endpoint, created = run.endpoint()
+        slots = run.slots(endpoint)
     with step("serving environment"):
-        env = serving_environment(plan.instance_type)
-        with azure_errors(f"registering environment {env.name}:{env.version}"):
-            try:
-                with_retries(lambda: ml_client.environments.get(name=env.name, version=env.version), action="getting the environment")
-                say(f"    {env.name}:{env.version} exists (same pins, same image): reusing it")
-            except ResourceNotFoundError:
-                entity = env.to_entity()
-                with_retries(lambda: ml_client.environments.create_or_update(entity), action="registering the environment")
-                say(f"    registered {env.name}:{env.version}; its image is built on first use (10-20 minutes)")
-
-    deployment = definitions.build_deployment(
-        name=new,
-        endpoint_name=ep_name,
-        model=model.reference,
-        environment=env.reference,
-        instance_type=plan.instance_type,
-        outputs=outputs,
-    )
-    info = definitions.instance_info(plan.instance_type)
-    cost = f" about ${info.usd_per_hour:.2f}/h" if info else ""
-
-    def fail(stage: str, err: BaseException, secret: str | None = None) -> UserError:
-        detail = _redact(first_line(err), secret)
-        say(f"!!! {stage} failed: {detail}")
-        say(f"    traffic stays where it was ({', '.join(f'{n}={p}%' for n, p in traffic_before.items() if p) or 'none'})")
-        logs = _log_tail(ml_client, ep_name, new)
-        if logs:
-            say(f"---- last {LOG_LINES} lines of the {new} container log ----")
-            say(_redact(logs, secret))
-            say("---- end of log ----")
-        say(f"    deleting the failed deployment {new} (it bills per hour)")
-        gone = _delete_deployment(ml_client, ep_name, new, interval=poll_interval)
-        cleanup = (
-            f"The failed deployment {new} was deleted (or had not been created)."
-            if gone
-            else f"The failed deployment {new} could NOT be deleted and bills per hour: delete it with "
-            f"`az ml online-deployment delete -e {ep_name} -n {new} --yes`."
-        )
-        return UserError(
-            f"{stage} failed for deployment {new} on endpoint {ep_name}: {detail.rstrip('.')}. Traffic was not moved. "
-            f"{cleanup}{_hint(detail, plan.instance_type)}"
-        )
-
-    with step(f"deployment {new} on {plan.instance_type}"):
-        say(f"    bills{cost or ' per hour'} from now until deleted; image build + model load take 10-30 minutes")
-        try:
-            poller = with_retries(lambda: ops_dep.begin_create_or_update(deployment), action=f"creating deployment {new}")
-            wait(poller, f"deployment {new}", interval=poll_interval)
-        except KeyboardInterrupt:
-            say(f"interrupted: deployment {new} may still be starting in Azure and bills per hour once it runs; "
-                f"delete it with `az ml online-deployment delete -e {ep_name} -n {new} --yes` (traffic was not moved)")
-            raise
-        except Exception as err:
-            raise fail("creation", err) from None
-
-    key: str | None = None
-    with step(f"smoke test {new} (azureml-model-deployment: {new})"):
-        try:
-            with azure_errors(f"reading endpoint {ep_name}"):
-                endpoint = with_retries(lambda: ops_ep.get(name=ep_name), action="getting the endpoint")
-                scoring_uri = str(endpoint.scoring_uri)
-                key = with_retries(lambda: ops_ep.get_keys(name=ep_name), action="fetching the endpoint key").primary_key
-            if not key:
-                raise UserError(f"endpoint {ep_name} returned no key (is it key-auth?)")
-            reply = smoke_client(scoring_uri, key, new).chat(SMOKE_QUESTION, max_tokens=SMOKE_MAX_TOKENS)
-            answer = (getattr(reply, "text", "") or "").strip()
-            if not answer:
-                raise UserError("the deployment answered with an empty reply")
-        except KeyboardInterrupt:
-            say(f"interrupted: deployment {new} is running without traffic and bills per hour; delete it with "
-                f"`az ml online-deployment delete -e {ep_name} -n {new} --yes` (traffic was not moved)")
-            raise
-        except Exception as err:
-            raise fail("the smoke test", err, key) from None
-        say(f"    answered: {_redact(answer, key)[:160]!r}")
-
-    with step(f"traffic: 100% to {new}"):
-        try:
-            endpoint.traffic = {new: 100}
-            poller = with_retries(lambda: ops_ep.begin_create_or_update(endpoint), action="moving traffic")
-            wait(poller, "moving traffic", interval=poll_interval)
-        except Exception as err:
-            now = _current_traffic(ml_client, ep_name)
-            if now is None:
-                raise UserError(
-                    f"moving traffic to {new} failed ({first_line(err)}) and the endpoint's traffic could not be read "
-                    f"back, so both deployments were kept. Check the endpoint {ep_name} in Azure ML studio, then "
-                    f"re-run the deploy or delete {new} with `az ml online-deployment delete -e {ep_name} -n {new} --yes`."
-                ) from None
-            if int(now.get(new, 0) or 0) > 0:
-                raise UserError(
-                    f"moving traffic to {new} reported an error ({first_line(err)}), but {new} now takes traffic "
-                    f"({now}); the old deployment(s) {', '.join(live) or '-'} were kept. Check the endpoint in Azure ML studio."
-                ) from None
-            raise fail("moving traffic", err, key) from None
-
-    leftovers: list[str] = []
-    old = [name for name in dict.fromkeys(live + [s for s in definitions.SLOTS if s in existing]) if name != new]
-    if old:
-        with step(f"delete the old deployment(s): {', '.join(old)}"):
-            for name in old:
-                if not _delete_deployment(ml_client, ep_name, name, interval=poll_interval):
-                    leftovers.append(name)
-
+        env = run.environment()
+    rollback = run.rollback(slots)
+    with step(f"deployment {slots.new} on {plan.instance_type}"), rollback.guard("creation"):
+        run.create_deployment(slots, model, env)
+    with step(f"smoke test {slots.new} (azureml-model-deployment: {slots.new})"), rollback.guard("the smoke test"):
+        run.connect(rollback)
+        answer = run.smoke_test(slots.new)
+        say(f"    answered: {rollback.redact(answer)[:160]!r}")
+    with step(f"evaluate {slots.new}" + (f" against {slots.main_live}" if slots.main_live else " (first deployment: baseline)")):
+        with rollback.guard("the evaluation"):
+            verdict = run.evaluate(slots, model, eval_set)
+        if not verdict.promote:
+            raise rollback.refuse(verdict)
+    with step(f"traffic: 100% to {slots.new}"):
+        run.move_traffic(slots, rollback, created)
+    replaced, leftovers = [], []
+    if [n for n in slots.live + slots.existing if n != slots.new]:
+        with step("delete the old deployment(s)"):
+            replaced, leftovers = run.delete_old(slots)
     with step("write the Prompt flow connection phi_endpoint"):
-        which = "the connection"
-        try:
-            write_connection(scoring_uri, key, new)
-            if foundry_writer is not None:
-                which = "the Foundry project connection (the local one was written)"
-                foundry_writer(scoring_uri, key, new)
-        except Exception as err:  # any failure here: the deployment is live, say so (never a traceback)
-            detail = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {first_line(err)}"
-            still_bill = (
-                f" Also, the old deployment(s) {', '.join(leftovers)} could not be deleted and still bill per hour: "
-                + "; ".join(f"`az ml online-deployment delete -e {ep_name} -n {n} --yes`" for n in leftovers)
-                + "."
-                if leftovers
-                else ""
-            )
-            raise UserError(
-                f"deployment {new} is live on {scoring_uri} with 100% of the traffic, but {which} was not "
-                f"written: {_redact(detail, key).rstrip()} Fix that and run deploy again (it reuses the registered "
-                f"model and the environment), or write the local connection alone with `python -m "
-                f"deployment.connection set --endpoint {scoring_uri} --deployment {new}` (key from "
-                f"`az ml online-endpoint get-credentials -n {ep_name}`).{still_bill}"
-            ) from None
-
+        writers = [("the connection", write_connection)]
+        if foundry_writer is not None:
+            writers.append(("the Foundry project connection (the local one was written)", foundry_writer))
+        run.write_connections(slots.new, leftovers, writers)
     if leftovers:
         raise UserError(
-            f"deployment {new} is live on {scoring_uri} and the connection is written, but the old deployment(s) "
-            f"{', '.join(leftovers)} could not be deleted and still bill per hour: delete them with "
-            + "; ".join(f"`az ml online-deployment delete -e {ep_name} -n {n} --yes`" for n in leftovers)
+            f"deployment {slots.new} is live on {run.scoring_uri} and the connection is written, but the old "
+            f"deployment(s) {', '.join(leftovers)} could not be deleted and still bill per hour: delete them with "
+            + "; ".join(_delete_command(run.ep_name, n) for n in leftovers)
         )
-    return DeployResult(
-        endpoint_name=ep_name,
-        deployment_name=new,
-        scoring_uri=scoring_uri,
-        model=model,
-        endpoint_created=created,
-        replaced=tuple(old),
-        smoke_answer=answer,
-    )
+    return DeployResult(run.ep_name, slots.new, run.scoring_uri, model, created, tuple(replaced), answer, verdict)
 
 
 def _current_traffic(ml_client: Any, endpoint: str) -> dict[str, int] | None:

@@ -1,14 +1,17 @@
 """python -m deployment.deploy: the fine-tuned model behind a managed online endpoint (or locally).
 
 target azure (default): register the model -> endpoint with the stack's UAI -> new blue/green
-deployment -> smoke test -> 100% traffic -> old deployment deleted -> Prompt flow connection.
-target local: `deployment.serve` in the background on 127.0.0.1 (see deployment/local.py).
+deployment -> smoke test -> evaluation gate (new vs live on held-out conversations) -> 100%
+traffic -> old deployment deleted -> Prompt flow connection (deployment/azure_deploy.py).
+target local: `deployment.serve` in the background on 127.0.0.1, the same gate (deployment/local.py).
 `--dry-run` prints the endpoint and deployment definitions as YAML, touching no credential or network.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Sequence
 
 from common.cli import UserError, run_cli, say
@@ -45,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the endpoint and deployment definitions as YAML and stop"
     )
+    gate = parser.add_argument_group("evaluation gate (docs/DEPLOY.md)")
+    gate.add_argument("--eval-file", type=Path,
+                      help="held-out conversations, JSONL of `messages` rows (default: runs/data/test.jsonl)")
+    gate.add_argument("--eval-limit", type=int, help="conversations to score (default: 32)")
+    gate.add_argument("--eval-margin", type=float,
+                      help="token-F1 drop (absolute) tolerated beside the statistical test (default: 0.02)")
+    gate.add_argument("--force", action="store_true",
+                      help="move traffic even when the new deployment scores worse than the live one")
+    parser.add_argument("--expires-in", metavar="DURATION",
+                        help="target azure: tag what this deploy creates to expire (30m, 2h, 1d); "
+                        "`python -m deployment.teardown --expired` deletes it afterwards. Default: never expires")
     parser.add_argument(
         "--foundry-connection",
         action="store_true",
@@ -57,11 +71,19 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.target == "local":
         bad = [flag for flag, value in (("--job", args.job), ("--model", args.model), ("--dry-run", args.dry_run),
                                         ("--foundry-connection", args.foundry_connection),
-                                        ("--endpoint-name", args.endpoint_name)) if value]
+                                        ("--endpoint-name", args.endpoint_name),
+                                        ("--expires-in", args.expires_in)) if value]
         if bad:
             raise UserError(f"{', '.join(bad)} apply to --target azure only; --target local takes --model-dir and --port.")
     elif args.model_dir or args.port:
         raise UserError("--model-dir and --port apply to --target local; for azure pick the model with --job or --model.")
+    _expires_at(args)  # a bad duration fails before anything else
+
+
+def _expires_at(args: argparse.Namespace) -> datetime | None:
+    from deployment.expiry import parse_duration
+
+    return datetime.now(timezone.utc) + parse_duration(args.expires_in) if args.expires_in else None
 
 
 def quiet_sdk() -> None:
@@ -100,6 +122,10 @@ def _dry_run(args: argparse.Namespace) -> int:
         instance_type=args.instance_type,
         outputs=outputs,
     )
+    from deployment.expiry import expiry_tags
+
+    for entity in (endpoint, deployment):
+        entity.tags.update(expiry_tags(_expires_at(args)))
     sys.stdout.write(definitions.definitions_yaml([endpoint, deployment]))
     say("dry run: nothing was created (blue is the first slot; later deploys alternate blue/green)")
     return 0
@@ -111,7 +137,6 @@ def _azure(args: argparse.Namespace) -> int:
     from deployment.azure_deploy import DeployPlan, deploy_to_azure
     from deployment.registration import ModelChoice
     from infra.outputs import load_stack_outputs
-    from training.local_runs import runs_dir
 
     outputs = load_stack_outputs(args.outputs_file, args.stack)
     info = definitions.instance_info(args.instance_type)
@@ -128,32 +153,53 @@ def _azure(args: argparse.Namespace) -> int:
         instance_type=args.instance_type,
         choice=ModelChoice(job=args.job, model=args.model),
         foundry_connection=args.foundry_connection,
+        eval_file=args.eval_file,
+        eval_limit=args.eval_limit,
+        force=args.force,
+        margin=args.eval_margin,
+        expires_at=_expires_at(args),
     )
     ml_client = azure_edge.make_ml_client(outputs)
     from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
 
     require(outputs, "deploy")
-    result = deploy_to_azure(ml_client, outputs, plan, code_root=runs_dir() / "deploy", foundry_writer=foundry)
-    cost = f" (about ${info.usd_per_hour:.2f}/h, list price East US, until teardown)" if info else ""
+    result = deploy_to_azure(ml_client, outputs, plan, foundry_writer=foundry)
     print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")
-    print(f"deployment: {result.deployment_name} on {args.instance_type}{cost}, 100% of traffic")
+    print(f"deployment: {result.deployment_name} on {args.instance_type}, 100% of traffic")
+    print(f"price:      {_price(args.instance_type)}")
     print(f"model:      {result.model.name}:{result.model.version}"
           + (f" (from job {result.model.source_job})" if result.model.source_job else ""))
     print(f"scoring:    {result.scoring_uri}")
     if result.replaced:
         print(f"replaced:   {', '.join(result.replaced)} (deleted)")
+    if result.verdict is not None:
+        print(f"evaluation: {result.verdict.summary()}")
     print("connection: Prompt flow connection phi_endpoint written (key stored as its secret)")
     print('chat:       pf flow test --flow flows/chat --inputs question="Who founded Microsoft?"')
-    print("stop billing: python -m deployment.teardown")
+    if plan.expires_at is not None:
+        from deployment.expiry import stamp
+
+        print(f"expires:    {stamp(plan.expires_at)} (then `python -m deployment.teardown --expired --yes` deletes it)")
+    print("stop billing: python -m deployment.teardown --yes")
     return 0
 
 
-def _local(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _price(instance_type: str) -> str:
+    """The hourly list price of one instance of what deploy started (common/vm_sizes.py)."""
+    from common.vm_sizes import known_vm
 
+    size = known_vm(instance_type)
+    if size is None or size.usd_per_hour is None:
+        return f"unknown for {instance_type} (not in common/vm_sizes.py): check the Azure pricing page; it bills per hour"
+    return f"about ${size.usd_per_hour:.2f}/h ({size.name}, list price East US) from now until teardown"
+
+
+def _local(args: argparse.Namespace) -> int:
     from deployment.local import deploy_local
 
-    endpoint = deploy_local(model_dir=Path(args.model_dir) if args.model_dir else None, port=args.port)
+    endpoint = deploy_local(model_dir=Path(args.model_dir) if args.model_dir else None, port=args.port,
+                            eval_file=args.eval_file, eval_limit=args.eval_limit, force=args.force,
+                            margin=args.eval_margin)
     url = getattr(endpoint, "scoring_uri", None) or getattr(endpoint, "url", None) or str(endpoint)
     print(f"local endpoint: {url}")
     pid = getattr(endpoint, "pid", None)

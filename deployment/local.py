@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from common.cli import UserError, say, step
+from deployment.rollback import Rollback
 from training import local_runs
 
 HOST = "127.0.0.1"
@@ -284,27 +285,28 @@ def deploy_local(
     *,
     start_timeout: float = START_TIMEOUT_S,
     write_connection: bool = True,
+    eval_file: Path | None = None,
+    eval_limit: int | None = None,
+    force: bool = False,
+    margin: float | None = None,
 ) -> LocalEndpoint:
-    """Serve `model_dir` (default: the latest local training output) on 127.0.0.1; see the module doc."""
+    """Serve `model_dir` (default: the latest local training output) on 127.0.0.1; see the module doc.
+
+    After the smoke test, the evaluation gate (deployment/gate.py) compares the new server with the
+    running one on the same held-out conversations; a worse one is stopped and refused unless `force`.
+    """
+    from deployment.evaluate import DEFAULT_LIMIT, base_url, load_eval_set, speaks_openai
     from deployment.serve import check_model_dir
 
     model_dir = Path(model_dir) if model_dir is not None else local_runs.latest_model_dir()
     model_dir, description = check_model_dir(model_dir)
+    eval_set = load_eval_set(eval_file, eval_limit or DEFAULT_LIMIT)  # before anything starts
     with _serve_lock():
         old = read_record()
         if old is not None and not is_our_server(old.pid, old.port):
             say(f"note: the recorded local server (pid {old.pid}) is no longer running; replacing its record")
             old = None
-        if port is None:
-            port = _free_port()
-        elif old is not None and port == old.port:
-            raise UserError(
-                f"port {port} is used by the running local endpoint (pid {old.pid}); a new one starts "
-                "beside it before the old one stops: pick another port or leave --port out"
-            )
-        elif _port_in_use(port):
-            raise UserError(f"port {port} on {HOST} is already in use: pick another or leave it out")
-
+        port = _pick_port(port, old)
         url = f"http://{HOST}:{port}/score"
         with step(f"starting the local server for the {description} on port {port}"):
             process, offset = _start_server(model_dir, port, fresh_log=old is None)
@@ -313,24 +315,24 @@ def deploy_local(
             except BaseException:
                 _stop_process_group(process.pid)
                 raise
+        rollback = _local_rollback(process.pid, port, offset, old)
         key = secrets.token_urlsafe(24)  # the server checks no key; the flow's client needs one
-        try:
-            with step(f"smoke-testing {url}"):
-                say(f"    {_smoke_test(url, key)}")
+        with step(f"smoke-testing {url}"), rollback.guard("the smoke test"):
+            say(f"    {_smoke_test(url, key)}")
+        endpoint = LocalEndpoint(url=url, port=port, pid=process.pid, model_dir=model_dir)
+        api = "openai" if speaks_openai(url) else None  # the connection and the evaluation use what it speaks
+        with step("evaluate the new server" + (f" against the running one (port {old.port})" if old else " (baseline)")):
+            with rollback.guard("the evaluation"):
+                verdict = _evaluate(endpoint, old, eval_set, key, api, force=force, margin=margin)
+            if not verdict.promote:
+                raise rollback.refuse(verdict)
+        with rollback.guard("recording the new endpoint"):
             if write_connection:
                 from deployment.connection import write_phi_connection
 
                 with step("writing the Prompt flow connection phi_endpoint"):
-                    write_phi_connection(endpoint=url, key=key)
-            endpoint = LocalEndpoint(url=url, port=port, pid=process.pid, model_dir=model_dir)
+                    write_phi_connection(endpoint=base_url(url) if api else url, key=key, api=api)
             _write_record(endpoint)
-        except BaseException as err:
-            _stop_process_group(process.pid)
-            if old is not None:
-                say(f"the previous local endpoint {old.url} is still serving")
-            if isinstance(err, UserError):
-                raise UserError(f"{err}\nThe new server's log ({log_file()}) ends with:\n{_log_tail(offset)}") from None
-            raise
         if old is not None:
             with step(f"stopping the previous local server (pid {old.pid}, port {old.port})"):
                 try:
@@ -339,6 +341,99 @@ def deploy_local(
                     say(f"warning: {err}")
         say(f"local endpoint ready: {url} (pid {process.pid}, log {log_file()})")
         return endpoint
+
+
+def _pick_port(port: int | None, old: LocalEndpoint | None) -> int:
+    if port is None:
+        return _free_port()
+    if old is not None and port == old.port:
+        raise UserError(
+            f"port {port} is used by the running local endpoint (pid {old.pid}); a new one starts "
+            "beside it before the old one stops: pick another port or leave --port out"
+        )
+    if _port_in_use(port):
+        raise UserError(f"port {port} on {HOST} is already in use: pick another or leave it out")
+    return port
+
+
+def _local_rollback(pid: int, port: int, offset: int, old: LocalEndpoint | None) -> Rollback:
+    """Stop the new server if a later step fails (or the gate refuses it); the old one keeps serving."""
+
+    def undo() -> bool:
+        try:
+            _stop_process_group(pid)
+            return True
+        except UserError as err:
+            say(f"warning: {err}")
+            return False
+
+    return Rollback(
+        name=f"the new local server (pid {pid}, port {port})",
+        undo=undo,
+        manual=f"`kill -TERM -{pid}`",
+        kept=f"The previous local endpoint {old.url} is still serving." if old else "No local endpoint was serving before.",
+        evidence=lambda: f"The new server's log ({log_file()}) ends with:\n{_log_tail(offset)}",
+        removed="stopped",
+        undo_on_interrupt=True,
+    )
+
+
+# -- the evaluation gate, locally: the "tags" of a running server live in runs/serve/eval-tags.json ---
+
+
+def _tags_file() -> Path:
+    return local_runs.serve_dir() / "eval-tags.json"
+
+
+def _read_tags(pid: int) -> dict[str, str]:
+    try:
+        return dict(json.loads(_tags_file().read_text(encoding="utf-8")).get(str(pid), {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _write_tags(pid: int, tags: dict[str, str]) -> None:
+    """Keep the tags of running servers only (a stopped server's pid may be reused)."""
+    try:
+        known = json.loads(_tags_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    known = {k: v for k, v in known.items() if k.isdigit() and is_our_server(int(k))}
+    known[str(pid)] = tags
+    tmp = _tags_file().with_name(f".{_tags_file().name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, _tags_file())
+
+
+def model_id(model_dir: Path) -> str:
+    """The model a local server runs: its folder and the time its files last changed."""
+    newest = max((p.stat().st_mtime for p in Path(model_dir).rglob("*") if p.is_file()), default=0.0)
+    return f"{Path(model_dir).resolve()}@{int(newest)}"
+
+
+def _evaluate(new: LocalEndpoint, old: LocalEndpoint | None, eval_set, key: str, api: str | None, *, force: bool,
+              margin: float | None):
+    """Score the new server and the running one (or reuse its scores); the gate's verdict."""
+    from deployment import gate
+    from deployment.evaluate import client_for, score_deployment, speaks_openai
+
+    def scores(endpoint: LocalEndpoint, label: str):
+        speaks = api if endpoint is new else ("openai" if speaks_openai(endpoint.url) else None)
+        return score_deployment(client_for(endpoint.url, key, api=speaks), eval_set, label=label,
+                                model=model_id(endpoint.model_dir))
+
+    new_scores = scores(new, f"new (port {new.port})")
+    live = None
+    if old is not None:
+        label = f"live (port {old.port})"
+        live, reused = gate.live_scores("local", _read_tags(old.pid), model_id(old.model_dir), eval_set, label,
+                                        lambda: scores(old, label))
+        if not reused:
+            _write_tags(old.pid, gate.tags_for(live, str(gate.remember("local", live))))
+    verdict = gate.decide(new_scores, live, force=force, margin=margin)
+    if verdict.promote:
+        _write_tags(new.pid, gate.tags_for(new_scores, str(gate.remember("local", new_scores))))
+    return verdict
 
 
 def teardown_local() -> bool:

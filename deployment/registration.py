@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.azure import azure_errors, with_retries
+from common.azure import azure_errors
 from common.cli import UserError, say
 from deployment.definitions import CREATED_BY, MODEL_NAME
 
@@ -59,25 +59,25 @@ def _job_output_name(ml_client: Any, job_name: str) -> str:
 
     with azure_errors(f"looking up job {job_name!r}"):
         try:
-            job = with_retries(lambda: ml_client.jobs.get(job_name), action="getting the job")
+            job = ml_client.jobs.get(job_name)
         except ResourceNotFoundError:
             raise UserError(
                 f"there is no job {job_name!r} in {_workspace(ml_client)}: check the name "
                 "(`az ml job list --query \"[].name\"`, or Azure ML studio > Jobs), or leave --job out to deploy "
                 "the latest completed fine-tuning job."
             ) from None
-    status = getattr(job, "status", None)
+    status = job.status
     if status != COMPLETED:
         raise UserError(
             f"job {job_name} is {status or 'in an unknown state'}, not Completed: there is no model to deploy yet. "
             f"Follow it with `az ml job stream -n {job_name}` and deploy when it completes."
         )
-    recipe = (getattr(job, "tags", None) or {}).get(TAG_KEY)
+    recipe = (job.tags or {}).get(TAG_KEY)
     return OUTPUT_NAMES.get(recipe, DEFAULT_OUTPUT)
 
 
 def _workspace(ml_client: Any) -> str:
-    name = getattr(ml_client, "workspace_name", None)
+    name = ml_client.workspace_name
     return f"workspace {name}" if name else "the stack's workspace"
 
 
@@ -85,7 +85,7 @@ def _existing_versions(ml_client: Any, name: str) -> list[Any]:
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        return list(with_retries(lambda: list(ml_client.models.list(name=name)), action="listing models"))
+        return list(ml_client.models.list(name=name))
     except ResourceNotFoundError:
         return []
 
@@ -98,10 +98,10 @@ def register_job_model(ml_client: Any, job_name: str, output_name: str, name: st
     with azure_errors(f"registering the model of job {job_name!r}"):
         versions = _existing_versions(ml_client, name)
         for existing in versions:
-            if (getattr(existing, "tags", None) or {}).get(SOURCE_JOB_TAG) == job_name:
+            if (existing.tags or {}).get(SOURCE_JOB_TAG) == job_name:
                 say(f"    model {name}:{existing.version} was already registered from job {job_name}: reusing it")
                 return RegisteredModel(name, str(existing.version), job_name, reused=True)
-        numeric = [int(v.version) for v in versions if str(getattr(v, "version", "")).isdigit()]
+        numeric = [int(v.version) for v in versions if str(v.version).isdigit()]
         version = str(max(numeric, default=0) + 1)
         entity = Model(
             name=name,
@@ -111,8 +111,8 @@ def register_job_model(ml_client: Any, job_name: str, output_name: str, name: st
             description=f"Phi-3 fine-tuned by job {job_name}",
             tags={SOURCE_JOB_TAG: job_name, **CREATED_BY},
         )
-        created = with_retries(lambda: ml_client.models.create_or_update(entity), action="registering the model")
-    version = str(getattr(created, "version", None) or version)
+        created = ml_client.models.create_or_update(entity)
+    version = str(created.version or version)
     say(f"    registered model {name}:{version} from {job_output_path(job_name, output_name)}")
     return RegisteredModel(name, version, job_name, reused=False)
 
@@ -125,14 +125,14 @@ def resolve_model(ml_client: Any, choice: ModelChoice) -> RegisteredModel:
         name, version = parse_model_ref(choice.model)
         with azure_errors(f"looking up model {name}:{version}"):
             try:
-                found = with_retries(lambda: ml_client.models.get(name=name, version=version), action="getting the model")
+                found = ml_client.models.get(name=name, version=version)
             except ResourceNotFoundError:
                 raise UserError(
                     f"model {name}:{version} is not registered in {_workspace(ml_client)}: list its "
                     f"versions with `az ml model list --name {name}`, or deploy a fine-tuning job's model with "
                     "--job NAME (or no flag: the latest completed job)."
                 ) from None
-        source = (getattr(found, "tags", None) or {}).get(SOURCE_JOB_TAG)
+        source = (found.tags or {}).get(SOURCE_JOB_TAG)
         say(f"    using registered model {name}:{version}")
         return RegisteredModel(name, version, source, reused=True)
     if choice.job:

@@ -35,10 +35,3 @@ def inference_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
         yield base
     finally:
         stop(process)
-
-
-@pytest.fixture
-def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private FINETUNE_PHI_RUNS for one test."""
-    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
-    return tmp_path / "runs"

@@ -119,7 +119,8 @@ class FakeOnlineDeployments(_Ops):
 
     def begin_create_or_update(self, deployment: Any, **kwargs: Any) -> FakePoller:
         doc = entity_dict(deployment)
-        self._record("begin_create_or_update", name=deployment.name, endpoint_name=deployment.endpoint_name, doc=doc)
+        self._record("begin_create_or_update", name=deployment.name, endpoint_name=deployment.endpoint_name, doc=doc,
+                     update=(deployment.endpoint_name, deployment.name) in self._client.deployments)
         load_back(doc)
         if deployment.endpoint_name not in self._client.endpoints:
             raise _not_found(f"endpoint {deployment.endpoint_name}")
@@ -134,6 +135,12 @@ class FakeOnlineDeployments(_Ops):
         if self._client.fail_deployment:
             return FakePoller(error=_http_error("ResourceNotReady: User container has crashed or terminated."))
         return FakePoller(copy.deepcopy(deployment))
+
+    def get(self, name: str, endpoint_name: str) -> Any:
+        self._record("get", name=name, endpoint_name=endpoint_name)
+        if (endpoint_name, name) not in self._client.deployments:
+            raise _not_found(f"deployment {name}")
+        return copy.deepcopy(self._client.deployments[(endpoint_name, name)])
 
     def get_logs(self, name: str, endpoint_name: str, lines: int, *, container_type: str | None = None) -> str:
         self._record("get_logs", name=name, endpoint_name=endpoint_name, lines=lines, container_type=container_type)
@@ -192,6 +199,23 @@ class FakeEnvironments(_Ops):
         return loaded
 
 
+class FakeData(_Ops):
+    """Data assets: the file is read at create time (what the SDK uploads), then kept by NAME:VERSION."""
+
+    def create_or_update(self, data: Any) -> Any:
+        import io
+        from pathlib import Path
+
+        import yaml
+        from azure.ai.ml import load_data
+
+        content = Path(data.path).read_text(encoding="utf-8")
+        self._record("create_or_update", name=data.name, version=data.version, type=data.type, tags=dict(data.tags))
+        loaded = load_data(source=io.StringIO(yaml.safe_dump(entity_dict(data))))
+        self._client.data_store[f"{data.name}:{data.version}"] = (loaded, content)
+        return copy.deepcopy(loaded)
+
+
 class FakeJobs(_Ops):
     def list(self, **kwargs: Any) -> list[Any]:
         self._record("list")
@@ -239,6 +263,7 @@ class FakeMLClient:
         self.environment_store: dict[str, Any] = {}
         self.job_store: dict[str, Any] = {}
         self.connection_store: dict[str, Any] = {}
+        self.data_store: dict[str, tuple[Any, str]] = {}
         self.fail_deployment = False
         self.fail_traffic = False
         self.workspace_deleted = False
@@ -250,6 +275,7 @@ class FakeMLClient:
         self.jobs = FakeJobs(self, "jobs")
         self.workspaces = FakeWorkspaces(self, "workspaces")
         self.connections = FakeConnections(self, "connections")
+        self.data = FakeData(self, "data")
 
     def models_by_ref(self) -> set[str]:
         return {f"{m.name}:{m.version}" for m in self.model_store}

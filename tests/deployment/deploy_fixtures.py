@@ -46,9 +46,20 @@ assert set(OUTPUTS) == set(REQUIRED_KEYS)
 
 @pytest.fixture
 def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private FINETUNE_PHI_RUNS for one test, holding the default eval file runs/data/test.jsonl."""
     root = tmp_path / "runs"
     monkeypatch.setenv("FINETUNE_PHI_RUNS", str(root))
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in EVAL_ROWS), encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def eval_file(tmp_path: Path) -> Path:
+    """Held-out conversations the fake scoring server knows the answers to."""
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in EVAL_ROWS), encoding="utf-8")
+    return path
 
 
 @pytest.fixture
@@ -63,14 +74,28 @@ def outputs(outputs_file: Path) -> StackOutputs:
     return StackOutputs.from_mapping(OUTPUTS, source=str(outputs_file))
 
 
+EVAL_ROWS = [
+    {"messages": [{"role": "user", "content": f"What is the capital of country number {i}?"},
+                  {"role": "assistant", "content": f"The capital of country number {i} is City {i}, on the river R{i}."}]}
+    for i in range(12)
+]
+SMOKE_REPLY = "I am a fine-tuned Phi-3."
+
+
 class ScoringServer:
-    """Answers like a deployment running score.py; `mode` = ok | error | empty."""
+    """Answers like a deployment running score.py; `mode` = ok | error | empty.
+
+    A good deployment answers each held-out question with its reference reply (EVAL_ROWS); the
+    deployments named in `worse` answer the smoke test but not the questions.
+    """
 
     def __init__(self) -> None:
         self.mode = "ok"
+        self.worse: set[str] = set()
         self.requests: list[dict] = []
         self.log: list[Call] | None = None
         server = self
+        references = {row["messages"][0]["content"]: row["messages"][1]["content"] for row in EVAL_ROWS}
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
@@ -87,7 +112,9 @@ class ScoringServer:
                 elif server.mode == "empty":
                     self._send(200, {"output": "", "finish_reason": "stop"})
                 else:
-                    self._send(200, {"output": "I am a fine-tuned Phi-3.", "finish_reason": "stop",
+                    question = (body.get("messages") or [{}])[-1].get("content", "")
+                    good = deployment not in server.worse and question in references
+                    self._send(200, {"output": references[question] if good else SMOKE_REPLY, "finish_reason": "stop",
                                      "usage": {"prompt_tokens": 12, "completion_tokens": 7}})
 
             def _send(self, status: int, payload: dict) -> None:

@@ -1,6 +1,7 @@
 """Blue/green orchestration against the MLClient fake and a real local HTTP scoring endpoint."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -17,7 +18,7 @@ EP = "phi3-chat-test"
 
 def _deploy(client: FakeMLClient, outputs, runs: Path, write_connection, **plan):
     return deploy_to_azure(
-        client, outputs, DeployPlan(endpoint_name=EP, **plan), code_root=runs / "deploy",
+        client, outputs, DeployPlan(endpoint_name=EP, **plan),
         write_connection=write_connection, poll_interval=0.01,
     )
 
@@ -223,7 +224,7 @@ def test_connection_failure_after_a_good_deploy_says_it_is_live(fake_client, out
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         write_connection=broken, poll_interval=0.01)
     assert "blue is live" in str(err.value) and "no keyring" in str(err.value)
     assert SECRET_KEY not in str(err.value)
@@ -241,7 +242,7 @@ def test_unexpected_connection_writer_error_is_one_message_without_the_key(
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         write_connection=write_connection, foundry_writer=foundry, poll_interval=0.01)
     message = str(err.value)
     assert "blue is live" in message and "Foundry project connection" in message and "ValueError" in message
@@ -261,7 +262,7 @@ def test_connection_failure_still_names_old_deployments_that_bill(
         raise UserError("could not write the Prompt flow connection 'phi_endpoint': no keyring")
 
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         write_connection=broken, poll_interval=0.01)
     message = str(err.value)
     assert "green is live" in message and "no keyring" in message
@@ -278,7 +279,7 @@ def test_ctrl_c_during_the_smoke_test_says_how_to_delete_the_new_deployment(
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP), code_root=runs / "deploy",
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
                         smoke_client=interrupted, write_connection=write_connection, poll_interval=0.01)
     assert fake_client.endpoints[EP].traffic == {"blue": 100}
     assert f"az ml online-deployment delete -e {EP} -n green --yes" in capsys.readouterr().err
@@ -296,3 +297,118 @@ def test_unreadable_traffic_after_a_failed_switch_keeps_both_deployments(
         _deploy(fake_client, outputs, runs, write_connection)
     assert fake_client.count("online_deployments.begin_delete", name="green") == 0
     assert sorted(name for _, name in fake_client.deployments) == ["blue", "green"]
+
+
+# -- the evaluation gate ---------------------------------------------------------------------------
+
+
+def _eval_tags(client: FakeMLClient, name: str) -> dict[str, str]:
+    return {k: v for k, v in (client.deployments[(EP, name)].tags or {}).items() if k.startswith("eval-")}
+
+
+def test_first_deploy_records_its_scores_as_the_baseline(fake_client, outputs, runs, write_connection, scoring_server):
+    from deployment.gate import TAG_FILE, TAG_MODEL, TAG_N, TAG_SCORES, TAG_VERSION
+    from deployment.metrics import metric_version
+
+    fake_client.add_job("job-1")
+    result = _deploy(fake_client, outputs, runs, write_connection)
+
+    c = fake_client
+    assert result.verdict is not None and result.verdict.live is None
+    # evaluated after the smoke test, before traffic moved; scored through the new deployment only
+    assert c.index("online_endpoints.get_keys") < c.index("data.create_or_update") \
+        < c.index("online_endpoints.begin_create_or_update", traffic={"blue": 100})
+    eval_posts = [r for r in scoring_server.requests if r["body"]["messages"][-1]["content"].startswith("What is")]
+    assert len(eval_posts) == 12 and {r["deployment"] for r in eval_posts} == {"blue"}
+    assert all(r["body"]["temperature"] == 0.0 and r["body"]["max_tokens"] == 64 for r in eval_posts)
+    tags = _eval_tags(c, "blue")
+    assert tags["eval-f1"] == "1.0000" and tags[TAG_N] == "12" and tags[TAG_MODEL] == "azureml:phi3-finetuned:1"
+    assert tags[TAG_VERSION] == metric_version() and len(tags[TAG_FILE]) == 64
+    # per-conversation scores: a data asset on Azure, JSON under runs/eval/ locally
+    asset, content = c.data_store[tags[TAG_SCORES]]
+    assert asset.type == "uri_file" and len(json.loads(content)["conversations"]) == 12
+    assert list((runs / "eval").glob("*-new-blue.json"))
+
+
+def test_a_worse_new_deployment_is_deleted_and_traffic_untouched(
+    fake_client, outputs, runs, write_connection, connection_writes, scoring_server, capsys
+):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    connection_writes.clear()
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    scoring_server.worse = {"green"}  # answers the smoke test, not the held-out questions
+
+    with pytest.raises(UserError) as err:
+        _deploy(fake_client, outputs, runs, write_connection)
+
+    c = fake_client
+    assert c.endpoints[EP].traffic == {"blue": 100}
+    assert sorted(name for _, name in c.deployments) == ["blue"]
+    assert c.count("online_endpoints.begin_create_or_update") == 0 and connection_writes == []
+    assert c.index("online_deployments.begin_delete", name="green") > c.index("online_deployments.get", name="blue")
+    message = str(err.value)
+    assert "green" in message and "refused" in message and "--force" in message and "was deleted" in message
+    table = capsys.readouterr().err
+    assert "new - live" in table and "live blue" in table and "new green" in table and "95% CI" in table
+    # the live deployment's scores were reused (same eval set, metric version, model): not asked again
+    blue_asked = [r for r in scoring_server.requests if r["deployment"] == "blue" and "country" in str(r["body"])]
+    assert len(blue_asked) == 12, "only the first deploy's baseline run asked blue"
+    assert _eval_tags(c, "blue")["eval-f1"] == "1.0000"
+    # the refused deployment's scores are kept (data asset + JSON) though the deployment is gone
+    assert any(key.startswith(f"phi3-eval-scores:{EP}-green-") for key in c.data_store)
+
+
+def test_force_moves_traffic_to_a_worse_deployment_and_says_so(
+    fake_client, outputs, runs, write_connection, scoring_server, capsys
+):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    scoring_server.worse = {"green"}
+
+    result = _deploy(fake_client, outputs, runs, write_connection, force=True)
+
+    assert result.deployment_name == "green" and result.verdict.worse and result.verdict.forced
+    assert fake_client.endpoints[EP].traffic == {"green": 100}
+    assert "--force: moving traffic anyway" in capsys.readouterr().err
+    assert float(_eval_tags(fake_client, "green")["eval-f1"]) < 0.2
+
+
+def test_live_is_rescored_when_its_tags_no_longer_match(fake_client, outputs, runs, write_connection, scoring_server):
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fake_client.deployments[(EP, "blue")].tags["eval-metric-version"] = "0/older"
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    before = len(scoring_server.requests)
+
+    result = _deploy(fake_client, outputs, runs, write_connection)
+
+    asked = {r["deployment"] for r in scoring_server.requests[before:] if "country" in str(r["body"])}
+    assert asked == {"blue", "green"} and result.deployment_name == "green"
+    assert not result.verdict.worse and result.verdict.comparison.difference.mean == 0.0
+    # the re-score was recorded on blue (a tags-only update) before traffic moved
+    update = fake_client.index("online_deployments.begin_create_or_update", name="blue", update=True)
+    assert update < fake_client.index("online_endpoints.begin_create_or_update", traffic={"green": 100})
+
+
+def test_a_missing_eval_file_fails_before_anything_is_created(fake_client, outputs, runs, write_connection):
+    fake_client.add_job("job-1")
+    with pytest.raises(UserError, match="no evaluation file"):
+        _deploy(fake_client, outputs, runs, write_connection, eval_file=runs / "missing.jsonl")
+    assert not fake_client.calls
+
+
+def test_expires_in_tags_endpoint_and_deployment(fake_client, outputs, runs, write_connection):
+    from datetime import datetime, timezone
+
+    from deployment.expiry import DELETE_AFTER
+
+    when = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    fake_client.add_job("job-1")
+    _deploy(fake_client, outputs, runs, write_connection, expires_at=when)
+    assert fake_client.endpoints[EP].tags[DELETE_AFTER] == "2026-12-01T12:00:00Z"
+    assert fake_client.deployments[(EP, "blue")].tags[DELETE_AFTER] == "2026-12-01T12:00:00Z"
+    # without --expires-in nothing expires
+    fake_client.add_job("job-2", created="2026-12-01T00:00:00Z")
+    fake_client.endpoints[EP].tags.pop(DELETE_AFTER)
+    _deploy(fake_client, outputs, runs, write_connection)
+    assert DELETE_AFTER not in fake_client.endpoints[EP].tags
+    assert DELETE_AFTER not in fake_client.deployments[(EP, "green")].tags

@@ -25,8 +25,8 @@ def _run(argv: list[str]) -> int:
 
 def test_help_is_instant_and_imports_nothing_heavy(repo_root):
     code = (
-        "import sys\nfrom deployment import deploy, teardown\n"
-        "for main in (deploy.main, teardown.main):\n"
+        "import sys\nfrom deployment import deploy, evaluate, teardown\n"
+        "for main in (deploy.main, teardown.main, evaluate.main):\n"
         "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('azure.ai.ml', 'azure.identity', 'torch', 'transformers', 'promptflow') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
@@ -35,6 +35,7 @@ def test_help_is_instant_and_imports_nothing_heavy(repo_root):
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
     assert "--instance-type" in done.stdout and "--purge-workspace" in done.stdout
+    assert "--expires-in" in done.stdout and "--expired" in done.stdout and "--eval-file" in done.stdout
 
 
 def test_dry_run_prints_yaml_the_sdk_loads_without_network(outputs_file, runs, monkeypatch, capsys):
@@ -80,6 +81,8 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     assert _run(["--outputs-file", str(outputs_file)]) == 0
     out, err = capsys.readouterr()
     assert "deployment: blue" in out and scoring_server.url in out and "teardown" in out
+    assert "price:      about $3.67/h (Standard_NC24ads_A100_v4" in out and "expires:" not in out
+    assert "evaluation: first deployment: f1 1.000 (N=12) recorded as the baseline" in out
     assert writes == [{"endpoint": scoring_server.url, "key": SECRET_KEY, "deployment": "blue"}]
     assert SECRET_KEY not in out + err
 
@@ -90,6 +93,20 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     out, err = capsys.readouterr()
     assert "error: the smoke test failed for deployment green" in err and SECRET_KEY not in out + err
     assert fake_client.endpoints[next(iter(fake_client.endpoints))].traffic == {"blue": 100}
+
+
+def test_expires_in_is_printed_with_the_teardown_command(outputs_file, runs, fake_client, scoring_server, monkeypatch,
+                                                         capsys):
+    from deployment.expiry import DELETE_AFTER
+
+    monkeypatch.setattr("common.azure.make_ml_client", lambda outputs, credential=None: fake_client)
+    monkeypatch.setattr("deployment.connection.write_phi_connection", lambda **kw: None)
+    fake_client.add_job("job-1")
+    assert _run(["--outputs-file", str(outputs_file), "--expires-in", "2h", "--instance-type", "Standard_E4s_v3"]) == 0
+    out = capsys.readouterr().out
+    tag = next(iter(fake_client.endpoints.values())).tags[DELETE_AFTER]
+    assert f"expires:    {tag} (then `python -m deployment.teardown --expired --yes` deletes it)" in out
+    assert "price:      about $0.25/h (Standard_E4s_v3" in out
 
 
 def test_foundry_connection(outputs_file, runs, fake_client, monkeypatch, capsys, tmp_path):
@@ -115,13 +132,16 @@ def test_local_target_wiring(monkeypatch, capsys, tmp_path):
 
     calls = []
 
-    def fake_deploy_local(model_dir=None, port=None):
-        calls.append((model_dir, port))
+    def fake_deploy_local(model_dir=None, port=None, **gate):
+        calls.append((model_dir, port, gate))
         return local.LocalEndpoint(url="http://127.0.0.1:5099/score", port=5099, pid=4242, model_dir=tmp_path)
 
     monkeypatch.setattr(local, "deploy_local", fake_deploy_local)
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--port", "5099"]) == 0
-    assert calls == [(tmp_path, 5099)]
+    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": None, "force": False, "margin": None})]
+    assert _run(["--target", "local", "--model-dir", str(tmp_path), "--eval-file", "e.jsonl", "--eval-limit", "5",
+                 "--eval-margin", "0.05", "--force"]) == 0
+    assert calls[-1][2] == {"eval_file": Path("e.jsonl"), "eval_limit": 5, "force": True, "margin": 0.05}
     assert "http://127.0.0.1:5099/score" in capsys.readouterr().out
 
 
@@ -132,6 +152,8 @@ def test_local_target_wiring(monkeypatch, capsys, tmp_path):
         (["--model-dir", "x"], "apply to --target local"),
         (["--dry-run", "--model", "nocolon"], "NAME:VERSION"),
         (["--dry-run", "--endpoint-name", "9bad"], "not valid"),
+        (["--dry-run", "--expires-in", "soon"], "30m, 2h, 1d"),
+        (["--target", "local", "--expires-in", "2h"], "--target azure only"),
     ],
 )
 def test_bad_arguments_are_one_clear_error(argv, message, outputs_file, runs, capsys):

@@ -73,7 +73,8 @@ def test_deploy_replace_and_teardown(latest_job: Path, runs: Path, pf_settings_a
         assert first.url == f"http://127.0.0.1:{first.port}/score"
         record = json.loads((runs / "serve" / "endpoint.json").read_text())
         assert (record["pid"], record["port"], record["url"]) == (first.pid, first.port, first.url)
-        assert read_phi_connection()["endpoint"] == first.url
+        # the server speaks the OpenAI API: the connection says so, with the base URL (ARCHITECTURE section 6)
+        assert read_phi_connection() == {"endpoint": f"http://127.0.0.1:{first.port}", "api": "openai"}
         status, answer = post(first.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert status == 200 and answer["usage"]["completion_tokens"] <= 3
 
@@ -82,7 +83,7 @@ def test_deploy_replace_and_teardown(latest_job: Path, runs: Path, pf_settings_a
         assert second.port != first.port and second.pid != first.pid
         assert _gone(first.pid) and _group_gone(first.pid)
         assert read_record() == second
-        assert read_phi_connection()["endpoint"] == second.url
+        assert read_phi_connection()["endpoint"] == f"http://127.0.0.1:{second.port}"
         assert post(second.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})[0] == 200
 
         # A replacement that fails (a folder that looks like a model but does not load) leaves the
@@ -94,7 +95,7 @@ def test_deploy_replace_and_teardown(latest_job: Path, runs: Path, pf_settings_a
             deploy_local(broken, start_timeout=120)
         assert "exited with code" in str(failure.value) and "log" in str(failure.value)
         assert read_record() == second
-        assert read_phi_connection()["endpoint"] == second.url
+        assert read_phi_connection()["endpoint"] == f"http://127.0.0.1:{second.port}"
         assert post(second.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})[0] == 200
         assert not list((runs / "serve").glob(".*.tmp"))
     finally:

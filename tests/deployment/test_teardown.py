@@ -152,3 +152,50 @@ def test_local_target(monkeypatch, capsys):
     assert _run(["--target", "local"]) == 0
     assert "nothing to stop" in capsys.readouterr().out
     assert _run(["--target", "local", "--purge-workspace"]) == 1
+
+
+def test_expired_deletes_only_our_endpoints_past_their_expiry(outputs, outputs_file, cleaned, monkeypatch, capsys):
+    from datetime import datetime, timedelta, timezone
+
+    from azure.ai.ml.entities import ManagedOnlineDeployment
+
+    from deployment.expiry import DELETE_AFTER, stamp
+
+    now = datetime.now(timezone.utc)
+    fake = FakeMLClient(workspace_name=outputs.workspace_name)
+    endpoints = {
+        "phi3-old": {DELETE_AFTER: stamp(now - timedelta(hours=1))},     # ours, expired
+        "phi3-soon": {DELETE_AFTER: stamp(now + timedelta(hours=1))},    # ours, not yet
+        "phi3-prod": {},                                                  # ours, never expires
+        "phi3-bad": {DELETE_AFTER: "next tuesday"},                      # ours, unreadable: never expired
+    }
+    for name, tags in endpoints.items():
+        endpoint = build_endpoint(name, outputs)
+        endpoint.tags.update(tags)
+        fake.online_endpoints.begin_create_or_update(endpoint)
+    theirs = ManagedOnlineEndpoint(name="theirs", auth_mode="key", tags={DELETE_AFTER: stamp(now - timedelta(days=1))})
+    fake.online_endpoints.begin_create_or_update(theirs)  # expired, but not created by this tool
+    for endpoint, sku in (("phi3-old", "Standard_NC24ads_A100_v4"), ("phi3-soon", "Standard_E4s_v3")):
+        fake.deployments[(endpoint, "blue")] = ManagedOnlineDeployment(
+            name="blue", endpoint_name=endpoint, instance_type=sku, instance_count=1)
+    fake.calls.clear()
+    monkeypatch.setattr("common.azure.make_ml_client", lambda outputs, credential=None: fake)
+
+    assert _run(["--outputs-file", str(outputs_file), "--expired", "--yes"]) == 0
+
+    assert sorted(fake.endpoints) == ["phi3-bad", "phi3-prod", "phi3-soon", "theirs"]
+    assert [c.args["name"] for c in fake.calls if c.name == "online_endpoints.begin_delete"] == ["phi3-old"]
+    out = capsys.readouterr().out
+    assert "deleted endpoints: phi3-old" in out and "saved: about $3.67/h" in out
+    assert "not expired (left running): phi3-soon, phi3-prod, phi3-bad" in out
+
+    fake.calls.clear()  # safe to run again: nothing expired is left
+    assert _run(["--outputs-file", str(outputs_file), "--expired", "--yes"]) == 0
+    assert "no endpoint created by finetune-phi is past its expiry" in capsys.readouterr().out
+    assert fake.count("online_endpoints.begin_delete") == 0
+
+
+def test_expired_does_not_combine_with_all_or_purge(outputs_file, capsys):
+    assert _run(["--outputs-file", str(outputs_file), "--expired", "--all", "--yes"]) == 1
+    assert "does not combine" in capsys.readouterr().err
+    assert _run(["--target", "local", "--expired"]) == 1
