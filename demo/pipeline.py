@@ -24,25 +24,24 @@ from training import local_runs
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEP_INTERRUPT_GRACE_S = 30.0
 """After Ctrl-C, how long a step may take to clean up before it is killed."""
-EVAL_LOSS_LINE = re.compile(r"eval loss: (?P<before>[\d.]+) before -> (?P<after>[\d.]+) after")
 
 
-# A randomly initialised 64-wide model needs a full fine-tune at a high learning rate on short
-# packs to learn in well under a minute of CPU; LoRA at 1e-4 (the trainer's default for a real
-# Phi-3) barely moves it. Measured on 2 idle cores: 8 epochs, eval loss 6.76 -> 0.70 (the chat
-# format, facts mixed up); 20 epochs, 6.76 -> 0.13 in about 25 s (the facts too).
-DEMO_TRAIN_FLAGS = (
-    "--method", "full", "--learning-rate", "5e-3", "--max-length", "256",
-    "--per-device-train-batch-size", "8", "--gradient-accumulation-steps", "1", "--gradient-checkpointing", "false",
-    "--warmup-ratio", "0.05", "--logging-steps", "20",
-)
+def _demo_recipe_flags() -> tuple[str, ...]:
+    """The trainer's `demo` recipe (training/trainer/recipes/demo.yaml) as training.submit flags."""
+    from training.trainer import settings
+
+    return tuple(settings.as_argv(settings.read_recipe("demo"), dashed=True))
+
+
+DEMO_TRAIN_FLAGS = _demo_recipe_flags()
 
 
 @dataclass(frozen=True)
 class Budget:
     """How much the demo trains; the end-to-end test uses a smaller one."""
 
-    epochs: float = 20.0
+    epochs: float | None = None
+    """None: the demo recipe's."""
     max_steps: int = -1
     questions: int = 2
     extra_train_flags: tuple[str, ...] = DEMO_TRAIN_FLAGS
@@ -183,13 +182,12 @@ def run_demo(
             _run_step("promptflow-settings", [python, "-m", "common.pf_settings"], logs, result, env)
         _run_step("data", [python, "-m", "training.data", "--source", "sample", "--out", str(data_dir)], logs, result, env)
         train_cmd = [python, "-m", "training.submit", "--target", "local", "--model", "tiny", "--data", str(data_dir),
-                     "--epochs", str(budget.epochs), "--max-steps", str(budget.max_steps), *budget.extra_train_flags]
-        train_out = _run_step("train", train_cmd, logs, result, env)
-        train_log = (logs / "train.log").read_text(encoding="utf-8", errors="replace") + train_out
-        loss = EVAL_LOSS_LINE.search(train_log)
-        if loss:
-            result.eval_loss_before, result.eval_loss_after = float(loss["before"]), float(loss["after"])
-            say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
+                     *budget.extra_train_flags, "--max-steps", str(budget.max_steps),
+                     *(["--epochs", str(budget.epochs)] if budget.epochs is not None else [])]
+        job_name = _run_step("train", train_cmd, logs, result, env).strip().splitlines()[-1]
+        summary = json.loads((local_runs.job_dir(job_name) / "model" / "summary.json").read_text(encoding="utf-8"))
+        result.eval_loss_before, result.eval_loss_after = summary["eval_loss_before"], summary["eval_loss_after"]
+        say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
         _run_step("deploy", [python, "-m", "deployment.deploy", "--target", "local"], logs, result, env)
         result.eval_table = _deploy_eval_table(runs)
         if on_deployed is not None:
@@ -215,7 +213,8 @@ def run_demo(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=float, default=Budget.epochs, help="training epochs (default: %(default)s)")
+    parser.add_argument("--epochs", type=float, default=Budget.epochs,
+                        help="training epochs (default: the trainer's demo recipe, training/trainer/recipes/demo.yaml)")
     parser.add_argument("--max-steps", type=int, default=Budget.max_steps, help="stop training after N steps")
     parser.add_argument("--questions", type=int, default=Budget.questions, help="held-out questions to ask")
     args = parser.parse_args(argv)

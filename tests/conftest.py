@@ -68,25 +68,14 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare("sample", tmp_path_factory.mktemp("sample-data") / "data").out
 
 
-TINY_TRAINING_FLAGS = [  # CPU-friendly: a few optimizer steps of a full fine-tune, no checkpointing
-    "--method", "full", "--learning_rate", "3e-3", "--max_steps", "8", "--max_length", "256",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
-    "--gradient_checkpointing", "false", "--logging_steps", "2", "--warmup_ratio", "0",
-]
+TINY_TRAINING_FLAGS = ["--config", "test"]  # training/trainer/recipes/test.yaml: a few CPU steps of a full fine-tune
 
 
 def load_fine_tune():
-    """training/trainer/fine_tune.py imported by path, as the cluster runs it (it imports nothing from the repo)."""
-    import importlib.util
-    import sys
+    """The trainer module, imported the one way everything imports it."""
+    from training.trainer import fine_tune
 
-    if "fine_tune" in sys.modules:
-        return sys.modules["fine_tune"]
-    spec = importlib.util.spec_from_file_location("fine_tune", REPO_ROOT / "training" / "trainer" / "fine_tune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fine_tune"] = module
-    spec.loader.exec_module(module)
-    return module
+    return fine_tune
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +86,7 @@ def tiny_training_flags() -> list[str]:
 
 @pytest.fixture(scope="session")
 def fine_tune():
-    """The trainer module, imported by path."""
+    """The trainer module (training.trainer.fine_tune)."""
     return load_fine_tune()
 
 

@@ -4,12 +4,14 @@
     python -m training.bench --shape phi-3.5-mini              # the real architecture, random weights; GPU only
     python -m training.bench --config tutorial default --steps 20 --warmup-steps 3
     python -m training.bench --suite other                     # submit --help/--dry-run, training.data, scoring
+    python -m training.bench --suite other --data-fraction 1%  # training.data keeping 1% of 200k rows
 
 Every configuration runs in its own process (clean peak-memory figures, no kernel patches or
 CUDA state leaking between configurations, an out-of-memory configuration does not end the
-run): the process loads `training/trainer/fine_tune.py` by path, builds the trainer with its
-own `build_trainer`, runs `--warmup-steps + --steps` optimizer steps and reports, for the
-measured steps only:
+run): the process parses the configuration's recipe and flags with the trainer's own parser,
+builds the trainer with `training.trainer.fine_tune.build_trainer`, passing what the benchmark
+varies through its seams (`load_model`, `sft_overrides`, `callbacks`), runs `--warmup-steps +
+--steps` optimizer steps and reports, for the measured steps only:
 
 - tokens/s of real tokens (attention-mask ones, or every token of a padding-free pack),
   counted in the data collator, with padding and loss-token counts beside them;
@@ -19,6 +21,10 @@ measured steps only:
   FLOPs per token, N without the input embedding, plus 12 * layers * hidden * seq_len
   attention FLOPs per token; recomputation under checkpointing is not counted, as MFU goes);
 - the training loss of the first and last step.
+
+Like for like: on a CPU every row loads fp32 weights (no autocast there: bf16 weights would
+make the CPU emulate bf16 matmuls), and each row's ratio is against the tutorial row with the
+same method (`tutorial` for full fine-tunes, `tutorial-lora` for LoRA).
 
 Results: JSON (with the machine: CPU, cores, load, GPU, library versions, date) and a
 Markdown table, written under `--out` (default runs/bench) and printed on stdout. Progress
@@ -34,70 +40,79 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from common.cli import UserError, run_cli, say, step
 
-TRAINER_FILE = Path(__file__).resolve().parent / "trainer" / "fine_tune.py"
 SHAPES = ("tiny", "phi-3.5-mini")
 DEFAULT_CONFIGS = {
-    "tiny": ("tutorial", "default", "sdpa-nopack", "packing", "batch4", "checkpointing"),
-    "phi-3.5-mini": ("tutorial", "default", "sdpa-nopack", "packing", "batch4", "full", "checkpointing",
-                     "bf16-base", "liger"),
+    "tiny": ("tutorial", "full", "packing", "sdpa-nopack", "tutorial-lora", "default", "batch4", "checkpointing"),
+    "phi-3.5-mini": ("tutorial", "full", "sdpa-nopack", "packing", "tutorial-lora", "default", "batch4",
+                     "checkpointing", "bf16-base", "liger"),
 }
 DEFAULT_STEPS = {"tiny": (8, 2), "phi-3.5-mini": (20, 5)}  # (measured steps, warm-up steps)
-
-# The Phi-3 cookbook's fine_tune.py (E2E fine-tuning + Prompt flow sample): Phi-3.5-mini loaded
-# in bf16 (bf16 master weights), eager attention, gradient checkpointing, batch 4, lr 5e-6,
-# cosine with 20% warm-up, full fine-tune, SFTTrainer(max_seq_length=2048, packing=True) on the
-# chat-templated text: the old TRL packing concatenated every conversation and cut 2048-token
-# rows (packing_strategy="wrapped" today), so conversations attend to each other and the loss
-# covers every token.
-TUTORIAL_FLAGS = ["--method", "full", "--model_dtype", "bfloat16", "--attn_implementation", "eager",
-                  "--gradient_checkpointing", "true", "--per_device_train_batch_size", "4",
-                  "--learning_rate", "5e-6", "--max_length", "2048", "--packing", "true",
-                  "--assistant_only_loss", "false", "--warmup_ratio", "0.2", "--lr_scheduler_type", "cosine"]
-
-
-def _replace_flag(flags: list[str], flag: str, value: str) -> list[str]:
-    out = list(flags)
-    out[out.index(flag) + 1] = value
-    return out
+# The tutorial's old TRL packing concatenated every conversation and cut full rows: TRL's `wrapped`
+# strategy today (cross-conversation attention). The trainer does not offer it; the benchmark sets it.
+WRAPPED_PACKING = {"packing_strategy": "wrapped", "padding_free": False}  # `wrapped` rows are full (batch, length)
+CPU_DTYPE_FLAGS = ("--model_dtype", "float32")
+"""On a CPU every row loads fp32 weights: without autocast, bf16 weights run every matmul in bf16, which a CPU
+emulates in software (3-6x slower on the tiny Phi-3 on its own), so the tutorial row would measure the CPU."""
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     name: str
     description: str
+    recipe: str = "default"
+    """The trainer recipe (training/trainer/recipes/) the configuration starts from."""
     flags: tuple[str, ...] = ()
-    """Trainer flags on top of the trainer's own defaults."""
-    packing_strategy: str | None = None
-    """Override of the trainer's TRL packing strategy (only `wrapped`, to reproduce the tutorial)."""
+    """Trainer flags on top of the recipe: what this configuration varies."""
+    sft_overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Set on TRL's SFTConfig last (the trainer's `sft_overrides` seam)."""
     liger: bool = False
+
+    @property
+    def method(self) -> str:
+        flags = dict(zip(self.flags[::2], self.flags[1::2]))
+        return flags.get("--method") or recipe(self.recipe)["method"]
+
+    @property
+    def baseline(self) -> str:
+        """The tutorial row with the same method: ratios compare LoRA with LoRA and full with full."""
+        return "tutorial" if self.method == "full" else "tutorial-lora"
+
+
+def recipe(name: str) -> dict[str, Any]:
+    from training.trainer import settings
+
+    return settings.recipe(name)
 
 
 CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
-    BenchConfig("tutorial", "cookbook fine_tune.py: bf16 weights, eager, checkpointing, batch 4, full, "
-                "wrapped packing (cross-conversation attention)", tuple(TUTORIAL_FLAGS), packing_strategy="wrapped"),
-    BenchConfig("tutorial-nopack", "tutorial settings without packing (padded batches)",
-                tuple(_replace_flag(TUTORIAL_FLAGS, "--packing", "false"))),
-    BenchConfig("default", "the trainer's defaults"),
+    BenchConfig("tutorial", "the tutorial's settings on today's stack (an upper bound on the original's speed): "
+                "recipe `tutorial`, eager, checkpointing, batch 4, full, wrapped packing (cross-conversation attention)",
+                recipe="tutorial", sft_overrides=WRAPPED_PACKING),
+    BenchConfig("tutorial-lora", "the tutorial's settings with LoRA (the baseline for the LoRA rows)",
+                recipe="tutorial", flags=("--method", "lora"), sft_overrides=WRAPPED_PACKING),
+    BenchConfig("tutorial-nopack", "the tutorial's settings without packing (padded batches)",
+                recipe="tutorial", flags=("--packing", "false")),
+    BenchConfig("default", "the trainer's defaults (recipe `default`: LoRA)"),
+    BenchConfig("full", "the defaults with a full fine-tune (fp32 master weights, checkpointing)", flags=("--method", "full")),
     BenchConfig("sdpa-nopack", "full fine-tune, fp32 master weights, sdpa, no packing, checkpointing",
-                ("--method", "full", "--attn_implementation", "sdpa", "--packing", "false")),
+                flags=("--method", "full", "--attn_implementation", "sdpa", "--packing", "false")),
     BenchConfig("packing", "sdpa-nopack + padding-free packing",
-                ("--method", "full", "--attn_implementation", "sdpa", "--packing", "true")),
+                flags=("--method", "full", "--attn_implementation", "sdpa", "--packing", "true")),
     BenchConfig("batch4", "the defaults with the earlier batch 4 x 1 accumulation step (same tokens per optimizer "
                 "step; one padding-free 8192-token row per forward instead of 2048)",
-                ("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1")),
+                flags=("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1")),
     BenchConfig("checkpointing", "the defaults with gradient checkpointing on (LoRA's default is off)",
-                ("--gradient_checkpointing", "true")),
+                flags=("--gradient_checkpointing", "true")),
     BenchConfig("bf16-base", "the defaults with the frozen base loaded in bf16 (LoRA adapters stay fp32): half the "
-                "weight memory, no per-forward weight casts", ("--model_dtype", "bfloat16")),
-    BenchConfig("lora", "defaults with LoRA", ("--method", "lora")),
-    BenchConfig("full", "defaults with a full fine-tune (fp32 master weights)", ("--method", "full")),
+                "weight memory, no per-forward weight casts", flags=("--model_dtype", "bfloat16")),
+    BenchConfig("lora", "defaults with LoRA", flags=("--method", "lora")),
     BenchConfig("liger", "defaults + Liger kernels (fused RMSNorm/SwiGLU/RoPE; TRL's own fused LM head already "
                 "avoids the full logits)", liger=True),
 )}
@@ -190,29 +205,38 @@ def _human_bytes(value: float | None) -> str:
 # ---------------------------------------------------------------- data and models
 
 
-def synthetic_rows(n: int, mean_tokens: float, tokens_per_word: float, seed: int = 0):
-    """Ultrachat-shaped rows (prompt, prompt_id, messages) whose chat-formatted length averages `mean_tokens`.
+def synthetic_words() -> list[str]:
+    """The vocabulary of the synthetic rows: the ASCII words of the bundled sample corpus."""
+    from training.sample_data import corpus_text
 
-    Lengths follow a gamma distribution (shape 4: most conversations near the mean, a long
-    tail), turns alternate user/assistant with longer assistant replies, as in ultrachat_200k.
+    return sorted({w for text in corpus_text() for w in text.split() if w.isascii()})
+
+
+def synthetic_rows(n: int, mean_words: float, seed: int = 0):
+    """Ultrachat-shaped rows (prompt, prompt_id, messages) of `mean_words` words of message text on average.
+
+    The one generator of the benchmarks (training rows of a given token length, `training.data`
+    at full scale). Lengths follow a gamma distribution (shape 4: most conversations near the
+    mean, a long tail, capped at 6x the mean), turns alternate user/assistant with longer
+    assistant replies, as in ultrachat_200k. Every prompt_id is distinct.
     """
     import random
 
-    from training.sample_data import corpus_text, prompt_id
+    from training.sample_data import prompt_id
 
     rng = random.Random(seed)
-    words = sorted({w for text in corpus_text() for w in text.split() if w.isascii()})
-    for _ in range(n):
-        target = min(max(rng.gammavariate(4.0, mean_tokens / 4.0), 64.0), 6 * mean_tokens)
-        word_budget = max(8, int(target / tokens_per_word))
+    words = synthetic_words()
+    for i in range(n):
+        budget = max(8, int(min(rng.gammavariate(4.0, mean_words / 4.0), 6 * mean_words)))
         turns = rng.choice((1, 2, 2, 3, 3, 4))
         messages = []
-        for turn in range(turns):
-            share = word_budget // turns
-            user = max(3, share // 5)
+        for _ in range(turns):
+            share = max(4, budget // turns)
+            user = max(1, share // 5)
             messages.append({"role": "user", "content": " ".join(rng.choices(words, k=user)) + "?"})
-            messages.append({"role": "assistant", "content": " ".join(rng.choices(words, k=max(3, share - user))) + "."})
-        yield {"prompt": messages[0]["content"], "prompt_id": prompt_id(messages[0]["content"]), "messages": messages}
+            messages.append({"role": "assistant", "content": " ".join(rng.choices(words, k=share - user)) + "."})
+        prompt = messages[0]["content"]
+        yield {"prompt": prompt, "prompt_id": prompt_id(f"{i}:{prompt}"), "messages": messages}
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -227,7 +251,7 @@ def tokens_per_word(tokenizer_dir: Path, mean_tokens: float) -> float:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    rows = list(synthetic_rows(20, mean_tokens, 1.0, seed=99))
+    rows = list(synthetic_rows(20, mean_tokens, seed=99))
     n_words = sum(len(m["content"].split()) for r in rows for m in r["messages"])
     return sum(chat_tokens(tokenizer, r["messages"]) for r in rows) / n_words
 
@@ -266,25 +290,12 @@ def prepare_inputs(shape: str, scratch: Path, total_steps: int) -> tuple[Path, P
     with step(f"writing {rows} synthetic ultrachat-length conversations (~{ULTRACHAT_MEAN_TOKENS} tokens each)"):
         data = scratch / "data"
         data.mkdir()
-        train = write_jsonl(data / "train.jsonl", synthetic_rows(rows, ULTRACHAT_MEAN_TOKENS, ratio, seed=1))
-        test = write_jsonl(data / "test.jsonl", synthetic_rows(8, ULTRACHAT_MEAN_TOKENS, ratio, seed=2))
+        train = write_jsonl(data / "train.jsonl", synthetic_rows(rows, ULTRACHAT_MEAN_TOKENS / ratio, seed=1))
+        test = write_jsonl(data / "test.jsonl", synthetic_rows(8, ULTRACHAT_MEAN_TOKENS / ratio, seed=2))
     return model_dir, train, test, f"synthetic ultrachat-length chats (gamma lengths, mean ~{ULTRACHAT_MEAN_TOKENS} tokens)"
 
 
 # ---------------------------------------------------------------- one configuration (worker process)
-
-
-def load_trainer_module():
-    """`training/trainer/fine_tune.py` as a module (it is not a package: it is uploaded alone)."""
-    import importlib.util
-
-    # A private name and a fresh module per call: the benchmark patches functions on its copy
-    # (load_model, sft_config), which must never reach anyone else's `fine_tune`.
-    spec = importlib.util.spec_from_file_location("_training_bench_fine_tune", TRAINER_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 class TokenMeter:
@@ -348,84 +359,115 @@ def param_counts(model) -> tuple[int, int]:
     return n_params, n_trainable
 
 
-def _with_packing_strategy(original, strategy: str):
-    def sft_config(*args, **kwargs):
-        config = original(*args, **kwargs)
-        if config.packing:
-            config.packing_strategy = strategy
-            config.padding_free = False  # `wrapped` rows are full: plain (batch, 2048) tensors
-        return config
-
-    return sft_config
-
-
 def run_config(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build the trainer for one configuration, train `warmup + steps` steps, measure. In-process."""
-    import resource
-
+    """One configuration, in-process: settings, kernels, trainer with a meter and a clock, `warmup + steps` steps, numbers."""
     import torch
-    from transformers import TrainerCallback
+
+    from training.trainer import fine_tune
 
     config = CONFIGS[spec["config"]]
-    ft = load_trainer_module()
     cuda = torch.cuda.is_available()
-    if config.liger:
-        from liger_kernel.transformers import apply_liger_kernel_to_phi3
+    settings = config_settings(config, spec, cuda)
+    apply_kernels(config)
+    clock = StepClock(spec["config"], spec["warmup_steps"] + spec["steps"], cuda)
+    loader = _config_only_loader(spec.get("device", "cuda")) if spec["shape"] == "phi-3.5-mini" else None
+    trainer, plan = fine_tune.build_trainer(settings, settings.work_dir, load_model=loader,
+                                            sft_overrides=config.sft_overrides, callbacks=[clock.callback()])
+    meter = attach_meter(trainer, clock)
+    trainer.train()
+    return measurements(config, settings, plan, trainer, meter, clock, spec["warmup_steps"], cuda)
 
-        # Before the model is built (class-level patches). Not Liger's fused linear cross-entropy: it
-        # replaces Phi3ForCausalLM.forward, which SFTTrainer bypasses with its own fused LM head (it
-        # patches the instance's forward), so it would never run; TRL itself turns it off the same way.
-        apply_liger_kernel_to_phi3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                   fused_linear_cross_entropy=False)
-    if spec["shape"] == "phi-3.5-mini":
-        ft.load_model = _config_only_loader(spec.get("device", "cuda"))
-    if config.packing_strategy:
-        ft.sft_config = _with_packing_strategy(ft.sft_config, config.packing_strategy)
-    warmup, steps = spec["warmup_steps"], spec["steps"]
+
+def config_settings(config: BenchConfig, spec: Mapping[str, Any], cuda: bool):
+    """The trainer's settings for a configuration: its recipe, its flags, the run's paths and step count."""
+    from training.trainer import fine_tune
+
     work = Path(spec["work_dir"])
-    argv = ["--model_name_or_path", spec["model_dir"], "--train_file", spec["train_file"],
+    argv = ["--config", config.recipe, "--model_name_or_path", spec["model_dir"], "--train_file", spec["train_file"],
             "--eval_file", spec["eval_file"], "--output_dir", str(work / "model"), "--work_dir", str(work / "trainer"),
-            "--max_steps", str(warmup + steps), "--logging_steps", "1", *config.flags]
+            "--max_steps", str(spec["warmup_steps"] + spec["steps"]), "--logging_steps", "1", *config.flags]
+    if not cuda:
+        argv += CPU_DTYPE_FLAGS
     if spec.get("max_length"):
         argv += ["--max_length", str(spec["max_length"])]
-    args = ft.parse_args(argv)
-    trainer, plan = ft.build_trainer(args, str(work / "trainer"))
+    return fine_tune.parse_args(argv)
+
+
+def apply_kernels(config: BenchConfig) -> None:
+    if not config.liger:
+        return
+    from liger_kernel.transformers import apply_liger_kernel_to_phi3
+
+    # Before the model is built (class-level patches). Not Liger's fused linear cross-entropy: it
+    # replaces Phi3ForCausalLM.forward, which SFTTrainer bypasses with its own fused LM head (it
+    # patches the instance's forward), so it would never run; TRL itself turns it off the same way.
+    apply_liger_kernel_to_phi3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                               fused_linear_cross_entropy=False)
+
+
+@dataclass
+class StepClock:
+    """The time of every step end with the micro-batches consumed by then, and each step's loss."""
+
+    name: str
+    total_steps: int
+    cuda: bool
+    consumed: int = 0  # micro-batches handed to training_step (the collator may run one ahead)
+    marks: list[tuple[float, int]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def callback(self):
+        """A TrainerCallback that feeds this clock (the trainer's `callbacks` seam)."""
+        import torch
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                clock.marks.append((time.perf_counter(), 0))
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                clock.marks.append((time.perf_counter(), clock.consumed))
+                say(f"    [{clock.name}] step {state.global_step}/{clock.total_steps}")
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    clock.losses.append(float(logs["loss"]))
+
+        return Clock()
+
+
+def attach_meter(trainer, clock: StepClock) -> TokenMeter:
+    """Count the tokens of every micro-batch the collator makes, and which of them training consumed."""
     model = trainer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    n_params, n_trainable = param_counts(model)
     meter = TokenMeter(trainer.data_collator, base.config.num_hidden_layers, base.config.hidden_size)
     trainer.data_collator = meter
-    consumed = [0]  # micro-batches handed to training_step, in order (the collator may run one ahead)
     original_step = trainer.training_step
 
     def counting_step(model_, inputs, *rest, **kwargs):
-        consumed[0] += 1
+        clock.consumed += 1
         return original_step(model_, inputs, *rest, **kwargs)
 
     trainer.training_step = counting_step
-    marks: list[tuple[float, int]] = []  # (time at step end, micro-batches consumed by then)
-    losses: list[float] = []
+    return meter
 
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            marks.append((time.perf_counter(), 0))
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            marks.append((time.perf_counter(), consumed[0]))
-            say(f"    [{spec['config']}] step {state.global_step}/{warmup + steps}")
+def measurements(config: BenchConfig, settings, plan, trainer, meter: TokenMeter, clock: StepClock, warmup: int,
+                 cuda: bool) -> dict[str, Any]:
+    """Tokens/s, step times, FLOPs, memory and losses of the measured steps (warm-up excluded)."""
+    import resource
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+    import torch
 
-    trainer.add_callback(Clock())
-    trainer.train()
-
+    n_params, n_trainable = param_counts(trainer.model)
+    marks = clock.marks
     first, last = marks[warmup], marks[-1]
     measured = meter.batches[first[1]:last[1]]
     seconds = last[0] - first[0]
@@ -436,15 +478,17 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     step_times = [b[0] - a[0] for a, b in zip(marks[warmup:-1], marks[warmup + 1:])]
     gpu = torch.cuda.get_device_name(0) if cuda else None
     peak = gpu_peak_flops(gpu)
+    losses = clock.losses
     return {
-        "config": config.name, "status": "ok", "description": config.description, "flags": list(config.flags),
+        "config": config.name, "status": "ok", "description": config.description, "recipe": config.recipe,
+        "flags": list(config.flags), "baseline": config.baseline,
         "plan": {"attn_implementation": plan.attn_implementation, "packing": plan.packing,
-                 "packing_strategy": config.packing_strategy or ("bfd" if plan.packing else None),
+                 "packing_strategy": config.sft_overrides.get("packing_strategy") or ("bfd" if plan.packing else None),
                  "assistant_only_loss": plan.assistant_only_loss, "precision": plan.precision,
-                 "method": args.method, "model_dtype": args.model_dtype,
-                 "gradient_checkpointing": args.gradient_checkpointing,
-                 "per_device_train_batch_size": args.per_device_train_batch_size, "max_length": args.max_length,
-                 "learning_rate": args.learning_rate, "notes": plan.notes},
+                 "method": settings.method, "model_dtype": settings.model_dtype,
+                 "gradient_checkpointing": settings.gradient_checkpointing,
+                 "per_device_train_batch_size": settings.per_device_train_batch_size,
+                 "max_length": settings.max_length, "learning_rate": settings.learning_rate, "notes": plan.notes},
         "device": gpu or "cpu",
         "params_without_embedding": n_params, "trainable_params": n_trainable,
         "warmup_steps": warmup, "steps_measured": len(step_times),
@@ -554,12 +598,12 @@ def run_training_suite(shape: str, names: Sequence[str], steps: int, warmup: int
 
 def training_markdown(suite: dict[str, Any]) -> str:
     rows = suite["results"]
-    base = next((r for r in rows if r["config"] == "tutorial" and r["status"] == "ok"), None)
+    ok = {r["config"]: r for r in rows if r["status"] == "ok"}
     lines = [
         f"Shape `{suite['shape']}`, {suite['warmup_steps']} warm-up + {suite['steps']} measured steps; data: {suite['data']}"
         + (f"; max length overridden to {suite['max_length_override']}." if suite.get("max_length_override") else "."),
         "",
-        "| config | tokens/s | vs tutorial | s/step (median) | peak memory | MFU | loss first -> last | padding | attention / packing / precision / method |",
+        "| config | tokens/s | vs tutorial (same method) | s/step (median) | peak memory | MFU | loss first -> last | padding | attention / packing / precision / method |",
         "|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
@@ -567,7 +611,8 @@ def training_markdown(suite: dict[str, Any]) -> str:
             lines.append(f"| {r['config']} | - | - | - | - | - | - | - | {r['status']}: {r.get('error', '')} |")
             continue
         p = r["plan"]
-        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        base = ok.get(r.get("baseline", "tutorial"))
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x vs {base['config']}" if base else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
         packing = p["packing_strategy"] if p["packing"] else "no packing"
         what = (f"{p['attn_implementation']} / {packing} / {p['precision']}, {p['model_dtype']} weights / {p['method']}"
@@ -577,7 +622,8 @@ def training_markdown(suite: dict[str, Any]) -> str:
             f"| {mfu} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | {100 * r['padding_fraction']:.0f}% | {what} |")
     kinds = {r.get("peak_memory_kind") for r in rows if r["status"] == "ok"}
     if "process_peak_rss" in kinds:
-        lines += ["", "Peak memory is the benchmark process's peak RSS (CPU), libraries included."]
+        lines += ["", "Peak memory is the benchmark process's peak RSS (CPU), libraries included. On a CPU every "
+                  "row loads fp32 weights (like for like: no autocast there)."]
     return "\n".join(lines) + "\n"
 
 
@@ -619,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--data-rows", type=int, default=200_000, help="rows of the synthetic training.data input (default: 200000)")
     other.add_argument("--data-row-chars", type=int, default=5_500,
                        help="characters of message text per synthetic row (default: 5500, about ultrachat's 1,375 tokens)")
+    other.add_argument("--data-fraction", default="100%",
+                       help="training.data --fraction for the data-prep measurement (default: 100%%)")
     other.add_argument("--scoring-requests", type=int, default=10,
                        help="requests per request shape for the local scoring measurement; 0 skips it (default: 10)")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -679,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             (scratch / "other").mkdir()
             report["other"] = bench_other.run_other(scratch / "other", data_rows=args.data_rows,
-                                                    row_chars=args.data_row_chars, scoring_requests=args.scoring_requests)
+                                                    row_chars=args.data_row_chars, scoring_requests=args.scoring_requests,
+                                                    fraction=args.data_fraction)
             sections += ["\n## Other speeds users feel\n\n", bench_other.other_markdown(report["other"])]
         if training:
             (scratch / "training").mkdir()

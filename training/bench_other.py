@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -90,27 +89,15 @@ def _repeat(what: str, argv: list[str], scratch: Path, env: dict[str, str], time
 
 def synthetic_chat_rows(path: Path, rows: int, row_chars: int, seed: int = 0) -> int:
     """Write `rows` ultrachat-format rows with about `row_chars` characters of message text each; returns bytes."""
-    from training.sample_data import corpus_text, prompt_id
+    from training.bench import synthetic_rows, synthetic_words, write_jsonl
 
-    rng = random.Random(seed)
-    words = sorted({w for text in corpus_text() for w in text.split()})
-    mean_word = sum(len(w) + 1 for w in words) / len(words)
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
-        for i in range(rows):
-            n_words = max(4, int(rng.gammavariate(4.0, row_chars / mean_word / 4.0)))
-            turns = rng.choice((1, 2, 3, 3, 4))
-            messages = []
-            for _ in range(turns):
-                share = max(2, n_words // turns)
-                messages.append({"role": "user", "content": " ".join(rng.choices(words, k=max(1, share // 5)))})
-                messages.append({"role": "assistant", "content": " ".join(rng.choices(words, k=max(1, share - share // 5)))})
-            prompt = messages[0]["content"]
-            out.write(json.dumps({"prompt": prompt, "prompt_id": prompt_id(f"{i}:{prompt}"), "messages": messages},
-                                 ensure_ascii=False) + "\n")
-    return path.stat().st_size
+    words = synthetic_words()
+    mean_word_chars = sum(len(w) + 1 for w in words) / len(words)
+    return write_jsonl(path, synthetic_rows(rows, row_chars / mean_word_chars, seed=seed)).stat().st_size
 
 
-def run_other(scratch: Path, data_rows: int, row_chars: int, scoring_requests: int) -> dict[str, Any]:
+def run_other(scratch: Path, data_rows: int, row_chars: int, scoring_requests: int,
+              fraction: str = "100%") -> dict[str, Any]:
     env = {**os.environ, "FINETUNE_PHI_RUNS": str(scratch / "runs"), "STACK_OUTPUTS_FILE": ""}
     python = sys.executable
     results: list[dict[str, Any]] = []
@@ -131,10 +118,12 @@ def run_other(scratch: Path, data_rows: int, row_chars: int, scoring_requests: i
     source = scratch / "synthetic.jsonl"
     with step(f"writing {data_rows:,} synthetic chat rows"):
         size = synthetic_chat_rows(source, data_rows, row_chars)
-    with step(f"training.data on {data_rows:,} rows ({size / 2**20:,.0f} MiB)"):
-        row = _repeat(f"training.data, {data_rows:,} rows", [python, "-m", "training.data", "--source", str(source),
-                                                             "--out", str(scratch / "prepared")], scratch, env, 1)
-    row.update(input_bytes=size, rows=data_rows, rows_per_s=data_rows / row["wall_s"], mib_per_s=size / 2**20 / row["wall_s"])
+    what = f"training.data, {data_rows:,} rows" + (f", {fraction} kept" if fraction != "100%" else "")
+    with step(f"training.data on {data_rows:,} rows ({size / 2**20:,.0f} MiB), --fraction {fraction}"):
+        row = _repeat(what, [python, "-m", "training.data", "--source", str(source), "--out", str(scratch / "prepared"),
+                             "--fraction", fraction], scratch, env, 1)
+    row.update(input_bytes=size, rows=data_rows, fraction=fraction, rows_per_s=data_rows / row["wall_s"],
+               mib_per_s=size / 2**20 / row["wall_s"])
     results.append(row)
     source.unlink()
 

@@ -1,5 +1,8 @@
 """`--target local`: the same trainer, with the same arguments, in a subprocess on this machine.
 
+The command is `python -m training.trainer.fine_tune` with every resolved setting (as the Azure
+job's `python -m trainer.fine_tune`); the model folder also holds the trainer's summary.json.
+
 Layout (see training.local_runs): runs/jobs/<job>/train.log, runs/jobs/<job>/model (the named
 `model` output, an MLflow model), MLflow tracking in runs/mlruns. Only a job that finished
 with a complete model becomes LATEST, which is what `deployment.deploy --target local` uses.
@@ -19,7 +22,9 @@ from typing import Mapping, Sequence
 from common.cli import UserError, say
 from training import local_runs
 from training.discovery import EXPERIMENT_NAME
-from training.hyperparams import TRAINER_DIR, TRAINER_ENTRY, trainer_argv
+from training.hyperparams import TRAINER_MODULE, trainer_argv
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TAIL_LINES = 25
 
@@ -42,7 +47,8 @@ def tiny_model() -> Path:
 def trainer_command(model: str, train_file: Path, eval_file: Path, output_dir: Path, hyperparameters: Mapping[str, object]) -> list[str]:
     return [
         sys.executable,
-        str(TRAINER_DIR / TRAINER_ENTRY),
+        "-m",
+        TRAINER_MODULE,
         "--model_name_or_path",
         model,
         "--train_file",
@@ -79,6 +85,8 @@ def run_local(
         "MLFLOW_TRACKING_URI": local_runs.mlflow_tracking_uri(),
         "MLFLOW_EXPERIMENT_NAME": EXPERIMENT_NAME,
         "PYTHONUNBUFFERED": "1",
+        # the job runs in its own folder: `-m training.trainer.fine_tune` needs this repository on the path
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
         # the Arrow cache of the local JSON files is run output: keep it under runs/, not in ~/.cache
         "HF_DATASETS_CACHE": os.environ.get("HF_DATASETS_CACHE") or str(local_runs.runs_dir() / "cache" / "datasets"),
         **(extra_env or {}),

@@ -52,8 +52,10 @@ def test_tiny_benchmark_two_configs_reports_expected_fields(tmp_path: Path) -> N
             assert row["mfu"] is None
     # the configurations really differ the way they claim to
     tutorial, default = rows["tutorial"]["plan"], rows["default"]["plan"]
+    cpu = rows["tutorial"]["device"] == "cpu"
     assert (tutorial["attn_implementation"], tutorial["packing_strategy"], tutorial["method"], tutorial["model_dtype"]) == \
-        ("eager", "wrapped", "full", "bfloat16")
+        ("eager", "wrapped", "full", "float32" if cpu else "bfloat16")  # like for like on a CPU: fp32 weights everywhere
+    assert rows["tutorial"]["recipe"] == "tutorial" and rows["default"]["baseline"] == "tutorial-lora"
     assert tutorial["gradient_checkpointing"] and tutorial["per_device_train_batch_size"] == 4
     assert tutorial["max_length"] == default["max_length"] == 256
     assert default["attn_implementation"] in ("sdpa", "flash_attention_2") and default["packing_strategy"] == "bfd"
@@ -62,7 +64,8 @@ def test_tiny_benchmark_two_configs_reports_expected_fields(tmp_path: Path) -> N
     assert rows["tutorial"]["padding_fraction"] < 0.05
     # Markdown: next to the JSON, and on stdout (progress stays on stderr)
     markdown = out.with_suffix(".md").read_text()
-    assert "| tutorial |" in markdown and "| default |" in markdown and "1.00x" in markdown
+    assert "| tutorial |" in markdown and "| default |" in markdown and "1.00x vs tutorial" in markdown
+    assert "| default | " in markdown and "x vs tutorial-lora" not in markdown  # no LoRA baseline ran: no LoRA ratio
     assert "| tutorial |" in done.stdout and "step 1/3" not in done.stdout and "step 1/3" in done.stderr
 
 
@@ -78,19 +81,22 @@ def test_phi35_on_cpu_refuses_before_allocating(tmp_path: Path) -> None:
 
 
 def test_config_table_and_flag_checks() -> None:
-    assert {"tutorial", "default", "sdpa-nopack", "packing", "batch4", "checkpointing", "lora", "full", "liger"} <= set(bench.CONFIGS)
-    parsed = bench.load_trainer_module().parse_args(
-        ["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *bench.CONFIGS["tutorial"].flags])
-    assert (parsed.method, parsed.model_dtype, parsed.attn_implementation, parsed.learning_rate, parsed.max_length) == \
-        ("full", "bfloat16", "eager", 5e-6, 2048)
-    assert bench.CONFIGS["tutorial-nopack"].flags[bench.CONFIGS["tutorial-nopack"].flags.index("--packing") + 1] == "false"
-    trainer = bench.load_trainer_module()
+    assert {"tutorial", "tutorial-lora", "default", "sdpa-nopack", "packing", "batch4", "checkpointing", "lora", "full",
+            "liger"} <= set(bench.CONFIGS)
+    spec = {"model_dir": "m", "train_file": "t", "eval_file": "e", "work_dir": "w", "warmup_steps": 1, "steps": 2}
+    tutorial = bench.config_settings(bench.CONFIGS["tutorial"], spec, cuda=True)
+    assert (tutorial.method, tutorial.model_dtype, tutorial.attn_implementation, tutorial.learning_rate,
+            tutorial.max_length, tutorial.max_steps) == ("full", "bfloat16", "eager", 5e-6, 2048, 3)
+    assert bench.config_settings(bench.CONFIGS["tutorial"], spec, cuda=False).model_dtype == "float32"  # CPU: fp32 rows
+    assert bench.CONFIGS["tutorial"].sft_overrides["packing_strategy"] == "wrapped"
+    assert bench.config_settings(bench.CONFIGS["tutorial-nopack"], spec, cuda=True).packing is False
     for name, config in bench.CONFIGS.items():  # every configuration is a valid trainer command line
-        trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *config.flags])
-    bf16_base = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o",
-                                    *bench.CONFIGS["bf16-base"].flags])
+        settings = bench.config_settings(config, spec, cuda=True)
+        assert settings.method == config.method and bench.CONFIGS[config.baseline].method == config.method, name
+    bf16_base = bench.config_settings(bench.CONFIGS["bf16-base"], spec, cuda=True)
     assert (bf16_base.method, bf16_base.model_dtype) == ("lora", "bfloat16")
     assert set(bench.DEFAULT_CONFIGS["phi-3.5-mini"]) <= set(bench.CONFIGS)
+    assert {bench.CONFIGS[n].baseline for n in bench.DEFAULT_CONFIGS["tiny"]} <= set(bench.DEFAULT_CONFIGS["tiny"])
     assert bench.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert bench.gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert bench.gpu_peak_flops(None) is None
@@ -172,9 +178,10 @@ def test_mfu_counts_on_the_published_phi35_mini_shape() -> None:
         model = AutoModelForCausalLM.from_config(Phi3Config(**bench.PHI35_MINI_CONFIG), dtype=torch.float32)
     n_full, trainable_full = bench.param_counts(model)
     assert n_full == trainable_full == 3_821_079_552 - 32064 * 3072  # 3.72e9: all but the input embedding
-    trainer = bench.load_trainer_module()
-    args = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o"])  # the defaults: LoRA
-    lora = get_peft_model(model, trainer.lora_config(args))
+    from training.trainer import fine_tune
+
+    args = fine_tune.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o"])  # the defaults: LoRA
+    lora = get_peft_model(model, fine_tune.lora_config(args))
     n_lora, trainable_lora = bench.param_counts(lora)
     # r16 on qkv/o/gate_up/down of 32 layers: 16 x ((3072+9216) + (3072+3072) + (3072+16384) + (8192+3072)) x 32
     assert trainable_lora == 25_165_824 and n_lora == n_full + trainable_lora
@@ -192,22 +199,16 @@ def test_liger_patch_is_applied_before_the_model_and_without_the_bypassed_fused_
     fake.apply_liger_kernel_to_phi3 = lambda **kwargs: calls.append(("liger", kwargs))
     monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
-    real_loader = bench.load_trainer_module
+    from training.trainer import fine_tune
 
     class Built(Exception):
         pass
 
-    def loader():
-        module = real_loader()
+    def build_trainer(args, work_dir=None, **seams):
+        calls.append(("build_trainer", seams))
+        raise Built
 
-        def build_trainer(args, work_dir=None):
-            calls.append(("build_trainer", {}))
-            raise Built
-
-        module.build_trainer = build_trainer
-        return module
-
-    monkeypatch.setattr(bench, "load_trainer_module", loader)
+    monkeypatch.setattr(fine_tune, "build_trainer", build_trainer)
     spec = {"config": "liger", "shape": "tiny", "model_dir": "m", "train_file": "t", "eval_file": "e",
             "steps": 1, "warmup_steps": 0, "work_dir": str(tmp_path)}
     with pytest.raises(Built):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-TRAINER = Path(__file__).resolve().parents[2] / "training" / "trainer" / "fine_tune.py"
+TRAINER_DIR = Path(__file__).resolve().parents[2] / "training" / "trainer"
 
 
 def base(tmp_path: Path, *extra: str) -> list[str]:
@@ -107,7 +108,7 @@ def test_bad_rows_fail_before_any_work_with_file_and_line(fine_tune, tmp_path: P
 def test_cli_bad_data_line_is_one_error_not_a_traceback(tmp_path: Path) -> None:
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps(CHAT_ROW) + "\nnot json\n")
-    proc = subprocess.run([sys.executable, str(TRAINER), "--train_file", str(train), "--eval_file", str(train),
+    proc = subprocess.run([sys.executable, "-m", "training.trainer.fine_tune", "--train_file", str(train), "--eval_file", str(train),
                            "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: --train_file {train}: 1 of 2 rows") and f"{train}:2: not valid JSON" in proc.stderr
@@ -145,7 +146,7 @@ def test_out_of_memory_anywhere_is_advice_and_a_failed_run(fine_tune, tmp_path: 
 
 
 def test_cli_prints_one_error_and_exits_nonzero(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(TRAINER), "--train_file", str(tmp_path / "missing.jsonl"),
+    proc = subprocess.run([sys.executable, "-m", "training.trainer.fine_tune", "--train_file", str(tmp_path / "missing.jsonl"),
                            "--eval_file", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
@@ -154,8 +155,7 @@ def test_cli_prints_one_error_and_exits_nonzero(tmp_path: Path) -> None:
 
 
 def test_help_and_parsing_import_nothing_heavy(tmp_path: Path) -> None:
-    code = (f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('ft', {str(TRAINER)!r}); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+    code = ("import sys; from training.trainer import fine_tune as m; "
             f"m.parse_args({base(tmp_path)!r}); "
             "print([x for x in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'mlflow') if x in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -163,16 +163,34 @@ def test_help_and_parsing_import_nothing_heavy(tmp_path: Path) -> None:
 
 
 def test_the_trainer_imports_nothing_from_the_repo() -> None:
+    """The package is uploaded alone as `trainer/`: siblings relatively, nothing else from the repository."""
     import ast
 
-    allowed = {"torch", "transformers", "trl", "peft", "datasets", "mlflow", "accelerate"}
-    for path in TRAINER.parent.rglob("*.py"):
+    allowed = {"torch", "transformers", "trl", "peft", "datasets", "mlflow", "accelerate", "yaml"}
+    for path in TRAINER_DIR.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                assert node.level == 1 and (TRAINER_DIR / f"{(node.module or '').split('.')[0]}.py").is_file(), \
+                    f"{path.name}: from {'.' * node.level}{node.module} is not a sibling"
+                continue
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             for name in names:
                 top = name.split(".")[0]
                 assert top in allowed or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
+def test_the_package_runs_as_the_cluster_runs_it(tmp_path: Path) -> None:
+    """A copy of the folder named `trainer/`, alone on the path: `python -m trainer.fine_tune` starts and checks its inputs."""
+    import shutil
+
+    shutil.copytree(TRAINER_DIR, tmp_path / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-E", "-m", "trainer.fine_tune", "--config", "test",
+                           "--train_file", "missing.jsonl", "--eval_file", "missing.jsonl", "--output_dir", "o"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().startswith("error: --train_file missing.jsonl: no such file"), proc.stderr
 
 
 # ---------------------------------------------------------------- auto decisions
@@ -233,3 +251,58 @@ def test_oom_advice(fine_tune, tmp_path: Path) -> None:
     message = fine_tune._oom_message(args)
     assert "--per_device_train_batch_size" in message and "--method lora" in message
     assert "--gradient_checkpointing true" in message
+
+
+# ---------------------------------------------------------------- --device
+
+def test_device_cuda_without_a_gpu_refuses_before_loading_the_model(tmp_path: Path) -> None:
+    import torch
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    # an id that cannot load offline: a refusal after the model load would name the model instead
+    proc = subprocess.run([sys.executable, "-m", "training.trainer.fine_tune", "--device", "cuda",
+                           "--model_name_or_path", "microsoft/no-such-model", *base(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1, proc.stderr
+    message = proc.stderr.strip()
+    assert message.startswith("error: --device cuda, but torch sees no GPU") and "Traceback" not in message
+    assert f"torch {torch.__version__}" in message and "NVIDIA driver" in message and "--device cpu" in message
+    assert ("CPU-only build" in message) == (torch.version.cuda is None)
+    assert "no-such-model" not in message and not (tmp_path / "model").exists()
+
+
+def test_no_gpu_message_names_the_cuda_build_and_the_driver(fine_tune, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    proc_file = tmp_path / "version"
+    proc_file.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\n")
+    assert fine_tune.nvidia_driver(proc_file) == "535.183.01"
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(fine_tune, "nvidia_driver", lambda: "535.183.01")
+    message = fine_tune.no_gpu_message()
+    assert "CUDA 13.0 build" in message and "NVIDIA driver 535.183.01" in message and "CUDA 13: >= 580" in message
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "a CPU-only build" in fine_tune.no_gpu_message() and "torch==2.10.0" in fine_tune.no_gpu_message()
+
+
+def test_device_and_revision_reach_the_runtime_and_the_loader(fine_tune, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert fine_tune.detect_runtime("cpu").cuda is False and fine_tune.detect_runtime("cpu").bf16 is False
+    assert fine_tune.detect_runtime("auto").cuda is True and fine_tune.detect_runtime("cuda").bf16 is True
+    args = fine_tune.parse_args(base(tmp_path, "--model_revision", "0a1b2c3"))
+    assert args.model_revision == "0a1b2c3" and args.device == "auto"
+    seen = {}
+
+    def from_pretrained(path, **kwargs):
+        seen.update(kwargs)
+        raise OSError("stop here")
+
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(fine_tune.TrainerError, match="stop here"):
+        fine_tune.load_pretrained_model(args, "sdpa")
+    assert seen["revision"] == "0a1b2c3"

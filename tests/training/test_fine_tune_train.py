@@ -82,7 +82,73 @@ def test_mlflow_run_has_params_metrics_and_model(trained_run: dict) -> None:
     assert "loss" in metrics and "learning_rate" in metrics
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [2, 4, 6, 8]
-    assert "model/MLmodel" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    # the model is uploaded once (the job's output): the run references it and holds the summary, not a second copy
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "summary.json" in artifacts and "model" not in artifacts
+    assert run.data.tags["model_output"] == str(trained_run["output_dir"].resolve())
+
+
+def test_summary_json_sits_beside_mlmodel(trained_run: dict) -> None:
+    import json
+
+    summary = json.loads((trained_run["output_dir"] / "summary.json").read_text())
+    assert (trained_run["output_dir"] / "MLmodel").is_file()
+    assert summary["eval_loss_after"] == pytest.approx(trained_run["eval_loss_after"])
+    assert summary["global_steps"] == 8 and summary["plan"]["device"] == "cpu"
+    assert summary["settings"]["method"] == "full" and summary["settings"]["max_steps"] == 8  # the test recipe
+
+
+# ---------------------------------------------------------------- MLflow copies are optional
+
+def test_a_failing_optional_mlflow_copy_warns_and_the_job_succeeds(fine_tune, tiny_model_dir, sample_data_dir, tmp_path,
+                                                                  tiny_training_flags, monkeypatch, caplog) -> None:
+    import mlflow
+
+    def broken(*args, **kwargs):
+        raise OSError("artifact store unreachable")
+
+    for name in ("log_artifacts", "log_dict", "set_tag", "log_metrics"):
+        monkeypatch.setattr(mlflow, name, broken)
+    args = trainer_args(fine_tune, tiny_model_dir, sample_data_dir, tmp_path / "model", tiny_training_flags,
+                        "--max_steps", "1", "--log_model_artifacts", "true")
+    with caplog.at_level("WARNING", logger="fine_tune"):
+        summary = fine_tune.train(args)
+    assert (tmp_path / "model" / "MLmodel").is_file() and (tmp_path / "model" / "summary.json").is_file()
+    assert summary["global_steps"] == 1
+    warned = caplog.text
+    assert "copying the model into the MLflow run (--log_model_artifacts) failed" in warned
+    assert "logging summary.json to MLflow failed" in warned and "artifact store unreachable" in warned
+    run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], output_format="list")[0]
+    assert run.info.status == "FINISHED"
+
+
+def test_log_model_artifacts_copies_the_model_into_the_run(fine_tune, tiny_model_dir, sample_data_dir, tmp_path,
+                                                           tiny_training_flags) -> None:
+    import mlflow
+
+    args = trainer_args(fine_tune, tiny_model_dir, sample_data_dir, tmp_path / "model", tiny_training_flags,
+                        "--max_steps", "1", "--log_model_artifacts", "true")
+    fine_tune.train(args)
+    run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], output_format="list")[0]
+    assert "model/MLmodel" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}
+
+
+# ---------------------------------------------------------------- --device
+
+def test_device_cpu_trains_on_the_cpu(tmp_path, tiny_model_dir, sample_data_dir) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "training.trainer.fine_tune", "--config", "test", "--device", "cpu",
+                           "--max_steps", "1", "--model_name_or_path", str(tiny_model_dir),
+                           "--train_file", str(sample_data_dir / "train.jsonl"),
+                           "--eval_file", str(sample_data_dir / "test.jsonl"), "--output_dir", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    assert json.loads((out / "summary.json").read_text())["plan"]["device"] == "cpu"
 
 
 # ---------------------------------------------------------------- LoRA
@@ -91,10 +157,7 @@ def test_lora_trains_fp32_adapters_and_saves_a_merged_model(fine_tune, tiny_mode
                                                             tiny_training_flags) -> None:
     import torch
 
-    flags = [f for f in tiny_training_flags]
-    flags[flags.index("--method") + 1] = "lora"
-    flags[flags.index("--learning_rate") + 1] = "1e-2"
-    flags[flags.index("--max_steps") + 1] = "4"
+    flags = [*tiny_training_flags, "--method", "lora", "--learning_rate", "1e-2", "--max_steps", "4"]
     args = trainer_args(fine_tune, tiny_model_dir, sample_data_dir, tmp_path / "model", flags,
                         "--lora_r", "8", "--lora_alpha", "16", "--model_dtype", "bfloat16", "--log_model_artifacts", "false")
     trainer, plan = fine_tune.build_trainer(args, str(tmp_path / "work"))
@@ -112,8 +175,7 @@ def test_lora_trains_fp32_adapters_and_saves_a_merged_model(fine_tune, tiny_mode
 
 def test_lora_target_modules_matching_nothing_is_one_clear_error(fine_tune, tiny_model_dir, sample_data_dir, tmp_path,
                                                                   tiny_training_flags) -> None:
-    flags = list(tiny_training_flags)
-    flags[flags.index("--method") + 1] = "lora"
+    flags = [*tiny_training_flags, "--method", "lora"]
     args = trainer_args(fine_tune, tiny_model_dir, sample_data_dir, tmp_path / "model", flags,
                         "--lora_target_modules", "qkv_projj")
     with pytest.raises(fine_tune.TrainerError, match="--lora_target_modules qkv_projj matches no module"):
@@ -189,9 +251,8 @@ def test_only_rank_zero_saves_and_logs(fine_tune, tiny_model_dir, sample_data_di
                                        monkeypatch, capsys) -> None:
     import mlflow
 
-    monkeypatch.setattr(fine_tune, "detect_runtime", lambda: fine_tune.Runtime(rank=1, world_size=2, local_rank=1))
-    flags = list(tiny_training_flags)
-    flags[flags.index("--max_steps") + 1] = "1"
+    monkeypatch.setattr(fine_tune, "detect_runtime", lambda device="auto": fine_tune.Runtime(rank=1, world_size=2, local_rank=1))
+    flags = [*tiny_training_flags, "--max_steps", "1"]
     args = trainer_args(fine_tune, tiny_model_dir, sample_data_dir, tmp_path / "model", flags, "--seed", "31337")
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
     summary = fine_tune.train(args)
@@ -199,3 +260,39 @@ def test_only_rank_zero_saves_and_logs(fine_tune, tiny_model_dir, sample_data_di
     assert not (tmp_path / "model").exists()
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
     assert "eval loss:" not in capsys.readouterr().out
+
+
+def test_torchrun_two_cpu_processes_train_and_only_rank_zero_logs_and_saves(tiny_model_dir, sample_data_dir,
+                                                                            tmp_path) -> None:
+    """The distributed path for real: torchrun, two processes, gloo on CPU, the trainer's own entry point.
+
+    `--standalone`: a free rendezvous port, so parallel test runs on one machine do not collide on 29500.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    db = tmp_path / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{db}", HF_DATASETS_CACHE=str(tmp_path / "cache"), TOKENIZERS_PARALLELISM="false")
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.trainer.fine_tune", "--config", "test",
+         "--device", "cpu", "--max_steps", "3", "--model_name_or_path", str(tiny_model_dir),
+         "--train_file", str(sample_data_dir / "train.jsonl"), "--eval_file", str(sample_data_dir / "test.jsonl"),
+         "--output_dir", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    rank0 = "\n".join(line for line in proc.stderr.splitlines() if "[rank0]" in line)
+    assert proc.returncode == 0, (rank0 or proc.stderr)[-4000:]
+    assert proc.stdout.count("eval loss:") == 1  # rank 0 alone reports
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["plan"]["world_size"] == 2 and summary["plan"]["device"] == "cpu" and summary["global_steps"] == 3
+    assert (out / "MLmodel").is_file()
+    runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 never opened a run
+    assert runs[0].data.params["world_size"] == "2"

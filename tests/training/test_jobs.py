@@ -1,7 +1,6 @@
 """Job builders and dry runs: the YAML loads with azure.ai.ml.load_job and validates offline."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
@@ -63,7 +62,7 @@ def test_sft_dry_run_yaml_loads_and_validates(argv, capsys, monkeypatch, tmp_pat
     assert job.inputs["train_file"].path == str(tmp_path / "data" / "train.jsonl")
     assert job.outputs["model"].type == "uri_folder"
     assert job.resources.instance_count == 2 and job.distribution.process_count_per_instance == 1
-    assert "--epochs 2.0 --method full" in job.command
+    assert "--epochs 2.0 " in job.command and "--method full " in job.command  # every resolved setting rides along
     result = _offline_client().jobs.validate(job)
     assert result.passed, result.error_messages
 
@@ -131,33 +130,40 @@ def test_registry_params_merge_order_and_filtering() -> None:
 # ---------------------------------------------------------------- the trainer's flags and defaults
 
 
-def _load_trainer():
-    spec = importlib.util.spec_from_file_location("fine_tune_for_test", hyperparams.TRAINER_DIR / hyperparams.TRAINER_ENTRY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def test_every_trainer_hyperparameter_is_exposed_with_the_recipes_default() -> None:
+    from training.trainer import fine_tune, settings
 
-
-def test_every_trainer_flag_is_exposed_with_the_trainers_default() -> None:
-    trainer = _load_trainer()
-    parsed = vars(trainer.build_parser().parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o"]))
-    exposed = {hp.name for hp in hyperparams.HYPERPARAMETERS}
-    assert set(parsed) - set(hyperparams.JOB_FLAGS) == exposed
-    defaults = hyperparams.trainer_defaults()
-    for name in exposed:
-        assert defaults[name] == parsed[name], name
+    parser = submit.build_parser()
+    parsed = vars(fine_tune.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o"]))
+    assert set(parsed) - set(hyperparams.JOB_FLAGS) == set(hyperparams.names())
+    assert {"device", "model_revision", "model_name_or_path"} <= set(hyperparams.JOB_FLAGS)
+    defaults = settings.recipe()
+    help_text = " ".join(parser.format_help().split())
+    for name in hyperparams.names():
+        assert "--" + name.replace("_", "-") in help_text, name
+        if defaults[name] is not None:
+            assert defaults[name] == parsed[name] or name == "gradient_checkpointing", name  # auto is resolved
+    assert set(hyperparams.REGISTRY_INPUTS) <= set(hyperparams.names())
 
 
 def test_forwarded_flags_parse_in_the_trainer() -> None:
-    """What submit forwards is accepted by the trainer as the same values."""
-    trainer = _load_trainer()
+    """What submit forwards is accepted by the trainer as the same values, and carries every resolved setting."""
+    from training.trainer import fine_tune
+
     args = submit.build_parser().parse_args(
         ["--learning-rate", "3e-5", "--packing", "false", "--method", "full", "--max_steps", "7", "--lora-target-modules", "qkv_proj"])
     given = hyperparams.given(args)
-    parsed = trainer.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *hyperparams.trainer_argv(given)])
+    assert set(given) == {"learning_rate", "packing", "method", "max_steps", "lora_target_modules"}
+    argv = hyperparams.trainer_argv(given)
+    parsed = fine_tune.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *argv])
     assert (parsed.learning_rate, parsed.packing, parsed.method, parsed.max_steps, parsed.lora_target_modules) == (
         3e-5, False, "full", 7, "qkv_proj")
+    flags = argv[::2]
+    assert flags == ["--" + name for name in hyperparams.names()]  # every hyperparameter, resolved
+    assert argv[argv.index("--gradient_checkpointing") + 1] == "true"  # auto, resolved for a full fine-tune
+    assert argv[argv.index("--lora_r") + 1] == "16"
+    with pytest.raises(hyperparams.RefusedByTrainer, match="--epochs"):
+        hyperparams.check_with_trainer({"epochs": -1.0})
 
 
 def test_help_shows_trainer_defaults_without_heavy_imports() -> None:
@@ -166,7 +172,7 @@ def test_help_shows_trainer_defaults_without_heavy_imports() -> None:
         "t = time.perf_counter()\n"
         "from training.submit import build_parser\n"
         "text = build_parser().format_help()\n"
-        "heavy = [m for m in ('azure', 'torch', 'transformers', 'trl', 'mlflow', 'promptflow', 'yaml') if m in sys.modules]\n"
+        "heavy = [m for m in ('azure', 'torch', 'transformers', 'trl', 'mlflow', 'promptflow') if m in sys.modules]\n"
         "print(heavy, round(time.perf_counter() - t, 2))\n"
         "print(text)\n"
     )

@@ -156,8 +156,8 @@ def test_registry_recipe_is_azure_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "-1"], "argument --epochs: must be > 0"),
     (["--max-steps", "0"], "--max-steps must be a positive step count or -1"),
-    (["--warmup-ratio", "1.5"], "argument --warmup-ratio: must be in [0, 1)"),
-    (["--lora-dropout", "1"], "argument --lora-dropout: must be in [0, 1)"),
+    (["--warmup-ratio", "1.5"], "argument --warmup-ratio/--warmup_ratio: must be in [0, 1)"),
+    (["--lora-dropout", "1"], "argument --lora-dropout/--lora_dropout: must be in [0, 1)"),
 ])
 def test_values_the_trainer_refuses_are_refused_before_any_job(tmp_path: Path, flags: list[str], message: str) -> None:
     outputs = write_stack_outputs(tmp_path / "outputs.json")

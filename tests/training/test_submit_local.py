@@ -61,6 +61,6 @@ def test_local_failure_shows_the_log_tail_and_keeps_latest(tmp_path: Path, sampl
 def test_local_dry_run_prints_the_trainer_command(sample_data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert submit.main(["--target", "local", "--data", str(sample_data_dir), "--dry-run", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
-    assert f"training/trainer/fine_tune.py --model_name_or_path {local_runs.tiny_model_dir()}" in out
+    assert f"-m training.trainer.fine_tune --model_name_or_path {local_runs.tiny_model_dir()}" in out
     assert "--epochs 2.0" in out
     assert not local_runs.tiny_model_dir().exists()  # a dry run builds nothing

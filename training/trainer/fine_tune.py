@@ -1,8 +1,10 @@
 """Supervised fine-tuning of a Phi-3 chat model with TRL's SFTTrainer, logged to MLflow.
 
-This folder is the only code uploaded to the Azure ML cluster: it imports nothing from the
-repository (torch, transformers, trl, peft, datasets and mlflow only) and runs unchanged on a
-laptop CPU with the tiny offline model.
+This package is the only code uploaded to the Azure ML cluster (as `trainer/`, run as
+`python -m trainer.fine_tune`): it imports nothing from the repository (torch, transformers,
+trl, peft, datasets and mlflow only) and runs unchanged on a laptop CPU with the tiny offline
+model (`python -m training.trainer.fine_tune`). Its settings are declared in `settings.py`,
+their values in `recipes/`.
 
 What it gets right that the Phi-3 cookbook's fine_tune.py does not:
 - current TRL API: everything in `SFTConfig`, the tokenizer as `processing_class`;
@@ -12,18 +14,18 @@ What it gets right that the Phi-3 cookbook's fine_tune.py does not:
   only with an attention implementation that isolates the packed sequences;
 - loss on assistant turns only when the chat template marks them (`{% generation %}`), or TRL
   has a marked training variant of it;
-- MLflow on (Azure ML's parameter limit respected): a bounded parameter set, train/eval
-  metrics, eval loss before and after training, and the model as an MLflow transformers model
-  (task llm/v1/chat) written to `--output_dir` (the job's named `model` output);
+- the device it was asked for: `--device cuda` refuses to crawl on a CPU;
+- the model written once, to `--output_dir` (the job's named `model` output) as an MLflow
+  transformers model (task llm/v1/chat) with `summary.json` beside `MLmodel`; the MLflow run
+  (Azure ML's parameter limit respected) gets parameters, metrics and that summary, and a copy
+  of the model only when asked (`--log_model_artifacts true`);
 - under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) only rank 0 logs and saves.
 
-Python API (the benchmark imports this file by path): `parse_args(argv)`, `build_trainer(args)`,
-`train(args)`, `main(argv)`.
+Python API: `parse_args(argv)`, `build_trainer(args, ..., load_model=, sft_overrides=, callbacks=)`
+(the benchmark's seams), `train(args)`, `main(argv)`.
 """
-# No `from __future__ import annotations`: the file must also load by path (importlib) without being
-# registered in sys.modules, which dataclasses with string annotations would need.
+from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -35,17 +37,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-DEFAULT_MODEL = "microsoft/Phi-3.5-mini-instruct"
-DEFAULT_LEARNING_RATE = {"full": 5e-6, "lora": 1e-4}
+from .settings import Settings, build_parser, parse_args  # noqa: F401 - the trainer's CLI and Python API
+
 KEEP_COLUMNS = ("messages",)  # ultrachat's `prompt` would send TRL down the prompt/completion path
 MAX_PARAM_CHARS = 250  # Azure ML / MLflow parameter values are bounded; keep ours short
 ROLES = ("system", "user", "assistant")
 MAX_LISTED_PROBLEMS = 5
-# transformers schedulers that need no `lr_scheduler_kwargs` and no metric (the others fail after the model loads)
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt")
+SUMMARY_FILE = "summary.json"
 
 log = logging.getLogger("fine_tune")
 
@@ -54,108 +54,9 @@ class TrainerError(Exception):
     """An expected failure with a message that says what to do (printed without a traceback)."""
 
 
-# ---------------------------------------------------------------- arguments
+# ---------------------------------------------------------------- inputs
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fine_tune.py",
-        description="Fine-tune a Phi-3 chat model with TRL SFT; save an MLflow transformers model to --output_dir.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="hub id or local folder (save_pretrained layout)")
-    p.add_argument("--train_file", required=True, help="JSONL, ultrachat_200k format (`messages` list)")
-    p.add_argument("--eval_file", required=True, help="JSONL, same format")
-    p.add_argument("--output_dir", required=True, help="where the MLflow model goes (empty or missing folder)")
-    p.add_argument("--work_dir", default=None, help="trainer scratch (logs); default: a temporary folder")
-    p.add_argument("--epochs", type=_positive(float), default=1.0)
-    p.add_argument("--max_steps", type=int, default=-1, help="stop after N optimizer steps (-1: run the epochs)")
-    p.add_argument("--learning_rate", type=_positive(float), default=None,
-                   help=f"default: {DEFAULT_LEARNING_RATE['full']} for full, {DEFAULT_LEARNING_RATE['lora']} for lora")
-    # Batch 1 x 4 accumulation (the tutorial's 4 sequences per step): with padding-free packing a
-    # batch of 4 is one 8,192-token row whose attention SDPA computes densely (docs/BENCHMARKS.md).
-    p.add_argument("--per_device_train_batch_size", type=_positive(int), default=1)
-    p.add_argument("--per_device_eval_batch_size", type=_positive(int), default=4)
-    p.add_argument("--gradient_accumulation_steps", type=_positive(int), default=4)
-    p.add_argument("--max_length", type=_positive(int), default=2048, help="tokens per sequence (per pack with packing)")
-    p.add_argument("--packing", type=_bool, default=True, metavar="{true,false}",
-                   help="padding-free packing (only where the attention isolates packed sequences)")
-    p.add_argument("--method", choices=("full", "lora"), default="lora")
-    p.add_argument("--lora_r", type=_positive(int), default=16)
-    p.add_argument("--lora_alpha", type=_positive(int), default=32)
-    p.add_argument("--lora_dropout", type=_fraction, default=0.05)
-    p.add_argument("--lora_target_modules", default="all-linear",
-                   help="`all-linear` or a comma-separated list such as qkv_proj,o_proj")
-    p.add_argument("--attn_implementation", choices=("auto", "sdpa", "eager", "flash_attention_2"), default="auto",
-                   help="auto: flash_attention_2 when installed and on CUDA, else sdpa")
-    p.add_argument("--gradient_checkpointing", choices=("auto", "true", "false"), default="auto",
-                   help="auto: on for full fine-tuning (fp32 master weights + AdamW leave little room on 80 GB), "
-                        "off for LoRA (recomputation costs about a third of a step)")
-    p.add_argument("--model_dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="weights as loaded; with --method full, bfloat16 reproduces the tutorial (bf16 master "
-                        "weights lose updates); with lora it halves the frozen base's memory (adapters stay fp32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--assistant_only_loss", choices=("auto", "true", "false"), default="auto",
-                   help="auto: on when the chat template marks assistant turns (or TRL has a marked variant)")
-    p.add_argument("--warmup_ratio", type=_fraction, default=0.03)
-    p.add_argument("--lr_scheduler_type", choices=LR_SCHEDULERS, default="cosine")
-    p.add_argument("--logging_steps", type=_positive(int), default=10)
-    p.add_argument("--eval_steps", type=int, default=0, help="also evaluate every N steps (0: before and after only)")
-    p.add_argument("--weight_decay", type=_non_negative, default=0.0)
-    p.add_argument("--log_model_artifacts", type=_bool, default=True, metavar="{true,false}",
-                   help="also log the saved model folder to the MLflow run (a second copy)")
-    return p
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and check the flags (argparse exits 2 with a usage line on bad ones)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.max_steps == 0 or args.max_steps < -1:
-        parser.error("--max_steps must be a positive step count or -1")
-    if args.eval_steps < 0:
-        parser.error("--eval_steps must be >= 0")
-    if args.learning_rate is None:
-        args.learning_rate = DEFAULT_LEARNING_RATE[args.method]
-    args.gradient_checkpointing = (
-        args.method == "full" if args.gradient_checkpointing == "auto" else args.gradient_checkpointing == "true"
-    )
-    return args
-
-
-def check_paths(args: argparse.Namespace, rows: bool = True) -> None:
+def check_paths(args: Settings, rows: bool = True) -> None:
     """Fail before any heavy work: inputs exist (and, with `rows`, hold valid chat rows), the output folder can take the model."""
     for flag in ("train_file", "eval_file"):
         path = Path(getattr(args, flag))
@@ -249,10 +150,14 @@ class Runtime:
         return self.rank == 0
 
 
-def detect_runtime() -> Runtime:
+def detect_runtime(device: str = "auto") -> Runtime:
+    """Rank, world size and precision for `--device` (cuda: a GPU or a TrainerError, before any model loads)."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    visible = torch.cuda.is_available()
+    if device == "cuda" and not visible:
+        raise TrainerError(no_gpu_message())
+    cuda = visible and device != "cpu"
     bf16 = cuda and torch.cuda.is_bf16_supported()
     return Runtime(
         rank=int(os.environ.get("RANK", "0")),
@@ -260,6 +165,50 @@ def detect_runtime() -> Runtime:
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         cuda=cuda, bf16=bf16, fp16=cuda and not bf16,
     )
+
+
+def nvidia_driver(proc_file: Path = Path("/proc/driver/nvidia/version")) -> str | None:
+    """The NVIDIA kernel driver's version, when this machine has one (no GPU library needed)."""
+    try:
+        first = proc_file.read_text(encoding="utf-8", errors="replace").splitlines()[0]
+    except (OSError, IndexError):
+        first = ""
+    words = first.split()
+    for i, word in enumerate(words):  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  ..."
+        if word == "Module" and i + 1 < len(words):
+            return words[i + 1]
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        import subprocess
+
+        try:
+            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=20)
+            version = out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
+            return version or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return None
+
+
+def no_gpu_message() -> str:
+    """Why `--device cuda` sees no GPU, with torch's CUDA build and the driver, and what to do."""
+    import torch
+
+    build = torch.version.cuda
+    driver = nvidia_driver()
+    facts = (f"torch {torch.__version__} ({'CUDA ' + build + ' build' if build else 'a CPU-only build'}), "
+             f"NVIDIA driver {driver or 'not found'}")
+    if not build:
+        advice = "install a CUDA build of torch (the Azure ML environment pins torch==2.10.0, a CUDA 12.8 build)"
+    elif driver is None:
+        advice = "run on a GPU machine or cluster (no NVIDIA driver is loaded here)"
+    else:
+        major = build.split(".")[0]
+        advice = (f"match torch and the driver: a CUDA {major} build needs a driver for CUDA {major} (CUDA 13: "
+                  ">= 580; CUDA 12: >= 525). Azure ML's driver 535 runs CUDA 12 builds such as torch==2.10.0")
+    return (f"--device cuda, but torch sees no GPU: {facts}. Nothing was loaded. To fix it, {advice}; "
+            "or pass --device cpu (or auto) to train on the CPU, which is only sensible for the tiny test model.")
 
 
 def resolve_attention(requested: str, cuda: bool) -> str:
@@ -322,6 +271,7 @@ class Plan:
     assistant_only_loss: bool
     precision: str  # fp32 | bf16-autocast | fp16-autocast
     world_size: int
+    device: str = "cpu"  # cuda | cpu
     train_rows: int = 0
     eval_rows: int = 0
     notes: list[str] = field(default_factory=list)
@@ -338,11 +288,11 @@ def _load_failure(what: str, path: str, err: Exception) -> TrainerError:
     )
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as err:
         raise _load_failure("tokenizer", path, err) from err
     if tokenizer.pad_token is None:
@@ -350,7 +300,7 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_model(args: argparse.Namespace, attn_implementation: str):
+def load_pretrained_model(args: Settings, attn_implementation: str):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -360,7 +310,7 @@ def load_model(args: argparse.Namespace, attn_implementation: str):
                     "represent round to nothing (the tutorial's setting; use it only to compare).")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            args.model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+            args.model_name_or_path, revision=args.model_revision, dtype=dtype, attn_implementation=attn_implementation)
     except (OSError, ValueError) as err:
         raise _load_failure("model", args.model_name_or_path, err) from err
     model.config.use_cache = False  # no KV cache while training (and needed with checkpointing)
@@ -382,7 +332,7 @@ def load_jsonl_datasets(train_file: str, eval_file: str):
     return out[0], out[1]
 
 
-def lora_config(args: argparse.Namespace):
+def lora_config(args: Settings):
     from peft import LoraConfig
 
     targets = args.lora_target_modules
@@ -393,11 +343,13 @@ def lora_config(args: argparse.Namespace):
     )
 
 
-def sft_config(args: argparse.Namespace, runtime: Runtime, plan: Plan, work_dir: str):
+def sft_config(args: Settings, runtime: Runtime, plan: Plan, work_dir: str,
+               overrides: Mapping[str, Any] | None = None):
+    """TRL's SFTConfig from the settings and the plan; `overrides` (the benchmark's seam) win over both."""
     from trl import SFTConfig
 
     eval_steps = args.eval_steps or None
-    return SFTConfig(
+    values = dict(
         output_dir=work_dir,
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -432,22 +384,33 @@ def sft_config(args: argparse.Namespace, runtime: Runtime, plan: Plan, work_dir:
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False if runtime.world_size > 1 else None,
+        use_cpu=not runtime.cuda,  # --device cpu: stay on the CPU even where a GPU is visible
     )
+    values.update(overrides or {})
+    return SFTConfig(**values)
 
 
-def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime: Runtime | None = None,
-                  rows_checked: bool = False):
-    """Load tokenizer, model and data, decide the `auto` settings, and return (SFTTrainer, Plan)."""
+def build_trainer(args: Settings, work_dir: str | None = None, runtime: Runtime | None = None,
+                  rows_checked: bool = False, *,
+                  load_model: Callable[[Settings, str], Any] | None = None,
+                  sft_overrides: Mapping[str, Any] | None = None,
+                  callbacks: Sequence[Any] = ()):
+    """Load tokenizer, model and data, decide the `auto` settings, and return (SFTTrainer, Plan).
+
+    The seams the benchmark varies: `load_model(settings, attn_implementation)` replaces the
+    checkpoint loader, `sft_overrides` are set on TRL's SFTConfig last, `callbacks` are added.
+    """
     import torch
     from trl import SFTTrainer
 
     check_paths(args, rows=not rows_checked)
-    runtime = runtime or detect_runtime()
+    runtime = runtime or detect_runtime(args.device)
     attn = resolve_attention(args.attn_implementation, runtime.cuda)
-    tokenizer = load_tokenizer(args.model_name_or_path)
+    tokenizer = load_tokenizer(args.model_name_or_path, args.model_revision)
     precision = "bf16-autocast" if runtime.bf16 else "fp16-autocast" if runtime.fp16 else "fp32"
     plan = Plan(attn_implementation=attn, packing=args.packing, world_size=runtime.world_size, precision=precision,
-                assistant_only_loss=resolve_assistant_only_loss(args.assistant_only_loss, tokenizer))
+                assistant_only_loss=resolve_assistant_only_loss(args.assistant_only_loss, tokenizer),
+                device="cuda" if runtime.cuda else "cpu")
     if args.packing and not packing_isolates_sequences(attn):
         plan.packing = False
         plan.notes.append(f"packing off: {attn} attention in this transformers version would let packed "
@@ -458,7 +421,7 @@ def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime
                           else "bf16 master weights (tutorial setting): small updates are lost")
 
     torch.manual_seed(args.seed)
-    model = load_model(args, attn)
+    model = (load_model or load_pretrained_model)(args, attn)
     train_dataset, eval_dataset = load_jsonl_datasets(args.train_file, args.eval_file)
     plan.train_rows, plan.eval_rows = len(train_dataset), len(eval_dataset)
     if work_dir is None:
@@ -466,11 +429,12 @@ def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime
     try:
         trainer = SFTTrainer(
             model=model,
-            args=sft_config(args, runtime, plan, work_dir),
+            args=sft_config(args, runtime, plan, work_dir, sft_overrides),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
             peft_config=lora_config(args) if args.method == "lora" else None,
+            callbacks=list(callbacks) or None,
         )
     except ValueError as err:
         if args.method == "lora" and "target modules" in str(err).lower():  # peft's NoMatchingPeftModuleError
@@ -486,19 +450,19 @@ def build_trainer(args: argparse.Namespace, work_dir: str | None = None, runtime
 
 # ---------------------------------------------------------------- MLflow
 
-def bounded_params(args: argparse.Namespace, plan: Plan) -> dict[str, str]:
+def bounded_params(args: Settings, plan: Plan) -> dict[str, str]:
     """A fixed, small parameter set (Azure ML caps the count and the length of MLflow params)."""
     import torch
     import transformers
     import trl
 
-    keys = ["model_name_or_path", "method", "epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
+    keys = ["model_name_or_path", "model_revision", "method", "epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
             "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length", "gradient_checkpointing",
             "model_dtype", "seed", "warmup_ratio", "lr_scheduler_type", "weight_decay"]
     if args.method == "lora":
         keys += ["lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"]
     params: dict[str, Any] = {k: getattr(args, k) for k in keys}
-    params.update(attn_implementation=plan.attn_implementation, packing=plan.packing,
+    params.update(device=plan.device, attn_implementation=plan.attn_implementation, packing=plan.packing,
                   assistant_only_loss=plan.assistant_only_loss, precision=plan.precision,
                   world_size=plan.world_size, train_rows=plan.train_rows, eval_rows=plan.eval_rows,
                   torch_version=torch.__version__, transformers_version=transformers.__version__,
@@ -512,13 +476,19 @@ def metrics_callback():
     from transformers import TrainerCallback
 
     class MlflowMetrics(TrainerCallback):
+        failed = False
+
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
+            if not state.is_world_process_zero or not logs or self.failed:
                 return
             values = {k: float(v) for k, v in logs.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
             if values:
-                mlflow.log_metrics(values, step=state.global_step)
+                try:
+                    mlflow.log_metrics(values, step=state.global_step)
+                except Exception as err:  # noqa: BLE001 - metrics are a record, not the job
+                    self.failed = True
+                    log.warning("logging metrics to MLflow failed; training goes on without them: %s", err)
 
     return MlflowMetrics()
 
@@ -606,7 +576,7 @@ def _empty_folder(path: Path) -> None:
 
 # ---------------------------------------------------------------- run
 
-def _oom_message(args: argparse.Namespace) -> str:
+def _oom_message(args: Settings) -> str:
     advice = [f"a smaller --per_device_train_batch_size (now {args.per_device_train_batch_size}) with a larger "
               "--gradient_accumulation_steps", f"a shorter --max_length (now {args.max_length})"]
     if args.method == "full":
@@ -616,64 +586,116 @@ def _oom_message(args: argparse.Namespace) -> str:
     return "out of GPU memory. Try " + ", ".join(advice) + ", or a GPU with more memory."
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate, train, evaluate, save (rank 0). Returns eval losses, plan and timings."""
+def train(args: Settings) -> dict[str, Any]:
+    """Check, build, evaluate, train, evaluate, save (rank 0), record. Returns the summary written to summary.json."""
     check_paths(args)  # before importing torch: a typo or a bad row costs a second, not a model load
-    import torch
-
-    runtime = detect_runtime()
+    runtime = detect_runtime(args.device)  # --device cuda without a GPU stops here, before the model loads
     logging.basicConfig(level=logging.INFO if runtime.is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     own_work_dir = args.work_dir is None
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
-    run = None
+    run, saved = None, False
     try:
-        try:
-            trainer, plan = build_trainer(args, work_dir, runtime, rows_checked=True)
-        except torch.OutOfMemoryError as err:  # moving the model to the GPU
-            raise TrainerError(_oom_message(args)) from err
+        trainer, plan = _out_of_memory_is_advice(args, build_trainer, args, work_dir, runtime, rows_checked=True)
         log.info("plan: %s", json.dumps(asdict(plan)))
         for note in plan.notes:
             log.warning(note)
         if runtime.is_main:
-            import mlflow
-
-            run = _start_run()
-            mlflow.log_params(bounded_params(args, plan))
-            trainer.add_callback(metrics_callback())
-        started = time.perf_counter()
-        try:
-            before = trainer.evaluate()["eval_loss"]
-            result = trainer.train()
-            after = trainer.evaluate()["eval_loss"]
-        except torch.OutOfMemoryError as err:
-            raise TrainerError(_oom_message(args)) from err
-        train_s = time.perf_counter() - started
-        summary = {"eval_loss_before": before, "eval_loss_after": after, "train_loss": result.training_loss,
-                   "train_seconds": train_s, "global_steps": result.global_step, "plan": asdict(plan)}
+            run = start_tracking(trainer, args, plan)
+        summary = _out_of_memory_is_advice(args, evaluate_train_evaluate, trainer, args, plan)
         if runtime.is_main:
-            import mlflow
-
-            mlflow.log_metrics({"eval_loss_before": before, "eval_loss_after": after})
-            model = final_model(trainer, runtime)
-            save_mlflow_model(model, trainer.processing_class, args.output_dir)
-            if args.log_model_artifacts:
-                mlflow.log_artifacts(str(args.output_dir), artifact_path="model")
-            change = 100 * (after - before) / before if before else float("nan")
-            print(f"eval loss: {before:.4f} before -> {after:.4f} after ({change:+.1f}%) in {train_s:.0f}s; "
-                  f"model saved to {args.output_dir}", flush=True)
+            save(trainer, runtime, args, summary)
+            saved = True
+            record(args, summary)
+            report(args, summary)
         return summary
     finally:
         if run is not None:
-            import mlflow
-
-            mlflow.end_run("FINISHED" if sys.exc_info()[0] is None else "FAILED")
+            finished = sys.exc_info()[0] is None
+            _optional("ending the MLflow run", end_run, finished) if saved else end_run(finished)
         if own_work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def _out_of_memory_is_advice(args: Settings, step: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+    import torch
+
+    try:
+        return step(*a, **kw)
+    except torch.OutOfMemoryError as err:  # moving the model to the GPU, or a step
+        raise TrainerError(_oom_message(args)) from err
+
+
+def start_tracking(trainer, args: Settings, plan: Plan):
+    """The MLflow run (rank 0): bounded parameters now, metrics as they are logged."""
+    import mlflow
+
+    run = _start_run()
+    mlflow.log_params(bounded_params(args, plan))
+    trainer.add_callback(metrics_callback())
+    return run
+
+
+def evaluate_train_evaluate(trainer, args: Settings, plan: Plan) -> dict[str, Any]:
+    started = time.perf_counter()
+    before = trainer.evaluate()["eval_loss"]
+    result = trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    return {"eval_loss_before": before, "eval_loss_after": after, "train_loss": result.training_loss,
+            "train_seconds": time.perf_counter() - started, "global_steps": result.global_step,
+            "plan": asdict(plan), "settings": asdict(args)}
+
+
+def save(trainer, runtime: Runtime, args: Settings, summary: Mapping[str, Any]) -> Path:
+    """The one copy of the model: MLflow model + summary.json in --output_dir (the job's `model` output)."""
+    out = save_mlflow_model(final_model(trainer, runtime), trainer.processing_class, args.output_dir)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def model_location(output_dir: str | Path) -> str:
+    """Where the saved model lives: the Azure ML job's named output, or the local folder."""
+    job = os.environ.get("AZUREML_RUN_ID")
+    return f"azureml://jobs/{job}/outputs/model" if job else str(Path(output_dir).resolve())
+
+
+def record(args: Settings, summary: Mapping[str, Any]) -> None:
+    """The MLflow run references the saved model; every step is optional: a failure warns, the job stays a success."""
+    import mlflow
+
+    _optional("logging the eval losses to MLflow", mlflow.log_metrics,
+              {"eval_loss_before": summary["eval_loss_before"], "eval_loss_after": summary["eval_loss_after"]})
+    _optional("tagging the MLflow run with the model's location", mlflow.set_tag, "model_output",
+              model_location(args.output_dir))
+    _optional("logging summary.json to MLflow", mlflow.log_dict, dict(summary), SUMMARY_FILE)
+    if args.log_model_artifacts:  # opt-in: a second upload of every weight
+        _optional("copying the model into the MLflow run (--log_model_artifacts)", mlflow.log_artifacts,
+                  str(args.output_dir), artifact_path="model")
+
+
+def _optional(what: str, call: Callable[..., Any], *a: Any, **kw: Any) -> None:
+    try:
+        call(*a, **kw)
+    except Exception as err:  # noqa: BLE001 - the model is saved: a bookkeeping failure must not fail the job
+        log.warning("%s failed (the model is saved; the job goes on): %s: %s", what, type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "")
+
+
+def end_run(finished: bool) -> None:
+    import mlflow
+
+    mlflow.end_run("FINISHED" if finished else "FAILED")
+
+
+def report(args: Settings, summary: Mapping[str, Any]) -> None:
+    before, after = summary["eval_loss_before"], summary["eval_loss_after"]
+    change = 100 * (after - before) / before if before else float("nan")
+    print(f"eval loss: {before:.4f} before -> {after:.4f} after ({change:+.1f}%) in {summary['train_seconds']:.0f}s; "
+          f"model saved to {args.output_dir}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags and train; raises TrainerError for expected failures (the CLI prints them)."""
+    """Parse the recipe and flags, and train; raises TrainerError for expected failures (the CLI prints them)."""
     train(parse_args(argv))
     return 0
 
