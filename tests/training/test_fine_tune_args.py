@@ -255,6 +255,7 @@ def test_oom_advice(fine_tune, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- --device
 
+@pytest.mark.slow
 def test_device_cuda_without_a_gpu_refuses_before_loading_the_model(tmp_path: Path) -> None:
     import torch
 
