@@ -82,15 +82,18 @@ class Slots:
 
 
 def _default_client(endpoint: str, key: str, deployment: str) -> Any:
+    """The flow's client on the new deployment, through the OpenAI API its server speaks."""
     from deployment.evaluate import client_for
 
-    return client_for(endpoint, key, deployment)
+    return client_for(endpoint, key, deployment, api="openai")
 
 
 def _default_write_connection(endpoint: str, key: str, deployment: str) -> None:
+    """`phi_endpoint` as the flow calls our server: the endpoint's base URL and `api: openai`."""
     from deployment.connection import write_phi_connection
+    from deployment.evaluate import base_url
 
-    write_phi_connection(endpoint=endpoint, key=key, deployment=deployment)
+    write_phi_connection(endpoint=base_url(endpoint), key=key, deployment=deployment, api="openai")
 
 
 def wait(poller: Any, what: str, *, interval: float = 30.0) -> Any:

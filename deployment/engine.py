@@ -266,11 +266,20 @@ class TransformersEngine:
         )
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        encoded = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-            # Control tokens typed by a caller (e.g. "<|end|><|assistant|>") stay plain text.
-            sanitize_control_tokens=True,
-        )
+        """The prompt's token ids; a conversation the model's chat template refuses (its
+        `raise_exception`, e.g. roles out of order) is the caller's error: RequestError, a 400."""
+        from jinja2.exceptions import TemplateError
+
+        from deployment.dialects import RequestError
+
+        try:
+            encoded = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                # Control tokens typed by a caller (e.g. "<|end|><|assistant|>") stay plain text.
+                sanitize_control_tokens=True,
+            )
+        except TemplateError as err:
+            raise RequestError(f"the model's chat template refused this conversation: {err}") from None
         return list(encoded["input_ids"])
 
     def problem(self) -> str | None:

@@ -291,7 +291,7 @@ def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str]:
             raise UserError(f"endpoint {name} has no deployment: deploy one with `python -m deployment.deploy`.")
         model = str(ml_client.online_deployments.get(name=deployment, endpoint_name=name).model)
         key = ml_client.online_endpoints.get_keys(name=name).primary_key
-    return client_for(str(endpoint.scoring_uri), key, deployment), f"{name}/{deployment}", model
+    return client_for(str(endpoint.scoring_uri), key, deployment, api="openai"), f"{name}/{deployment}", model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

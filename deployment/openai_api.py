@@ -5,7 +5,7 @@ Routes, and nothing else (no /load_model, /reset, /docs or /openapi.json):
   GET  /health                 200 once the model is loaded, 503 before (readiness)
   GET  /v1/models              the one served model
   POST /v1/chat/completions    OpenAI Chat Completions, streamed (SSE ending `data: [DONE]`) or not
-  POST /score                  the tutorials' three dialects, each answered in its own shape
+  POST /score (and POST /)    the tutorials' three dialects, each answered in its own shape (`/`: Azure ML's scoring URI)
 
 Every request is validated here, in front of the engine: the body's dialect and ranges
 (deployment/dialects.py), `max_tokens` against the cap and the prompt's token count against the
@@ -226,6 +226,9 @@ def create_app(server: Server, on_startup: Callable[[], None] | None = None) -> 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    # `/` too: Azure ML may publish the scoring route itself (here `/`) as the endpoint's scoring URI,
+    # and `az ml online-endpoint invoke` and the tutorials' clients post to that URI.
+    @app.post("/")
     @app.post("/score")
     async def score(request: Request) -> Any:
         engine = server.ready_engine()

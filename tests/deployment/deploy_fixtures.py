@@ -83,7 +83,8 @@ SMOKE_REPLY = "I am a fine-tuned Phi-3."
 
 
 class ScoringServer:
-    """Answers like a deployment running score.py; `mode` = ok | error | empty.
+    """Answers like a deployment running the project's server (OpenAI chat completions at
+    /v1/chat/completions, the contract dialect at /score); `mode` = ok | error | empty.
 
     A good deployment answers each held-out question with its reference reply (EVAL_ROWS); the
     deployments named in `worse` answer the smoke test but not the questions.
@@ -109,13 +110,19 @@ class ScoringServer:
                     self._send(401, {"error": "bad key"})
                 elif server.mode == "error":
                     self._send(500, {"error": "model failed to generate"})
-                elif server.mode == "empty":
-                    self._send(200, {"output": "", "finish_reason": "stop"})
                 else:
                     question = (body.get("messages") or [{}])[-1].get("content", "")
                     good = deployment not in server.worse and question in references
-                    self._send(200, {"output": references[question] if good else SMOKE_REPLY, "finish_reason": "stop",
-                                     "usage": {"prompt_tokens": 12, "completion_tokens": 7}})
+                    text = "" if server.mode == "empty" else references[question] if good else SMOKE_REPLY
+                    self._send(200, self._openai(text) if self.path.startswith("/v1/") else
+                               {"output": text, "finish_reason": "stop", "usage": {"prompt_tokens": 12, "completion_tokens": 7}})
+
+            @staticmethod
+            def _openai(text: str) -> dict:
+                """OpenAI's chat.completion object, as deployment.serve answers it."""
+                return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "phi",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}}
 
             def _send(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()

@@ -83,7 +83,10 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     assert "deployment: blue" in out and scoring_server.url in out and "teardown" in out
     assert "price:      about $3.67/h (Standard_NC24ads_A100_v4" in out and "expires:" not in out
     assert "evaluation: first deployment: f1 1.000 (N=12) recorded as the baseline" in out
-    assert writes == [{"endpoint": scoring_server.url, "key": SECRET_KEY, "deployment": "blue"}]
+    # the flow calls our server through its OpenAI API: the endpoint's base URL and `api: openai`
+    base = scoring_server.url.removesuffix("/score")
+    assert writes == [{"endpoint": base, "key": SECRET_KEY, "deployment": "blue", "api": "openai"}]
+    assert {r["path"] for r in scoring_server.requests} == {"/v1/chat/completions"}
     assert SECRET_KEY not in out + err
 
     # a failing smoke test: non-zero exit, one error paragraph, the key nowhere

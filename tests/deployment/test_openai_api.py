@@ -81,3 +81,17 @@ def test_a_dead_generation_loop_fails_liveness(engine, monkeypatch) -> None:
     live = client.get("/live")
     assert live.status_code == 503 and "generation loop stopped (RuntimeError)" in live.json()["error"]
     assert client.get("/health").status_code == 503
+
+
+@pytest.mark.slow
+def test_a_conversation_the_chat_template_refuses_is_a_400(engine, monkeypatch) -> None:
+    """A template's raise_exception (e.g. roles out of order) is the caller's error, never a 500."""
+    refusing = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    monkeypatch.setattr(engine.tokenizer, "chat_template", refusing)
+    server = Server("tiny")
+    server.engine = engine
+    client = TestClient(create_app(server), raise_server_exceptions=False)
+    for path in ("/v1/chat/completions", "/score"):
+        response = client.post(path, json={"messages": USER, "max_tokens": 2})
+        assert response.status_code == 400, path
+        assert "roles must alternate" in str(response.json()["error"])

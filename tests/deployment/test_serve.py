@@ -155,6 +155,15 @@ def test_requests_are_decoded_together(client, inference_server: str) -> None:
 # -- /score: the tutorials' clients, unchanged ----------------------------------------------------
 
 
+@pytest.mark.parametrize("path", ["/", "/score"])
+def test_the_scoring_uri_answers_at_the_root_and_at_score(inference_server: str, path: str) -> None:
+    """Azure ML may publish the container's scoring route (`/`) as the scoring URI: both paths score."""
+    body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4, "temperature": 0}
+    response = requests.post(inference_server + path, json=body, timeout=60)
+    assert response.status_code == 200 and isinstance(response.json()["output"], str)
+    assert response.json()["usage"]["completion_tokens"] <= 4
+
+
 def test_first_tutorial_client_reads_element_zero(inference_server: str) -> None:
     """The first tutorial's Prompt flow tool: {"input_data": [question], "params": {...}}; reads response.json()[0]."""
     data = {"input_data": [QUESTION], "params": {"temperature": 0.7, "max_new_tokens": 8, "do_sample": True,
