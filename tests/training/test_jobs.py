@@ -1,7 +1,6 @@
 """Job builders and dry runs: the YAML loads with azure.ai.ml.load_job and validates offline."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
