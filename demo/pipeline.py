@@ -50,6 +50,13 @@ class Budget:
     extra_train_flags: tuple[str, ...] = DEMO_TRAIN_FLAGS
 
 
+def train_command(python: str, model: str, data_dir: Path, budget: Budget) -> list[str]:
+    """The demo's fine-tune: `training.submit --target local` with the demo recipe and `budget`."""
+    return [python, "-m", "training.submit", "--target", "local", "--model", model, "--data", str(data_dir),
+            *budget.extra_train_flags, "--max-steps", str(budget.max_steps),
+            *(["--epochs", str(budget.epochs)] if budget.epochs is not None else [])]
+
+
 @dataclass
 class DemoResult:
     eval_loss_before: float | None = None
@@ -190,10 +197,7 @@ def run_demo(
         if like != DEFAULT_LIKE:
             model = str(runs / "models" / f"tiny-{like}")
             _run_step("twin", [python, "-m", "training.tiny_model", "--out", model, "--like", like], logs, result, env)
-        train_cmd = [python, "-m", "training.submit", "--target", "local", "--model", model, "--data", str(data_dir),
-                     *budget.extra_train_flags, "--max-steps", str(budget.max_steps),
-                     *(["--epochs", str(budget.epochs)] if budget.epochs is not None else [])]
-        job_name = _run_step("train", train_cmd, logs, result, env).strip().splitlines()[-1]
+        job_name = _run_step("train", train_command(python, model, data_dir, budget), logs, result, env).strip().splitlines()[-1]
         summary = json.loads((local_runs.job_dir(job_name) / "model" / "summary.json").read_text(encoding="utf-8"))
         result.eval_loss_before, result.eval_loss_after = summary["eval_loss_before"], summary["eval_loss_after"]
         say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
