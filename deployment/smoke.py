@@ -118,7 +118,8 @@ def commands(plan: Plan, python: str = sys.executable) -> dict[str, list[str]]:
                    "--expires-in", plan.expires_in, *dry],
         "pf-settings": [python, "-m", "common.pf_settings"],
         "chat": [pf, "flow", "test", "--flow", str(REPO_ROOT / "flows" / "chat"), "--inputs", f"question={question}"],
-        "teardown": [python, "-m", "deployment.teardown", *plan.stack_args, "--all", "--yes"],
+        # Only the endpoints this tool created (no --all): a wrong --stack never deletes a stranger's endpoint.
+        "teardown": [python, "-m", "deployment.teardown", *plan.stack_args, "--yes"],
     }
 
 

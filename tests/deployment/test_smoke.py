@@ -58,9 +58,9 @@ def test_dry_run_prints_the_tiny_models_job_on_the_cpu_cluster_and_a_cpu_deploym
     tags = {**endpoint.get("tags", {}), **deployment.get("tags", {})}
     assert [key for key in tags if re.search(r"expir|delete", key, re.I)], tags
 
-    # the steps that create nothing are printed, not run; teardown removes every endpoint of the smoke stack
+    # the steps that create nothing are printed, not run; teardown removes only the endpoints this tool created (no --all)
     assert re.search(r"^# chat .*: pf flow test --flow flows/chat --inputs \"question=[^<]", done.stdout, re.M)
-    assert re.search(r"^# teardown .*: python -m deployment.teardown --stack smoke --all --yes$", done.stdout, re.M)
+    assert re.search(r"^# teardown .*: python -m deployment.teardown --stack smoke --yes$", done.stdout, re.M)
     assert f"{smoke.SMOKE_VM_SIZE} ($0.252/h" in done.stderr
     assert not (tmp_path / "runs" / "smoke" / "state.json").exists()  # a dry run leaves no state for a real run
 
@@ -139,7 +139,7 @@ def test_a_teardown_that_fails_after_a_failed_step_names_both_and_the_command(
         smoke.run(args, command_lines=lines)
     message = str(failed.value)
     assert "step 'data' failed" in message and "step 'teardown' failed" in message
-    assert "python -m deployment.teardown --outputs-file" in message and "--all --yes" in message
+    assert "python -m deployment.teardown --outputs-file" in message and "--all" not in message and "--yes" in message
 
 
 def test_report_prices_the_training_node_and_the_endpoint_at_list_price(tmp_path: Path) -> None:
@@ -181,5 +181,5 @@ def test_the_smoke_commands_are_the_documented_command_lines(tmp_path: Path) -> 
     assert shown["submit"] == f"python -m training.submit --stack smoke --model tiny --data {tmp_path}/data --max-steps 20"
     assert shown["deploy"] == (f"python -m deployment.deploy --stack smoke --job job-1 --instance-type Standard_E4s_v3 "
                                f"--eval-file {tmp_path}/data/test.jsonl --expires-in 2h")
-    assert shown["teardown"] == "python -m deployment.teardown --stack smoke --all --yes"
+    assert shown["teardown"] == "python -m deployment.teardown --stack smoke --yes"
     assert shown["chat"] == 'pf flow test --flow flows/chat --inputs "question=Who are you?"'
