@@ -27,7 +27,7 @@ def test_help_offers_the_twins_and_an_unknown_one_is_refused() -> None:
 
 def test_make_demo_passes_like_only_when_set(repo_root: Path) -> None:
     def demo_command(*assignments: str) -> str:
-        proc = subprocess.run(["make", "-n", "-o", ".venv/.setup-complete", "demo", *assignments], cwd=repo_root,
+        proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.setup-complete", "demo", *assignments], cwd=repo_root,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip().splitlines()[-1]
