@@ -142,7 +142,7 @@ class ScoringServer:
 @pytest.fixture
 def scoring_server() -> Iterator[ScoringServer]:
     server = ScoringServer()
-    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield server

@@ -61,6 +61,7 @@ def test_limits_shrink_with_memory_and_context() -> None:
     assert (custom.context_tokens, custom.max_tokens_cap, custom.max_sequences, custom.kv_blocks) == (1000, 100, 5, 20)
 
 
+@pytest.mark.slow  # builds the tiny model (about 5 s)
 def test_stop_tokens_come_from_the_models_generation_config(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -115,7 +115,7 @@ def test_the_client_speaks_what_the_server_serves(scoring_server):
             return None
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), OpenAIish)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/score"

@@ -30,6 +30,7 @@ def test_trainer_mlflow_and_plain_layouts(tmp_path: Path) -> None:
     assert locate_model(plain) == ModelLocation(plain, plain, "hf")
 
 
+@pytest.mark.slow  # builds the tiny model (about 5 s)
 def test_registry_hftransformers_layout(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The registry pipeline's tree: data/model and data/config both hold a config.json; the MLflow folder wins."""
     root = tmp_path / "azureml-models" / "phi3-registry" / "1"
@@ -82,6 +83,7 @@ def test_refusals(tmp_path: Path, make, message: str) -> None:
         locate_model(make(tmp_path))
 
 
+@pytest.mark.slow  # builds the tiny model
 def test_the_local_deploy_gets_a_one_line_description(tmp_path: Path, tiny_model_dir: Path) -> None:
     from deployment.serve import check_model_dir
 

@@ -136,7 +136,7 @@ class FakeEndpoint:
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.url = self.base_url + SCORE_PATH
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def _record(self, path: str, headers: dict[str, str], body: Any) -> Reply:
         with self._lock:

@@ -293,6 +293,7 @@ def test_lora_trains_merges_saves_reloads_and_generates(twin, tiny_model_dir, ti
     assert 1 <= len(reply) <= 5
 
 
+@pytest.mark.slow  # generates with both twins (about 2 s each)
 @pytest.mark.parametrize("twin", ["phi-3.5-mini", "phi-4-mini"])
 @pytest.mark.parametrize("stop", ["<|end|>", "<|endoftext|>"])
 def test_replies_stop_at_the_generation_configs_stop_tokens(twin, stop, tiny_model_dir, tiny_phi4_model_dir) -> None:
