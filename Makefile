@@ -1,4 +1,4 @@
-# finetune-phi: the two commands are `make demo` and `make test`.
+# finetune-phi: the two commands are `make demo` and `make test` (`make check` is the fast inner loop).
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -10,10 +10,10 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PF_DISABLE_TRACING := true
 
-.PHONY: setup test demo bench lock clean help
+.PHONY: setup lint test check demo bench azure-smoke lock clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 setup: $(STAMP)  ## build .venv from the pinned package set (no-op when nothing changed)
 
@@ -27,14 +27,25 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 	@echo "==> $(VENV) is ready"
 
-test: setup  ## run the whole test suite (sets up first if needed)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+lint: setup  ## ruff, and actionlint on .github/workflows
+	$(VENV)/bin/ruff check .
+	@# shellcheck and pyflakes off: actionlint would use them only where installed, so results would differ by machine
+	$(VENV)/bin/actionlint -shellcheck= -pyflakes=
 
-demo: setup  ## the whole path offline: data -> fine-tune -> serve -> Prompt flow chat -> teardown
-	$(PYTHON) -m demo
+test: lint  ## lint, then the whole test suite (sets up first if needed); CI runs this
+	$(PYTHON) -m pytest --durations=15 $(PYTEST_ARGS)
+
+check: lint  ## the inner loop: lint and the tests that take seconds (not slow, not e2e)
+	$(PYTHON) -m pytest -m "not slow and not e2e" --durations=5 $(PYTEST_ARGS)
+
+demo: setup  ## the whole path offline: data -> fine-tune -> serve -> Prompt flow chat -> teardown (LIKE=phi-4-mini: on that twin)
+	$(PYTHON) -m demo $(if $(LIKE),--like $(LIKE))
 
 bench: setup  ## CPU benchmarks (see docs/BENCHMARKS.md)
 	$(PYTHON) -m training.bench --shape tiny
+
+azure-smoke: setup  ## the cloud path on the `smoke` stack, tiny model on CPU, then teardown (DRY_RUN=1: print only)
+	$(PYTHON) -m deployment.smoke --stack $(or $(STACK),smoke) $(if $(DRY_RUN),--dry-run)
 
 lock:  ## regenerate requirements.lock from a fresh venv built from pyproject.toml
 	rm -rf .lock-venv && $(PY) -m venv .lock-venv

@@ -1,7 +1,9 @@
 """The offline end-to-end path, step by step, through the same command lines a user types.
 
 data (sample) -> fine-tune (local target, tiny Phi-3) -> deploy (local server, continuous batching)
--> chat (Prompt flow `pf flow test`, then one answer through the official `openai` client) -> teardown. Each step runs as a subprocess with its
+-> chat (Prompt flow `pf flow test`, then one answer through the official `openai` client) -> teardown.
+`--like phi-4-mini` first builds the tiny Phi-4-mini twin (`training.tiny_model --like`) and runs
+the same path on it. Each step runs as a subprocess with its
 output in `runs/demo/logs/<step>.log`; a failing step is named, its log tail shown, and the
 local server is stopped whatever happens.
 """
@@ -20,6 +22,7 @@ from typing import Callable, Sequence
 
 from common.cli import UserError, say
 from training import local_runs
+from training.tiny_model import DEFAULT_LIKE, LIKES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEP_INTERRUPT_GRACE_S = 30.0
@@ -45,6 +48,13 @@ class Budget:
     max_steps: int = -1
     questions: int = 2
     extra_train_flags: tuple[str, ...] = DEMO_TRAIN_FLAGS
+
+
+def train_command(python: str, model: str, data_dir: Path, budget: Budget) -> list[str]:
+    """The demo's fine-tune: `training.submit --target local` with the demo recipe and `budget`."""
+    return [python, "-m", "training.submit", "--target", "local", "--model", model, "--data", str(data_dir),
+            *budget.extra_train_flags, "--max-steps", str(budget.max_steps),
+            *(["--epochs", str(budget.epochs)] if budget.epochs is not None else [])]
 
 
 @dataclass
@@ -154,10 +164,12 @@ def run_demo(
     budget: Budget = Budget(),
     env: dict[str, str] | None = None,
     on_deployed: Callable[[], None] | None = None,
+    like: str = DEFAULT_LIKE,
 ) -> DemoResult:
     """Run every step; the local endpoint is torn down even when a step fails.
 
     `on_deployed` runs while the local endpoint is up (the end-to-end test probes the server there).
+    `like` names the model whose tiny twin is fine-tuned (training.tiny_model.LIKES).
     """
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -181,10 +193,11 @@ def run_demo(
         if not (pf_home / "pf.yaml").is_file():  # once: no tracing service, no telemetry (as `make setup` does)
             _run_step("promptflow-settings", [python, "-m", "common.pf_settings"], logs, result, env)
         _run_step("data", [python, "-m", "training.data", "--source", "sample", "--out", str(data_dir)], logs, result, env)
-        train_cmd = [python, "-m", "training.submit", "--target", "local", "--model", "tiny", "--data", str(data_dir),
-                     *budget.extra_train_flags, "--max-steps", str(budget.max_steps),
-                     *(["--epochs", str(budget.epochs)] if budget.epochs is not None else [])]
-        job_name = _run_step("train", train_cmd, logs, result, env).strip().splitlines()[-1]
+        model = "tiny"  # the default twin, built by the local target on first use
+        if like != DEFAULT_LIKE:
+            model = str(runs / "models" / f"tiny-{like}")
+            _run_step("twin", [python, "-m", "training.tiny_model", "--out", model, "--like", like], logs, result, env)
+        job_name = _run_step("train", train_command(python, model, data_dir, budget), logs, result, env).strip().splitlines()[-1]
         summary = json.loads((local_runs.job_dir(job_name) / "model" / "summary.json").read_text(encoding="utf-8"))
         result.eval_loss_before, result.eval_loss_after = summary["eval_loss_before"], summary["eval_loss_after"]
         say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
@@ -217,8 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="training epochs (default: the trainer's demo recipe, training/trainer/recipes/demo.yaml)")
     parser.add_argument("--max-steps", type=int, default=Budget.max_steps, help="stop training after N steps")
     parser.add_argument("--questions", type=int, default=Budget.questions, help="held-out questions to ask")
+    parser.add_argument("--like", choices=sorted(LIKES), default=DEFAULT_LIKE,
+                        help="fine-tune the tiny twin of this model (default: %(default)s)")
     args = parser.parse_args(argv)
-    result = run_demo(Budget(epochs=args.epochs, max_steps=args.max_steps, questions=args.questions))
+    result = run_demo(Budget(epochs=args.epochs, max_steps=args.max_steps, questions=args.questions), like=args.like)
     steps = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.timings.items() if name != "total")
     print(f"demo finished in {result.timings['total']:.0f}s ({steps})")
     if result.eval_loss_before is not None:

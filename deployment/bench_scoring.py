@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ], indent=2))
         return 0
     print(f"machine: {results['machine']}")
-    print(f"| server | concurrency | requests | tokens/s | p50 ms | p95 ms |\n|---|---:|---:|---:|---:|---:|")
+    print("| server | concurrency | requests | tokens/s | p50 ms | p95 ms |\n|---|---:|---:|---:|---:|---:|")
     for name, result in results["servers"].items():
         for row in result["rows"]:
             print(f"| {name} | {row['concurrency']} | {row['requests']} | {row['tokens_per_s']:.0f} | "

@@ -7,7 +7,7 @@ PF_HOME_DIRECTORY (default ~/.promptflow), with the encryption key kept in the s
 a headless machine or in CI there is no keyring daemon; `keyrings.alt` (installed by `make setup`)
 provides a file keyring under $XDG_DATA_HOME/python_keyring (default ~/.local/share).
 
-Config `api` says which API the endpoint speaks (ARCHITECTURE section 6): `openai` for this
+Config `api` says which API the endpoint speaks (docs/ARCHITECTURE.md section 6): `openai` for this
 project's server (`endpoint` is then its base URL and the flow calls `/v1/chat/completions`);
 absent for a tutorial's endpoint (`endpoint` is its scoring URL, called in `request_format`).
 
@@ -88,7 +88,7 @@ def write_phi_connection(
 ) -> None:
     """Create or replace the custom connection `phi_endpoint` (idempotent; the key is a secret).
 
-    `api="openai"`: `endpoint` is this project's server's base URL (ARCHITECTURE section 6).
+    `api="openai"`: `endpoint` is this project's server's base URL (docs/ARCHITECTURE.md section 6).
     """
     if not key:
         raise UserError("the endpoint key is empty; nothing was written to the phi_endpoint connection")

@@ -1,6 +1,6 @@
 """Request bodies in, one validated `ChatRequest` out; replies shaped for the dialect that asked.
 
-Four dialects (ARCHITECTURE section 5):
+Four dialects (docs/ARCHITECTURE.md section 5):
   openai    POST /v1/chat/completions: {"messages", "max_tokens" | "max_completion_tokens",
             "temperature", "top_p", "stop", "stream", "stream_options"}
   contract  POST /score {"messages": [...], "max_tokens": 128, "temperature": 0.7, "top_p": 0.9}

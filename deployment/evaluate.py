@@ -136,7 +136,7 @@ def base_url(scoring_url: str) -> str:
 
 
 def speaks_openai(scoring_url: str) -> bool:
-    """True when the server answers the OpenAI routes of ARCHITECTURE section 5 (`GET /v1/models`);
+    """True when the server answers the OpenAI routes of docs/ARCHITECTURE.md section 5 (`GET /v1/models`);
     a server with the tutorials' `/score` only (or the Azure ML inference server) does not."""
     import urllib.error
     import urllib.request

@@ -18,15 +18,15 @@ from deployment.connection import CONNECTION_NAME, connection_configs
 if TYPE_CHECKING:  # pragma: no cover
     from infra.outputs import StackOutputs
 
-PROJECT_KEYS = ("foundry_project_name", "ai_project_name", "project_name")
-"""Stack outputs that may name the Foundry project (a workspace of kind `project`)."""
+PROJECT_ALIASES = ("ai_project_name", "project_name")
+"""Other stack-output names a hand-made stack may give the Foundry project (a workspace of kind
+`project`); this project's stack exports the typed `foundry_project_name`."""
 
 
 def foundry_project(outputs: "StackOutputs") -> str | None:
-    for key in PROJECT_KEYS:
-        if outputs.extra.get(key):
-            return str(outputs.extra[key])
-    return None
+    if outputs.foundry_project_name:
+        return outputs.foundry_project_name
+    return next((str(outputs.extra[key]) for key in PROJECT_ALIASES if outputs.extra.get(key)), None)
 
 
 def require_project(outputs: "StackOutputs") -> str:
@@ -34,7 +34,7 @@ def require_project(outputs: "StackOutputs") -> str:
     if not project:
         raise UserError(
             "--foundry-connection needs a Foundry project, but the stack outputs name none "
-            f"(looked for {', '.join(PROJECT_KEYS)} in {outputs.source}). Enable the project in the Pulumi "
+            f"(looked for foundry_project_name, {', '.join(PROJECT_ALIASES)} in {outputs.source}). Enable the project in the Pulumi "
             "program and run `pulumi up`, or drop the flag (the local connection is written anyway)."
         )
     return project

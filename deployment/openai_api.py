@@ -1,4 +1,4 @@
-"""The HTTP API (ARCHITECTURE section 5) over an `Engine`: OpenAI chat completions, models, health, /score.
+"""The HTTP API (docs/ARCHITECTURE.md section 5) over an `Engine`: OpenAI chat completions, models, health, /score.
 
 Routes, and nothing else (no /load_model, /reset, /docs or /openapi.json):
   GET  /live                   200 while the process can serve (liveness; 503 once the engine's loop died)

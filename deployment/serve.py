@@ -1,4 +1,4 @@
-"""`python -m deployment.serve --model-dir DIR`: the project's server (ARCHITECTURE section 5), in the foreground.
+"""`python -m deployment.serve --model-dir DIR`: the project's server (docs/ARCHITECTURE.md section 5), in the foreground.
 
 OpenAI `POST /v1/chat/completions` (streaming too), `GET /v1/models`, `GET /health`, and `POST /score`
 for the tutorials' clients, on transformers' continuous batching (deployment/engine.py). The same

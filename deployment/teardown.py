@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         expired=args.expired,
         confirm=_confirm_factory(args.yes),
         foundry_workspaces=[
-            str(outputs.extra[key]) for key in ("foundry_project_name", "foundry_hub_name") if outputs.extra.get(key)
+            name for name in (outputs.foundry_project_name, outputs.foundry_hub_name) if name
         ],
     )
     _print_report(report, outputs.workspace_name, args.purge_workspace, args.expired)

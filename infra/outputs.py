@@ -1,4 +1,4 @@
-"""The stack-outputs contract (docs/INFRA.md, "Stack outputs"; ARCHITECTURE section 3) and its loader.
+"""The stack-outputs contract (docs/INFRA.md, "Stack outputs"; docs/ARCHITECTURE.md section 3) and its loader.
 
 Training and deployment read the stack through this module instead of a hand-edited
 config. It never imports Pulumi: the outputs come from, in order,

@@ -61,6 +61,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_phi4_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained tiny Phi-4-mini twin (`training.tiny_model --like phi-4-mini`): GQA, partial rotary, tied embeddings."""
+    from training.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-phi4-model") / "model", like="phi-4-mini")
+
+
+@pytest.fixture(scope="session")
 def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train.jsonl / test.jsonl / manifest.json prepared by `training.data` from the bundled sample."""
     from training.data import prepare

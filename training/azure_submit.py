@@ -256,7 +256,7 @@ def preflight(outputs: Any, credential: Any) -> None:
 
 def _low_priority(compute: Any, outputs: Any) -> bool:
     """The cluster's VM priority (`tier` low_priority / LowPriority), else the stack's `compute_priority` output."""
-    tier = compute.tier or outputs.extra.get("compute_priority") or ""
+    tier = compute.tier or outputs.compute_priority or ""
     return str(tier).replace("_", "").lower() == "lowpriority"
 
 

@@ -118,7 +118,7 @@ def parse_fraction(text: str) -> tuple[str, float]:
             raise ValueError
         return "rows", float(rows)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage in (0%, 100%] such as 1% or a row count >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a percentage in (0%, 100%] such as 1% or a row count >= 1, got {text!r}") from None
 
 
 def rows_wanted(fraction: tuple[str, float], available: int) -> int:
@@ -336,7 +336,7 @@ def _test_size(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.2 or 100, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.2 or 100, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,25 @@
-"""Build, offline, a tiny model with the Phi-3 architecture that speaks the Phi-3 chat format.
+"""Build, offline, a tiny model with a Phi model's architecture traits that speaks its chat format.
 
-It stands in for `microsoft/Phi-3.5-mini-instruct` in every offline test and in the demo:
-`Phi3ForCausalLM` (hidden 64, 2 layers, 4 heads), a byte-level BPE (vocab ~1k) trained on the
-spot on the bundled sample conversations, the Phi-3 special tokens, and a Phi-3 chat template
-with `{% generation %}` markers around assistant content (so TRL's assistant-only loss works)
-and `add_generation_prompt`. Generation stops at `<|end|>` (and `<|endoftext|>`).
+Two twins, one per supported model (`--like`):
+
+- `phi-3.5-mini` (default) stands in for `microsoft/Phi-3.5-mini-instruct`: `Phi3ForCausalLM`
+  (hidden 64, 2 layers, 4 heads, no GQA, full rotary, untied embeddings) and the Phi-3 chat
+  format (`<|user|>\\n...<|end|>\\n<|assistant|>\\n`), its template already carrying
+  `{% generation %}` markers (TRL's phi3 training template shape).
+- `phi-4-mini` stands in for `microsoft/Phi-4-mini-instruct`, whose published config.json and
+  tokenizer files differ where code tuned to Phi-3.5 breaks: grouped-query attention (24 query /
+  8 KV heads there, 6 / 2 here), `partial_rotary_factor` 0.75 with longrope scaling (to 131,072
+  there, 8,192 here), input/output embeddings tied, Phi-4-mini's own chat template verbatim (no
+  newlines, no `{% generation %}` markers: the trainer supplies its training variant), its
+  special-token strings (the tool tokens too) and `<|endoftext|>` as bos/eos/pad.
+
+Both: a byte-level BPE (vocab ~1k) trained on the spot on the bundled sample conversations, and a
+generation config that stops at `<|end|>` and `<|endoftext|>`. The ids come from the twin's own
+small vocabulary (Phi-4-mini's real `<|end|>` is 200020, which cannot fit).
 
 Deterministic: the same bytes on every build (seeded init, deterministic BPE training).
-`python -m training.tiny_model --out DIR` writes the `save_pretrained` layout in a few seconds.
+`python -m training.tiny_model --out DIR [--like phi-4-mini]` writes the `save_pretrained` layout
+in a few seconds.
 """
 from __future__ import annotations
 
@@ -15,16 +27,16 @@ import argparse
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 VOCAB_SIZE = 1024
 SEED = 0
 
 # Phi-3's template (TRL's phi3_training.jinja shape): assistant content and its <|end|> inside
 # {% generation %} so the model is trained to stop; eos after a finished conversation.
-CHAT_TEMPLATE = (
+PHI3_CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if message['role'] == 'system' %}"
     "{{- '<|system|>\\n' + message['content'] + '<|end|>\\n' }}"
@@ -40,7 +52,29 @@ CHAT_TEMPLATE = (
     "{%- else %}{{- eos_token }}{%- endif %}"
 )
 
-MODEL_SHAPE = dict(
+# microsoft/Phi-4-mini-instruct's tokenizer_config.json `chat_template`, verbatim.
+PHI4_MINI_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and "
+    "message['tools'] is not none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + "
+    "message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + "
+    "message['content'] + '<|end|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Like:
+    """What a twin copies from the model it stands in for."""
+
+    name: str
+    model_id: str
+    special_tokens: tuple[str, ...]
+    chat_template: str
+    config: dict[str, Any] = field(default_factory=dict)
+    config_eos: str = "<|endoftext|>"  # config.json's eos_token_id (generation stops at <|end|> too, either way)
+
+
+MODEL_SHAPE = dict(  # the Phi-3.5-mini twin's shape
     hidden_size=64,
     intermediate_size=256,
     num_hidden_layers=2,
@@ -50,8 +84,46 @@ MODEL_SHAPE = dict(
     original_max_position_embeddings=2048,
 )
 
+# Phi-4-mini: 24 query heads share 8 KV heads (3:1), a quarter of each head's dimensions carry no
+# rotary position (0.75), longrope stretches 4,096 trained positions to 131,072 (x32; here x4).
+_PHI4_HEAD_DIM, _PHI4_ROTARY = 16, 0.75
+_PHI4_ROTARY_PAIRS = int(_PHI4_HEAD_DIM * _PHI4_ROTARY) // 2  # longrope takes one factor per rotated pair
+PHI4_MINI_SHAPE = dict(
+    hidden_size=96,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=8192,
+    original_max_position_embeddings=2048,
+    partial_rotary_factor=_PHI4_ROTARY,
+    rope_scaling={"type": "longrope", "short_factor": [1.0] * _PHI4_ROTARY_PAIRS,
+                  "long_factor": [1.0 + 0.5 * i for i in range(_PHI4_ROTARY_PAIRS)]},
+    tie_word_embeddings=True,
+)
 
-def _train_tokenizer():
+LIKES = {
+    "phi-3.5-mini": Like(
+        name="phi-3.5-mini", model_id="microsoft/Phi-3.5-mini-instruct",
+        special_tokens=("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+        chat_template=PHI3_CHAT_TEMPLATE,
+        config=dict(MODEL_SHAPE, tie_word_embeddings=False),
+    ),
+    "phi-4-mini": Like(
+        name="phi-4-mini", model_id="microsoft/Phi-4-mini-instruct",
+        # in the real vocabulary's order: <|endoftext|> 199999, <|assistant|> 200019, <|end|> 200020,
+        # <|user|> 200021, <|system|> 200022, then the tool-calling tokens
+        special_tokens=("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>", "<|tool|>",
+                        "<|/tool|>", "<|tool_call|>", "<|/tool_call|>", "<|tool_response|>", "<|tag|>"),
+        chat_template=PHI4_MINI_CHAT_TEMPLATE,
+        config=PHI4_MINI_SHAPE,
+        config_eos="<|end|>",  # its config.json: eos 200020 (<|end|>), bos and pad 199999 (<|endoftext|>)
+    ),
+}
+DEFAULT_LIKE = "phi-3.5-mini"
+
+
+def _train_tokenizer(like: Like):
     """A byte-level BPE trained on the sample conversations, wrapped as a fast HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -63,26 +135,25 @@ def _train_tokenizer():
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(like.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Chat-format scaffolding is in the corpus too, so "\n" after a role token is a common merge.
     bpe.train_from_iterator(sorted(set(corpus_text())), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<|endoftext|>",
         eos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
-        pad_token="<|endoftext|>",  # as in Phi-3; padded label positions are -100 anyway
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        pad_token="<|endoftext|>",  # as in both models; padded label positions are -100 anyway
+        chat_template=like.chat_template,
+        model_max_length=like.config["max_position_embeddings"],
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
 
 
-def _build_model(tokenizer):
+def _build_model(tokenizer, like: Like):
     import torch
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
 
@@ -92,13 +163,12 @@ def _build_model(tokenizer):
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos_id,
-        tie_word_embeddings=False,
-        **MODEL_SHAPE,
+        eos_token_id=tokenizer.convert_tokens_to_ids(like.config_eos),
+        **like.config,
     )
     torch.manual_seed(SEED)
     model = Phi3ForCausalLM(config).to(torch.float32)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # both models stop at <|end|> and at <|endoftext|>
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[end_id, eos_id],
         pad_token_id=tokenizer.pad_token_id,
@@ -117,12 +187,13 @@ def _check_replaceable(out_dir: Path) -> None:
                         "whole, so choose an empty or new folder.")
 
 
-def build_tiny_model(out_dir: Path) -> Path:
-    """Build the tiny model into `out_dir` (save_pretrained layout; replaced atomically) and return it."""
+def build_tiny_model(out_dir: Path, like: str = DEFAULT_LIKE) -> Path:
+    """Build the twin of `like` into `out_dir` (save_pretrained layout; replaced atomically) and return it."""
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
-    tokenizer = _train_tokenizer()
-    model = _build_model(tokenizer)
+    twin = LIKES[like]
+    tokenizer = _train_tokenizer(twin)
+    model = _build_model(tokenizer, twin)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -141,15 +212,18 @@ def build_tiny_model(out_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.tiny_model",
-        description="Build offline a tiny Phi-3-architecture model and Phi-3-chat tokenizer (save_pretrained layout).",
+        description="Build offline a tiny Phi-architecture model and chat tokenizer (save_pretrained layout).",
     )
     parser.add_argument("--out", type=Path, required=True,
                         help="folder to write (new, empty, or an earlier model folder, which is replaced)")
+    parser.add_argument("--like", choices=sorted(LIKES), default=DEFAULT_LIKE,
+                        help="the model whose architecture traits and chat format the twin copies "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     from common.cli import step
 
-    with step(f"building the tiny Phi-3 model in {args.out}"):
-        build_tiny_model(args.out)
+    with step(f"building the tiny {args.like} twin in {args.out}"):
+        build_tiny_model(args.out, args.like)
     print(args.out)
     return 0
 

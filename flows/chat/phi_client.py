@@ -4,7 +4,7 @@ Used by the Prompt flow tool (flows/chat/chat.py) and by deployment's smoke test
 and response logic lives only here. Standard library + `requests` only: this folder is uploaded to
 Azure AI Foundry as is.
 
-- APIs: `api="openai"` (this project's server, ARCHITECTURE section 5): `endpoint` is the server's
+- APIs: `api="openai"` (this project's server, docs/ARCHITECTURE.md section 5): `endpoint` is the server's
   base URL and the client POSTs `{endpoint}/v1/chat/completions` (OpenAI Chat Completions) and reads
   `choices[0].message.content`. Without `api`, `endpoint` is a scoring URL (`.../score`) and the
   request takes one of the tutorials' shapes: "contract" (`messages` + sampling fields), "registry"
@@ -135,7 +135,7 @@ def _group_turns(messages: list[dict[str, str]]) -> list[list[dict[str, str]]]:
 
 
 def build_payload(messages: list[dict[str, str]], request_format: str, params: dict[str, Any]) -> dict:
-    """The request body in one of the three shapes of ARCHITECTURE section 5."""
+    """The request body in one of the three shapes of docs/ARCHITECTURE.md section 5."""
     max_tokens = int(params["max_tokens"])
     temperature = float(params["temperature"])
     top_p = float(params["top_p"])

@@ -27,6 +27,7 @@ def test_a_failing_step_is_named_with_its_log_tail(tmp_path: Path) -> None:
     assert "chat-1" in result.timings and (tmp_path / "chat-1.log").is_file()
 
 
+@pytest.mark.slow
 def test_ctrl_c_lets_the_running_step_finish_its_cleanup(tmp_path: Path) -> None:
     """Ctrl-C reaches the demo and its step together; the step (deploy: stop the server it started)
     must get to finish cleaning up, not be killed a quarter of a second later."""

@@ -1,6 +1,6 @@
 """Fixtures for the Azure deploy/teardown tests (imported by those test modules).
 
-- `outputs_file` / `outputs`: a complete stack-outputs JSON (ARCHITECTURE section 3).
+- `outputs_file` / `outputs`: a complete stack-outputs JSON (docs/ARCHITECTURE.md section 3).
 - `scoring_server`: a real HTTP endpoint on 127.0.0.1 standing in for the deployment's /score;
   it checks the bearer key and records the `azureml-model-deployment` header.
 - `fake_client`: the MLClient fake whose endpoints' scoring URI points at that server, and whose
@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from deploy_fake_client import SECRET_KEY, Call, FakeMLClient
+from fakes.ml_client import SECRET_KEY, Call, FakeMLClient
 from infra.outputs import REQUIRED_KEYS, StackOutputs
 
 UAI_ID = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-phi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-phi"

@@ -11,7 +11,7 @@ from common.cli import UserError
 from deployment import definitions
 from deployment.azure_deploy import DeployPlan, choose_slot, deploy_to_azure
 from deployment.registration import ModelChoice
-from deploy_fake_client import CONTAINER_LOG, SECRET_KEY, SECOND_KEY, FakeMLClient
+from fakes.ml_client import CONTAINER_LOG, SECRET_KEY, SECOND_KEY, FakeMLClient
 
 EP = "phi3-chat-test"
 
@@ -73,6 +73,7 @@ def test_first_deploy_runs_in_blue_green_order(fake_client, outputs, runs, write
     assert (result.deployment_name, result.endpoint_created, result.replaced) == ("blue", True, ())
 
 
+@pytest.mark.slow
 def test_existing_endpoint_is_updated_never_deleted(fake_client, outputs, runs, write_connection):
     _seed_live_blue(fake_client, outputs, runs, write_connection)
     fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
@@ -330,6 +331,7 @@ def test_first_deploy_records_its_scores_as_the_baseline(fake_client, outputs, r
     assert list((runs / "eval").glob("*-new-blue.json"))
 
 
+@pytest.mark.slow
 def test_a_worse_new_deployment_is_deleted_and_traffic_untouched(
     fake_client, outputs, runs, write_connection, connection_writes, scoring_server, capsys
 ):
@@ -358,6 +360,7 @@ def test_a_worse_new_deployment_is_deleted_and_traffic_untouched(
     assert any(key.startswith(f"phi3-eval-scores:{EP}-green-") for key in c.data_store)
 
 
+@pytest.mark.slow
 def test_force_moves_traffic_to_a_worse_deployment_and_says_so(
     fake_client, outputs, runs, write_connection, scoring_server, capsys
 ):
@@ -373,6 +376,7 @@ def test_force_moves_traffic_to_a_worse_deployment_and_says_so(
     assert float(_eval_tags(fake_client, "green")["eval-f1"]) < 0.2
 
 
+@pytest.mark.slow
 def test_live_is_rescored_when_its_tags_no_longer_match(fake_client, outputs, runs, write_connection, scoring_server):
     _seed_live_blue(fake_client, outputs, runs, write_connection)
     fake_client.deployments[(EP, "blue")].tags["eval-metric-version"] = "0/older"

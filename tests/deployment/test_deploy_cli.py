@@ -14,7 +14,7 @@ import yaml
 from deploy_fixtures import OUTPUTS
 from common.cli import run_cli
 from deployment import deploy
-from deploy_fake_client import SECRET_KEY
+from fakes.ml_client import SECRET_KEY
 
 
 def _run(argv: list[str]) -> int:

@@ -164,7 +164,7 @@ def test_calls_match_the_real_ml_client(op, method, args, kwargs, outputs):
     from azure.identity import DefaultAzureCredential
 
     from common.azure import make_ml_client
-    from deploy_fake_client import FakeMLClient
+    from fakes.ml_client import FakeMLClient
 
     real = getattr(getattr(make_ml_client(outputs, credential=DefaultAzureCredential()), op), method)
     inspect.signature(real).bind(*args, **kwargs)  # raises TypeError on a wrong name or arity

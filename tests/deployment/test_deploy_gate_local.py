@@ -32,7 +32,7 @@ def _ok(done: subprocess.CompletedProcess) -> str:
 
 def test_an_untrained_model_is_refused_and_force_overrides(tmp_path: Path, repo_root: Path, state_dir: Path) -> None:
     from common import pf_settings
-    from demo.pipeline import Budget
+    from demo.pipeline import Budget, train_command
     from deployment.metrics import score
 
     runs = tmp_path / "runs"
@@ -41,10 +41,9 @@ def test_an_untrained_model_is_refused_and_force_overrides(tmp_path: Path, repo_
     pf_settings.apply()  # no tracing service, no telemetry in the session's PF home
     data = runs / "data"
     _ok(_cli("training.data", "--source", "sample", "--out", str(data), env=env, cwd=repo_root))
-    budget = Budget()
-    _ok(_cli("training.submit", "--target", "local", "--model", "tiny", "--data", str(data),
-             "--epochs", str(budget.epochs), "--max-steps", str(budget.max_steps), *budget.extra_train_flags,
-             env=env, cwd=repo_root))
+    _python, module_flag, *train = train_command(sys.executable, "tiny", data, Budget())  # the demo's own fine-tune
+    assert module_flag == "-m"
+    _ok(_cli(*train, env=env, cwd=repo_root))
     record_file = runs / "serve" / "endpoint.json"
     try:
         first = _ok(_cli("deployment.deploy", "--target", "local", env=env, cwd=repo_root))

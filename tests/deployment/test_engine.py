@@ -32,11 +32,13 @@ PHI4_MINI = dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=24,
                  vocab_size=200064, max_position_embeddings=131072)
 
 
+@pytest.mark.slow
 def test_kv_cache_per_token_of_the_published_shapes() -> None:
     assert kv_bytes_per_token(_phi3_config(**PHI35_MINI), 2) == 384 * 1024  # no GQA
     assert kv_bytes_per_token(_phi3_config(**PHI4_MINI), 2) == 128 * 1024  # 8 KV heads of 128
 
 
+@pytest.mark.slow
 def test_limits_on_an_a100_80gb() -> None:
     """Phi-3.5-mini in bf16 (7.6 GB) on 80 GiB: 38 full 4k sequences fit; the default bound of 32 applies."""
     budget = int((80 * GIB - 7.6e9) * GPU_CACHE_FRACTION)

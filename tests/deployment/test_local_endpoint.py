@@ -73,7 +73,7 @@ def test_deploy_replace_and_teardown(latest_job: Path, runs: Path, pf_settings_a
         assert first.url == f"http://127.0.0.1:{first.port}/score"
         record = json.loads((runs / "serve" / "endpoint.json").read_text())
         assert (record["pid"], record["port"], record["url"]) == (first.pid, first.port, first.url)
-        # the server speaks the OpenAI API: the connection says so, with the base URL (ARCHITECTURE section 6)
+        # the server speaks the OpenAI API: the connection says so, with the base URL (docs/ARCHITECTURE.md section 6)
         assert read_phi_connection() == {"endpoint": f"http://127.0.0.1:{first.port}", "api": "openai"}
         status, answer = post(first.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert status == 200 and answer["usage"]["completion_tokens"] <= 3

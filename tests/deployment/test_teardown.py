@@ -9,7 +9,7 @@ from azure.ai.ml.entities import ManagedOnlineEndpoint
 from common.cli import run_cli
 from deployment import teardown
 from deployment.definitions import build_endpoint
-from deploy_fake_client import FakeMLClient
+from fakes.ml_client import FakeMLClient
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +175,7 @@ def test_flow_errors_have_one_clear_message(pf_client, flow_copy, fake, connect,
     assert len(fake.requests) == 1
 
 
+@pytest.mark.slow
 def test_flow_retries_503_a_bounded_number_of_times(pf_client, flow_copy, fake, connect) -> None:
     fake.default = Reply(503, "no healthy upstream")
     message = flow_error(pf_client, flow_copy)
@@ -185,6 +185,7 @@ def test_flow_retries_503_a_bounded_number_of_times(pf_client, flow_copy, fake, 
     assert gaps[0] >= 0.45 and gaps[2] >= 1.8  # exponential backoff: 0.5, 1, 2 s
 
 
+@pytest.mark.slow
 def test_flow_honours_retry_after_on_429(pf_client, flow_copy, fake, connect) -> None:
     fake.queue(Reply(429, "busy", headers={"Retry-After": "1"}), Reply(429, "busy", headers={"Retry-After": "1"}))
     assert run_flow(pf_client, flow_copy, "Who founded Microsoft?") == {"answer": ANSWER}
@@ -239,6 +240,7 @@ def pf_cli() -> str:
     return str(Path(sys.executable).with_name("pf"))
 
 
+@pytest.mark.slow
 def test_pf_flow_test_cli_answers_and_reports_errors(flow_copy, fake, connect, tmp_path) -> None:
     """The README's command, as a subprocess: the answer on stdout; a 401 as one clear failure."""
     env = dict(os.environ)

@@ -16,6 +16,8 @@ import requests
 from deployment.connection import write_phi_connection
 from fake_endpoint import ANSWER, KEY, Reply
 
+pytestmark = pytest.mark.slow  # one `pf flow serve` for the module: seconds to start
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -79,6 +79,7 @@ def test_bad_input_is_refused_before_anything_is_written(pf_ready, kwargs, match
     assert read_phi_connection() is None
 
 
+@pytest.mark.slow
 def test_cli_set_reads_the_key_from_stdin_and_never_prints_it(pf_ready) -> None:
     import os
     import subprocess

@@ -305,6 +305,7 @@ def test_overrides_reach_the_resources(run, preview: bool) -> None:
     assert result.outputs["budget_name"] == "budget-acme-prod"
 
 
+@pytest.mark.slow
 def test_a_new_size_or_priority_means_a_new_cluster_name(run) -> None:
     base = run().one("Compute").inputs["computeName"]
     bigger = run(config={"computeVmSize": "Standard_NC48ads_A100_v4"}).one("Compute").inputs["computeName"]
@@ -313,6 +314,7 @@ def test_a_new_size_or_priority_means_a_new_cluster_name(run) -> None:
     assert run().one("Compute").inputs["computeName"] == base  # and stable otherwise
 
 
+@pytest.mark.slow
 def test_a_recreated_stack_gets_fresh_names(run) -> None:
     """Pulumi gives a re-created resource group a new random suffix, so soft-deleted names are never reused."""
     first, second = run(), run()

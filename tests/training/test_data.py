@@ -228,6 +228,7 @@ def test_missing_source_file(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- --source hf (hub patched at load_dataset)
 
+@pytest.mark.slow
 def test_hf_source_selects_the_seeded_fraction(tmp_path: Path, monkeypatch) -> None:
     import datasets
 

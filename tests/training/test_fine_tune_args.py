@@ -115,6 +115,7 @@ def test_cli_bad_data_line_is_one_error_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_out_of_memory_anywhere_is_advice_and_a_failed_run(fine_tune, tmp_path: Path, monkeypatch) -> None:
     import mlflow
     import torch
@@ -254,6 +255,7 @@ def test_oom_advice(fine_tune, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- --device
 
+@pytest.mark.slow
 def test_device_cuda_without_a_gpu_refuses_before_loading_the_model(tmp_path: Path) -> None:
     import torch
 

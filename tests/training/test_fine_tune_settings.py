@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_ml_client import write_data
+from fakes.inputs import write_data
 from training.trainer import settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

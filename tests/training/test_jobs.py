@@ -1,7 +1,6 @@
 """Job builders and dry runs: the YAML loads with azure.ai.ml.load_job and validates offline."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_ml_client import write_data, write_stack_outputs
+from fakes.inputs import write_data, write_stack_outputs
 from common.pins import CLOUD_TORCH_PIN
 from training import environment, hyperparams, jobs, submit
 
@@ -251,7 +250,7 @@ def test_shm_size_is_checked_before_anything_is_built(argv, capsys) -> None:  # 
 
 def test_dry_run_and_submit_build_the_same_job(argv, capsys, monkeypatch) -> None:  # noqa: ANN001
     """Both paths go through azure_submit.build_job: only the references Azure decides differ."""
-    from fake_ml_client import FakeMLClient
+    from fakes.ml_client import FakeMLClient
     from training import azure_submit
 
     flags = ["--display-name", "same", "--learning-rate", "3e-5", "--model", "microsoft/Phi-4-mini-instruct"]

@@ -8,17 +8,10 @@ from azure.ai.ml.exceptions import ErrorCategory, ErrorTarget, JobException
 from azure.core.exceptions import ClientAuthenticationError
 
 from common.cli import UserError
-from fake_ml_client import (
-    A100,
-    FakeMLClient,
-    FakeRegistryClient,
-    a100_usages,
-    default_sizes,
-    http_error,
-    usage,
-    write_data,
-    write_stack_outputs,
-)
+from fakes.inputs import write_data, write_stack_outputs
+from fakes.ml_client import FakeMLClient, http_error
+from fakes.quota import A100, a100_usages, default_sizes, usage
+from fakes.registry import FakeRegistryClient
 from training import submit
 
 
@@ -42,7 +35,7 @@ def _job_exception(message: str) -> JobException:
 def test_sft_order_of_operations(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     fake = FakeMLClient()
     assert submit.main(argv, ml_client=fake) == 0
-    assert fake.record.names() == [
+    assert fake.names() == [
         "compute.get",
         "compute.list_sizes",
         "compute.list_usage",
@@ -79,7 +72,7 @@ def test_second_submit_reuses_environment_and_data(argv: list[str]) -> None:
     assert submit.main(argv, ml_client=fake) == 0
     first = len(fake.calls)
     assert submit.main(argv, ml_client=fake) == 0
-    second = fake.record.names()[first:]
+    second = fake.names()[first:]
     assert "environments.create_or_update" not in second
     assert "data.create_or_update" not in second
     assert second.count("jobs.create_or_update") == 1
@@ -95,7 +88,8 @@ def test_changed_data_uploads_only_the_changed_split(tmp_path: Path, argv: list[
     write_data(tmp_path / "data", rows=5)  # train changes; test.jsonl is rewritten with the same bytes
     first = len(fake.calls)
     assert submit.main(argv, ml_client=fake) == 0
-    created = [detail for what, detail in fake.calls[first:] if what.endswith("create_or_update") and what != "jobs.create_or_update"]
+    created = [(c.args["name"], c.args["version"]) for c in fake.calls[first:]
+               if c.name.endswith("create_or_update") and c.name != "jobs.create_or_update"]
     assert [name for name, _ in created] == ["finetune-phi-train"]
     one, two = fake.jobs.submitted
     assert one.inputs["train_file"].path != two.inputs["train_file"].path
@@ -107,7 +101,8 @@ def test_job_comes_from_stack_outputs_and_flags(argv: list[str], tmp_path: Path)
     fake = FakeMLClient()
     assert submit.main(argv + ["--learning-rate", "2e-5", "--packing", "false", "--no-stream"], ml_client=fake) == 0
     (job,) = fake.jobs.submitted
-    env_name, env_version = next(d for w, d in fake.calls if w == "environments.create_or_update")
+    env_name, env_version = next((c.args["name"], c.args["version"]) for c in fake.calls
+                                 if c.name == "environments.create_or_update")
     assert job.compute == "gpu-a100"
     assert job.environment.removeprefix("azureml:") == f"{env_name}:{env_version}"
     assert job.experiment_name == "finetune-phi"
@@ -127,7 +122,7 @@ def test_job_comes_from_stack_outputs_and_flags(argv: list[str], tmp_path: Path)
     assert "--model_name_or_path microsoft/Phi-3.5-mini-instruct" in job.command
     assert "--output_dir ${{outputs.model}}" in job.command
     assert job.resources.shm_size == "16g" and job.resources.instance_count == 1
-    assert "jobs.stream" not in fake.record.names()
+    assert "jobs.stream" not in fake.names()
 
 
 def test_distribution_only_when_nodes_times_gpus_exceeds_one(argv: list[str]) -> None:
@@ -159,7 +154,7 @@ def test_no_quota_stops_before_anything_is_created(argv: list[str]) -> None:
     message = str(err.value)
     assert "Standard NCADSA100v4 Family Cluster Dedicated vCPUs" in message
     assert "allows 0 vCPUs" in message and "needs 24" in message and "Request" in message
-    assert fake.record.names() == ["compute.get", "compute.list_sizes", "compute.list_usage"]
+    assert fake.names() == ["compute.get", "compute.list_sizes", "compute.list_usage"]
     assert fake.jobs.submitted == []
 
 
@@ -167,7 +162,7 @@ def test_quota_counts_every_node(argv: list[str]) -> None:
     fake = FakeMLClient(usages=a100_usages(used=0, limit=24))
     with pytest.raises(UserError, match="needs 48"):
         submit.main(argv + ["--instance-count", "2"], ml_client=fake)
-    assert "jobs.create_or_update" not in fake.record.names()
+    assert "jobs.create_or_update" not in fake.names()
 
 
 def _low_priority_client(lp_limit: int) -> FakeMLClient:
@@ -190,7 +185,7 @@ def test_low_priority_cluster_is_checked_against_the_low_priority_quota(argv: li
     with pytest.raises(UserError) as err:
         submit.main(argv, ml_client=fake)
     assert "Total Cluster LowPriority Regional vCPUs" in str(err.value) and "needs 24" in str(err.value)
-    assert fake.record.names() == ["compute.get", "compute.list_sizes", "compute.list_usage"]
+    assert fake.names() == ["compute.get", "compute.list_sizes", "compute.list_usage"]
 
 
 def test_low_priority_from_the_stack_outputs_when_the_cluster_does_not_say(tmp_path: Path) -> None:
@@ -206,14 +201,14 @@ def test_missing_cluster_stops_before_submission(argv: list[str]) -> None:
     with pytest.raises(UserError) as err:
         submit.main(argv, ml_client=fake)
     assert "gpu-a100" in str(err.value) and "pulumi up" in str(err.value)
-    assert fake.record.names() == ["compute.get"]
+    assert fake.names() == ["compute.get"]
 
 
 def test_too_many_nodes_is_refused(argv: list[str]) -> None:
     fake = FakeMLClient()
     with pytest.raises(UserError, match="more than cluster gpu-a100 can scale to"):
         submit.main(argv + ["--instance-count", "3"], ml_client=fake)
-    assert "jobs.create_or_update" not in fake.record.names()
+    assert "jobs.create_or_update" not in fake.names()
 
 
 def test_not_logged_in_says_az_login(argv: list[str]) -> None:
@@ -233,14 +228,14 @@ def test_service_errors_are_one_message_without_our_own_retries(argv: list[str])
     fake.jobs.fail_submit = [http_error(503, "Service Unavailable")]
     with pytest.raises(UserError, match="submitting the job: Azure answered 503"):
         submit.main(argv + ["--no-stream"], ml_client=fake)
-    assert fake.record.names().count("jobs.create_or_update") == 1
+    assert fake.names().count("jobs.create_or_update") == 1
 
 
 def test_job_failure_gives_last_lines_and_studio_link(argv: list[str]) -> None:
     fake = FakeMLClient()
 
     def fail(jobs, name):  # noqa: ANN001
-        jobs.statuses[name] = "Failed"
+        jobs.set_status(name, "Failed")
         raise _job_exception('Exception : \n {"code": "UserError", "message": "CUDA out of memory"} ')
 
     fake.on_stream = fail
@@ -261,7 +256,8 @@ def test_environment_build_failure_links_the_build_log(argv: list[str]) -> None:
     fake.on_stream = fail
     with pytest.raises(UserError) as err:
         submit.main(argv, ml_client=fake)
-    env_name, env_version = next(d for w, d in fake.calls if w == "environments.create_or_update")
+    env_name, env_version = next((c.args["name"], c.args["version"]) for c in fake.calls
+                                 if c.name == "environments.create_or_update")
     assert f"environments/{env_name}/version/{env_version}" in str(err.value)
 
 
@@ -280,12 +276,12 @@ def test_ctrl_c_stops_following_not_the_job(argv: list[str], capsys: pytest.Capt
     err = capsys.readouterr().err
     assert f"az ml job stream -n {job.name} -g rg-phi -w ws-phi" in err
     assert f"az ml job cancel -n {job.name}" in err
-    assert fake.record.names()[-1] == "jobs.stream"  # nothing cancelled
+    assert fake.names()[-1] == "jobs.stream"  # nothing cancelled
 
 
 def test_job_that_ends_unsuccessfully_exits_non_zero(argv: list[str]) -> None:
     fake = FakeMLClient()
-    fake.on_stream = lambda jobs, name: jobs.statuses.__setitem__(name, "Canceled")
+    fake.on_stream = lambda jobs, name: jobs.set_status(name, "Canceled")
     with pytest.raises(UserError, match="ended with status Canceled"):
         submit.main(argv, ml_client=fake)
 
@@ -295,9 +291,9 @@ def test_job_that_ends_unsuccessfully_exits_non_zero(argv: list[str]) -> None:
 
 def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
     fake = FakeMLClient()
-    registry = FakeRegistryClient(fake.record, defaults={"apply_deepspeed": "false", "learning_rate": 1e-5, "precision": "16"})
+    registry = FakeRegistryClient(fake.calls, defaults={"apply_deepspeed": "false", "learning_rate": 1e-5, "precision": "16"})
     assert submit.main(argv + ["--recipe", "registry", "--epochs", "1"], ml_client=fake, registry_client=registry) == 0
-    assert fake.record.names() == [
+    assert fake.names() == [
         "compute.get",
         "compute.list_sizes",
         "compute.list_usage",
@@ -311,7 +307,7 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
         "jobs.stream",
         "jobs.get",
     ]
-    assert ("registry.models.get", ("Phi-4", "latest")) in fake.calls
+    assert fake.count("registry.models.get", name="Phi-4", label="latest")
     (job,) = fake.jobs.submitted
     assert type(job).__name__ == "PipelineJob"
     assert job.settings.force_rerun is True and job.settings.continue_on_step_failure is False
@@ -329,7 +325,7 @@ def test_registry_recipe_order_and_pipeline(argv: list[str]) -> None:
     assert inputs["num_train_epochs"] == 1
     assert node.outputs["mlflow_model_folder"]._data == "${{parent.outputs.trained_model}}"
     assert "trained_model" in job.outputs
-    assert not any(name.startswith("environments.") for name in fake.record.names())
+    assert not any(name.startswith("environments.") for name in fake.names())
 
 
 @pytest.mark.parametrize("model", ["Phi-3-mini-4k-instruct", "Phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct"])
@@ -337,19 +333,19 @@ def test_registry_refuses_a_retired_model_from_its_lifecycle_tags(argv: list[str
     """The registry model's FinetuneRetirementDate tag (as the SDK's Model entity carries it) is past: one message
     naming the current choices, and nothing uploaded or submitted."""
     fake = FakeMLClient()
-    registry = FakeRegistryClient(fake.record)
+    registry = FakeRegistryClient(fake.calls)
     with pytest.raises(UserError) as err:
         submit.main(argv + ["--recipe", "registry", "--model", model], ml_client=fake, registry_client=registry)
     message = str(err.value)
     assert "retired for fine-tuning" in message and "2025-08-30" in message
     assert "--model Phi-4" in message and "--recipe sft --model microsoft/Phi-4-mini-instruct" in message
-    assert not any(name.startswith(("data.", "jobs.", "registry.components")) for name in fake.record.names())
+    assert not any(name.startswith(("data.", "jobs.", "registry.components")) for name in fake.names())
 
 
 def test_registry_archived_model_gets_the_retirement_message(argv: list[str]) -> None:
     """Newer azureml-assets specs archive retired Phi-3 assets; a lookup that finds nothing still says why."""
     fake = FakeMLClient()
-    registry = FakeRegistryClient(fake.record)
+    registry = FakeRegistryClient(fake.calls)
     del registry.model_store["Phi-3-mini-4k-instruct"]
     with pytest.raises(UserError, match="retired for fine-tuning in registry azureml on 2025-08-30"):
         submit.main(argv + ["--recipe", "registry", "--model", "Phi-3-mini-4k-instruct"], ml_client=fake,
@@ -363,10 +359,10 @@ def test_registry_lifecycle_is_read_from_the_tags_not_only_the_table(argv: list[
     azureml-assets specs); a deprecated one still runs, with a warning."""
     from datetime import date, timedelta
 
-    from fake_ml_client import PHI4_TAGS, registry_model
+    from fakes.registry import PHI4_TAGS, registry_model
 
     fake = FakeMLClient()
-    registry = FakeRegistryClient(fake.record)
+    registry = FakeRegistryClient(fake.calls)
     registry.model_store["Some-Phi"] = registry_model("Some-Phi", "1", {
         **PHI4_TAGS, "finetuneDeprecationDate": "2025-01-01T00:00:00.000000Z",
         "finetuneRetirementDate": "2025-02-01T00:00:00.000000Z"})
@@ -383,25 +379,25 @@ def test_registry_fractional_epochs_refused_before_any_call(argv: list[str]) -> 
     fake = FakeMLClient()
     with pytest.raises(UserError, match="--epochs 1.5: the registry pipeline's num_train_epochs is a whole number"):
         submit.main(argv + ["--recipe", "registry", "--epochs", "1.5"], ml_client=fake,
-                    registry_client=FakeRegistryClient(fake.record))
+                    registry_client=FakeRegistryClient(fake.calls))
     assert fake.calls == []
     assert submit.main(argv + ["--epochs", "1.5", "--no-stream"], ml_client=FakeMLClient()) == 0  # sft takes fractions
 
 
 def test_registry_refuses_cluster_outside_allow_list(argv: list[str]) -> None:
     fake = FakeMLClient()
-    registry = FakeRegistryClient(fake.record, allow=["Standard_NC48ads_A100_v4", "Standard_ND96asr_v4"])
+    registry = FakeRegistryClient(fake.calls, allow=["Standard_NC48ads_A100_v4", "Standard_ND96asr_v4"])
     with pytest.raises(UserError) as err:
         submit.main(argv + ["--recipe", "registry"], ml_client=fake, registry_client=registry)
     assert A100 in str(err.value) and "Standard_NC48ads_A100_v4" in str(err.value)
-    assert "jobs.create_or_update" not in fake.record.names()
+    assert "jobs.create_or_update" not in fake.names()
 
 
 def test_registry_refuses_trainer_only_flags_before_azure(argv: list[str]) -> None:
     fake = FakeMLClient()
     with pytest.raises(UserError, match="--packing"):
         submit.main(argv + ["--recipe", "registry", "--packing", "false"], ml_client=fake,
-                    registry_client=FakeRegistryClient(fake.record))
+                    registry_client=FakeRegistryClient(fake.calls))
     assert fake.calls == []
 
 
@@ -449,7 +445,7 @@ def test_cpu_cluster_trains_on_cpu_with_a_warning(tmp_path: Path, capsys: pytest
     assert "has no GPU; the job trains on CPU" in capsys.readouterr().err
     with pytest.raises(UserError, match="registry's chat_completion_pipeline needs a GPU size"):
         submit.main(argv + ["--recipe", "registry"], ml_client=_cpu_client(),
-                    registry_client=FakeRegistryClient(fake.record))
+                    registry_client=FakeRegistryClient(fake.calls))
 
 
 def test_resource_group_scoped_teammate_gets_a_warning_not_a_refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -487,16 +483,16 @@ def test_registered_model_is_a_model_input_of_its_own_type(argv: list[str], kind
     from azure.ai.ml.entities import Model
 
     fake = FakeMLClient()
-    fake.models.store[("phi-ft", "3")] = Model(name="phi-ft", version="3", type=kind, path="azureml://x")
+    fake.model_store.append(Model(name="phi-ft", version="3", type=kind, path="azureml://x"))
     assert submit.main(argv + ["--model", "azureml:phi-ft:3", "--no-stream"], ml_client=fake) == 0
     (job,) = fake.jobs.submitted
     assert job.inputs["model"].type == kind and job.inputs["model"].path.removeprefix("azureml:") == "phi-ft:3"
     assert "--model_name_or_path ${{inputs.model}}" in job.command and "--model_revision" not in job.command
-    assert ("models.get", ("phi-ft", "3")) in fake.calls
+    assert fake.count("models.get", name="phi-ft", version="3")
 
 
 def test_a_missing_registered_model_stops_before_upload(argv: list[str]) -> None:
     fake = FakeMLClient()
     with pytest.raises(UserError, match="reading registered model phi-ft:9: not found"):
         submit.main(argv + ["--model", "azureml:phi-ft:9"], ml_client=fake)
-    assert "data.create_or_update" not in fake.record.names() and fake.jobs.submitted == []
+    assert "data.create_or_update" not in fake.names() and fake.jobs.submitted == []

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from common.cli import UserError
-from fake_ml_client import A100, FakeMLClient, a100_usages, default_sizes, usage, write_data, write_stack_outputs
+from fakes.inputs import write_data, write_stack_outputs
+from fakes.ml_client import FakeMLClient
+from fakes.quota import A100, a100_usages, default_sizes, usage
 from training import discovery, quota
 
 
@@ -83,7 +85,7 @@ def _job(name: str, recipe: str | None, status: str, minute: int, experiment: st
 
 def test_latest_completed_job_picks_newest_completed_of_ours() -> None:
     fake = FakeMLClient()
-    fake.listed_jobs = [
+    fake.jobs.store = [
         _job("old-sft", "sft", "Completed", 1),
         _job("new-registry", "registry", "Completed", 5),
         _job("running", "sft", "Running", 9),
@@ -93,16 +95,16 @@ def test_latest_completed_job_picks_newest_completed_of_ours() -> None:
         None,  # the SDK yields None for jobs it cannot parse
     ]
     assert discovery.latest_completed_job(fake) == ("new-registry", "trained_model")
-    fake.listed_jobs = fake.listed_jobs[:1] + fake.listed_jobs[2:]
+    fake.jobs.store = fake.jobs.store[:1] + fake.jobs.store[2:]
     assert discovery.latest_completed_job(fake) == ("old-sft", "model")
-    assert fake.record.names() == ["jobs.list", "jobs.list"]
+    assert fake.names() == ["jobs.list", "jobs.list"]
 
 
 def test_latest_completed_job_errors_say_what_to_do() -> None:
     fake = FakeMLClient()
     with pytest.raises(UserError, match="python -m training.submit"):
         discovery.latest_completed_job(fake)
-    fake.listed_jobs = [_job("still-going", "sft", "Running", 1)]
+    fake.jobs.store = [_job("still-going", "sft", "Running", 1)]
     with pytest.raises(UserError, match="still-going, is Running"):
         discovery.latest_completed_job(fake)
 

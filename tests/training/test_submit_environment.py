@@ -16,7 +16,7 @@ import yaml
 
 from common import cuda_driver
 from common.pins import CLOUD_TORCH_PIN, conda_spec, extra_pins
-from fake_ml_client import write_data, write_stack_outputs
+from fakes.inputs import write_data, write_stack_outputs
 from training import environment, submit
 
 

@@ -41,6 +41,7 @@ def test_local_target_trains_tiny_model_end_to_end(sample_data_dir: Path, capsys
     assert any((local_runs.runs_dir() / "cache" / "datasets").iterdir())  # the Arrow cache is run output, not ~/.cache
 
 
+@pytest.mark.slow
 def test_local_failure_shows_the_log_tail_and_keeps_latest(tmp_path: Path, sample_data_dir: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()

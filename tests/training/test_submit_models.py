@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import UserError
-from fake_ml_client import write_data, write_stack_outputs
+from fakes.inputs import write_data, write_stack_outputs
 from training import models, submit
 
 

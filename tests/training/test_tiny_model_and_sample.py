@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from training import sample_data
 from training.data import row_problem
@@ -104,6 +105,7 @@ def test_model_loads_and_runs_forward(tiny_model_dir: Path) -> None:
     assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_cli_builds_the_same_bytes_twice(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Deterministic: the CLI's build is byte-identical to the fixture's (a separate build)."""
     out = tmp_path / "tiny"

@@ -12,8 +12,9 @@ What it gets right that the Phi-3 cookbook's fine_tune.py does not:
   bf16 only where the GPU has it, plain fp32 on CPU;
 - packing without cross-contamination: padding-free packing with per-sequence position ids,
   only with an attention implementation that isolates the packed sequences;
-- loss on assistant turns only when the chat template marks them (`{% generation %}`), or TRL
-  has a marked training variant of it;
+- loss on assistant turns only when the chat template marks them (`{% generation %}`), or a marked
+  training variant of it is known (TRL's, or ours for Phi-4-mini: chat_templates.py), with the
+  masks checked before the first step;
 - the device it was asked for: `--device cuda` refuses to crawl on a CPU;
 - the model written once, to `--output_dir` (the job's named `model` output) as an MLflow
   transformers model (task llm/v1/chat) with `summary.json` beside `MLmodel`; the MLflow run
@@ -39,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .chat_templates import MaskError, check_masks, training_template
+from .chat_templates import applied as training_template_applied
 from .settings import Settings, build_parser, parse_args  # noqa: F401 - the trainer's CLI and Python API
 
 KEEP_COLUMNS = ("messages",)  # ultrachat's `prompt` would send TRL down the prompt/completion path
@@ -239,22 +242,15 @@ def packing_isolates_sequences(attn_implementation: str) -> bool:
 
 
 def resolve_assistant_only_loss(requested: str, tokenizer) -> bool:
-    """`auto`: on when the template has {% generation %} markers or TRL ships a marked variant of it."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
+    """`auto`: on when the template has {% generation %} markers or a marked variant of it is known (TRL's, ours)."""
     template = tokenizer.chat_template
     if not template:
         raise TrainerError("the tokenizer has no chat template; use a chat model such as microsoft/Phi-3.5-mini-instruct.")
-    supported = has_generation_markers(template)
-    if not supported:
-        try:
-            supported = get_training_chat_template(tokenizer) is not None
-        except ValueError:
-            supported = False
+    supported = training_template(tokenizer) is not None  # own markers, TRL's or ours
     if requested == "auto":
         if not supported:
             log.warning("assistant-only loss off: the chat template has no {%% generation %%} markers "
-                        "(and TRL has no marked variant); training on whole conversations.")
+                        "(and no marked variant of it is known); training on whole conversations.")
         return supported
     if requested == "true" and not supported:
         raise TrainerError("--assistant_only_loss true needs {% generation %} markers in the chat template; "
@@ -427,15 +423,20 @@ def build_trainer(args: Settings, work_dir: str | None = None, runtime: Runtime 
     if work_dir is None:
         work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
     try:
-        trainer = SFTTrainer(
-            model=model,
-            args=sft_config(args, runtime, plan, work_dir, sft_overrides),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(args) if args.method == "lora" else None,
-            callbacks=list(callbacks) or None,
-        )
+        with training_template_applied(tokenizer, plan.assistant_only_loss):  # the marked template while TRL tokenizes
+            trainer = SFTTrainer(
+                model=model,
+                args=sft_config(args, runtime, plan, work_dir, sft_overrides),
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=tokenizer,
+                peft_config=lora_config(args) if args.method == "lora" else None,
+                callbacks=list(callbacks) or None,
+            )
+        if plan.assistant_only_loss:
+            check_masks(trainer)  # before any step: masks that are empty or dropped are refused
+    except MaskError as err:
+        raise TrainerError(str(err)) from err
     except ValueError as err:
         if args.method == "lora" and "target modules" in str(err).lower():  # peft's NoMatchingPeftModuleError
             raise TrainerError(f"--lora_target_modules {args.lora_target_modules} matches no module of the model: "
