@@ -318,7 +318,7 @@ class _Deploy:
             current = self.ml.online_deployments.get(name=slots.main_live, endpoint_name=self.ep_name)
             live_model, label = str(current.model), f"live {slots.main_live}"
             live, reused = gate.live_scores(scope, dict(current.tags or {}), live_model, eval_set, label,
-                                            lambda: scores(slots.main_live, label, live_model))
+                                            lambda: scores(slots.main_live, label, live_model), self.read_scores)
             if not reused:
                 gate.remember(scope, live)
                 self.tag(slots.main_live, gate.tags_for(live, self.store_scores(live, slots.main_live)))
@@ -333,16 +333,17 @@ class _Deploy:
 
     def store_scores(self, scores: Any, deployment: str) -> str:
         """Per-conversation scores as a workspace data asset (best effort); returns NAME:VERSION or ''."""
-        import json
         import tempfile
 
         from azure.ai.ml.constants import AssetTypes
         from azure.ai.ml.entities import Data
 
+        from deployment import gate
+
         version = f"{self.ep_name}-{deployment}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
         folder = Path(tempfile.mkdtemp(prefix="eval-scores-"))
         path = folder / f"{deployment}.json"
-        path.write_text(json.dumps(scores.to_json()), encoding="utf-8")
+        path.write_text(gate.scores_text(scores), encoding="utf-8")
         asset = Data(name=SCORES_ASSET, version=version, type=AssetTypes.URI_FILE, path=str(path),
                      description=f"evaluation of {deployment} on endpoint {self.ep_name}", tags=dict(definitions.CREATED_BY))
         try:
@@ -351,6 +352,24 @@ class _Deploy:
             say(f"    warning: could not store the scores as data asset {SCORES_ASSET}: {first_line(err)}")
             return ""
         return f"{SCORES_ASSET}:{version}"
+
+    def read_scores(self, ref: str) -> str:
+        """The content of a scores data asset NAME:VERSION (what store_scores wrote), downloaded from its datastore.
+
+        The SDK has no public download for data assets; this is the call its own `jobs.download` makes.
+        """
+        import tempfile
+
+        from azure.ai.ml._artifacts._artifact_utilities import download_artifact_from_aml_uri
+
+        name, _, version = ref.partition(":")
+        asset = self.ml.data.get(name=name, version=version)
+        with tempfile.TemporaryDirectory(prefix="eval-scores-") as folder:
+            download_artifact_from_aml_uri(str(asset.path), folder, self.ml.datastores)
+            files = [p for p in Path(folder).rglob("*") if p.is_file()]
+            if len(files) != 1:
+                raise ValueError(f"data asset {ref} holds {len(files)} files, not one scores file")
+            return files[0].read_text(encoding="utf-8")
 
     def tag(self, name: str, tags: dict[str, str]) -> None:
         """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""

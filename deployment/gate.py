@@ -4,7 +4,8 @@ Both deployments answer the same held-out conversations (deployment/evaluate.py)
 comparison of their per-conversation token F1 (deployment/metrics.py) decides. A first deploy
 has no live deployment: its scores become the baseline. The live deployment is re-scored only
 when its recorded scores (tags) were made on another eval set, with another metric version, or
-for another model, or when its per-conversation scores are not at hand (runs/eval/scores/).
+for another model, or when its per-conversation scores are not at hand: neither under
+runs/eval/scores/ nor (on Azure) in the data asset its tags name, with the content hash they record.
 """
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ TAG_VERSION = "eval-metric-version"
 TAG_MODEL = "eval-model"
 TAG_SCORES = "eval-scores"
 """Where the per-conversation scores are kept (a data asset NAME:VERSION on Azure, a path locally)."""
+TAG_SCORES_SHA = "eval-scores-sha256"
+"""The SHA-256 of that file's content: stored scores are reused only when they hash to it."""
+
+
+def scores_text(scores: Scores) -> str:
+    """The stored form of per-conversation scores (file and data asset alike): the text TAG_SCORES_SHA hashes."""
+    return json.dumps(scores.to_json()) + "\n"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def tags_for(scores: Scores, where: str = "") -> dict[str, str]:
@@ -32,7 +44,7 @@ def tags_for(scores: Scores, where: str = "") -> dict[str, str]:
     stats = scores.stats()
     tags = {f"eval-{metric}": f"{stats[metric].mean:.4f}" for metric in METRICS}
     tags.update({TAG_N: str(len(scores.rows)), TAG_FILE: scores.eval_sha256, TAG_VERSION: scores.metric_version,
-                 TAG_MODEL: scores.model})
+                 TAG_MODEL: scores.model, TAG_SCORES_SHA: _sha256(scores_text(scores))})
     if where:
         tags[TAG_SCORES] = where
     return tags
@@ -45,37 +57,81 @@ def _cache_file(scope: str, model: str, eval_sha256: str, version: str) -> Path:
     return local_runs.runs_dir() / "eval" / "scores" / f"{key}.json"
 
 
-def remember(scope: str, scores: Scores) -> Path:
-    """Keep per-conversation scores where a later deploy of the same endpoint finds them."""
+def remember(scope: str, scores: Scores, text: str | None = None) -> Path:
+    """Keep per-conversation scores where a later deploy of the same endpoint finds them (`text`: as stored)."""
     path = _cache_file(scope, scores.model, scores.eval_sha256, scores.metric_version)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(scores.to_json()) + "\n", encoding="utf-8")
+    tmp.write_text(scores_text(scores) if text is None else text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
-def recorded(scope: str, tags: Mapping[str, str], model: str, eval_set: EvalSet) -> Scores | None:
-    """The live deployment's stored scores when still valid (same eval set, metric version, model); else None."""
-    version = metric_version()
-    if (tags.get(TAG_FILE), tags.get(TAG_VERSION), tags.get(TAG_MODEL)) != (eval_set.sha256, version, model):
-        return None
-    path = _cache_file(scope, model, eval_set.sha256, version)
+def _verified(text: str, tags: Mapping[str, str], model: str, eval_set: EvalSet) -> tuple[Scores | None, str]:
+    """Stored scores when their content hashes to the tag and they are for this eval set, metric version and model."""
+    expected = tags.get(TAG_SCORES_SHA)
+    if not expected:
+        return None, f"the live deployment's tags record no {TAG_SCORES_SHA} to check the stored scores against"
+    if _sha256(text) != expected:
+        return None, "the stored scores do not match the content hash in the live deployment's tags"
     try:
-        return Scores.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError):
-        return None
+        scores = Scores.from_json(json.loads(text))
+    except (ValueError, KeyError, TypeError):
+        return None, "the stored scores are not a scores file"
+    if (scores.eval_sha256, scores.metric_version, scores.model) != (eval_set.sha256, metric_version(), model) \
+            or len(scores.rows) != len(eval_set.conversations):
+        return None, "the stored scores were made on another eval set, metric version or model"
+    return scores, ""
+
+
+def recorded(scope: str, tags: Mapping[str, str], model: str, eval_set: EvalSet,
+             fetch: Callable[[str], str] | None = None) -> tuple[Scores | None, str]:
+    """The live deployment's stored scores when still valid, else None and why (one line).
+
+    Valid: the tags name this eval set, metric version and model, and the scores' content hashes to
+    the tags' TAG_SCORES_SHA. Looked for under runs/eval/scores/ first, then through `fetch`
+    (on Azure: the data asset the tags name), so a fresh machine or CI runner need not re-score.
+    """
+    version = metric_version()
+    if TAG_FILE not in tags:
+        return None, "no scores recorded"
+    if (tags.get(TAG_FILE), tags.get(TAG_VERSION), tags.get(TAG_MODEL)) != (eval_set.sha256, version, model):
+        return None, "eval set, metric version or model changed"
+    why = "no per-conversation scores under runs/eval/scores/"
+    try:
+        scores, why = _verified(_cache_file(scope, model, eval_set.sha256, version).read_text(encoding="utf-8"),
+                                tags, model, eval_set)
+        if scores is not None:
+            return scores, ""
+    except OSError:
+        pass
+    ref = tags.get(TAG_SCORES, "")
+    if fetch is None or not ref:
+        return None, why
+    try:
+        text = fetch(ref)
+    except Exception as err:  # any failure to read the record only costs a re-score
+        from common.cli import first_line
+
+        return None, f"could not read the stored scores {ref}: {first_line(err)}"
+    scores, why = _verified(text, tags, model, eval_set)
+    if scores is not None:
+        say(f"    live scores read from {ref} (content hash verified)")
+        remember(scope, scores, text)
+    return scores, (f"{ref}: {why}" if why else "")
 
 
 def live_scores(scope: str, tags: Mapping[str, str], model: str, eval_set: EvalSet, label: str,
-                rescore: Callable[[], Scores]) -> tuple[Scores, bool]:
-    """The live deployment's scores and whether they were reused rather than measured now."""
-    stored = recorded(scope, tags, model, eval_set)
+                rescore: Callable[[], Scores], fetch: Callable[[str], str] | None = None) -> tuple[Scores, bool]:
+    """The live deployment's scores and whether they were reused rather than measured now.
+
+    `fetch` reads stored scores by the reference in TAG_SCORES (Azure: a data asset NAME:VERSION).
+    """
+    stored, why = recorded(scope, tags, model, eval_set, fetch)
     if stored is not None:
         stored.label = label
         say(f"    live scores reused: same eval set ({eval_set.sha256[:12]}), metric version and model {model}")
         return stored, True
-    why = "no scores recorded" if TAG_FILE not in tags else "eval set, metric version, model or stored scores changed"
     say(f"    re-scoring the live deployment ({why})")
     return rescore(), False
 

@@ -393,6 +393,66 @@ def test_live_is_rescored_when_its_tags_no_longer_match(fake_client, outputs, ru
     assert update < fake_client.index("online_endpoints.begin_create_or_update", traffic={"green": 100})
 
 
+@pytest.fixture
+def fresh_runs(runs: Path, fake_client: FakeMLClient, monkeypatch: pytest.MonkeyPatch):
+    """A deploy from another machine or CI runner: no runs/eval/ from the earlier deploy; the data asset
+    is read through the MLClient (the fake's storage edge stands in for the blob download)."""
+    import shutil
+
+    from azure.ai.ml._artifacts import _artifact_utilities
+
+    monkeypatch.setattr(_artifact_utilities, "download_artifact_from_aml_uri", fake_client.data.download_from_storage)
+    return lambda: shutil.rmtree(runs / "eval")
+
+
+def test_a_fresh_machine_reuses_the_live_scores_from_the_data_asset(
+    fake_client, outputs, runs, write_connection, scoring_server, fresh_runs, capsys
+):
+    from deployment.gate import TAG_SCORES
+
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fresh_runs()
+    ref = _eval_tags(fake_client, "blue")[TAG_SCORES]
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    before = len(scoring_server.requests)
+
+    result = _deploy(fake_client, outputs, runs, write_connection)
+
+    asked = {r["deployment"] for r in scoring_server.requests[before:] if "country" in str(r["body"])}
+    assert asked == {"green"}, "the live deployment was not asked again"
+    assert result.verdict.live is not None and result.verdict.comparison.difference.mean == 0.0
+    name, _, version = ref.partition(":")
+    assert fake_client.index("data.get", name=name, version=version) < fake_client.index("data.download")
+    assert f"live scores read from {ref} (content hash verified)" in capsys.readouterr().err
+    assert fake_client.count("online_deployments.begin_create_or_update", name="blue", update=True) == 0
+
+
+def test_a_tampered_scores_asset_is_not_trusted_and_the_live_is_rescored(
+    fake_client, outputs, runs, write_connection, scoring_server, fresh_runs, capsys
+):
+    from deployment.gate import TAG_SCORES
+
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    fresh_runs()
+    ref = _eval_tags(fake_client, "blue")[TAG_SCORES]
+    asset, content = fake_client.data_store[ref]
+    doc = json.loads(content)
+    doc["conversations"][0]["scores"]["f1"] = 0.0  # edited after the deploy recorded its hash
+    fake_client.data_store[ref] = (asset, json.dumps(doc) + "\n")
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    before = len(scoring_server.requests)
+
+    result = _deploy(fake_client, outputs, runs, write_connection)
+
+    asked = {r["deployment"] for r in scoring_server.requests[before:] if "country" in str(r["body"])}
+    assert asked == {"blue", "green"} and result.deployment_name == "green"
+    err = capsys.readouterr().err
+    assert f"re-scoring the live deployment ({ref}: the stored scores do not match the content hash" in err
+    # the fresh measurement was recorded on blue (a tags-only update) before traffic moved
+    update = fake_client.index("online_deployments.begin_create_or_update", name="blue", update=True)
+    assert update < fake_client.index("online_endpoints.begin_create_or_update", traffic={"green": 100})
+
+
 def test_a_missing_eval_file_fails_before_anything_is_created(fake_client, outputs, runs, write_connection):
     fake_client.add_job("job-1")
     with pytest.raises(UserError, match="no evaluation file"):

@@ -95,3 +95,57 @@ def test_a_conversation_the_chat_template_refuses_is_a_400(engine, monkeypatch) 
         response = client.post(path, json={"messages": USER, "max_tokens": 2})
         assert response.status_code == 400, path
         assert "roles must alternate" in str(response.json()["error"])
+
+
+@pytest.mark.slow
+def test_requests_are_decoded_together(engine, monkeypatch) -> None:
+    """8 concurrent chat completions share the engine's forward steps: continuous batching, not just admission.
+
+    transformers' ContinuousBatchingManager schedules each forward step with its batch processor's
+    scheduler (`schedule_batch` returns the requests of that step); the test records their number.
+    """
+    from openai import OpenAI
+
+    server = Server("tiny")
+    server.engine = engine
+    http = TestClient(create_app(server)).__enter__()  # one event loop for all requests, as under uvicorn
+    try:
+        _decoded_together(engine, monkeypatch, OpenAI(base_url="http://testserver/v1", api_key="unused",
+                                                      max_retries=0, http_client=http))
+    finally:
+        server.engine = None  # the module's engine outlives this app: its shutdown must not close it
+        http.__exit__(None, None, None)
+
+
+def _decoded_together(engine, monkeypatch, client) -> None:
+    import threading
+
+    client.chat.completions.create(model="tiny", max_tokens=1, messages=USER)  # the batch processor exists now
+    scheduler = engine._manager.batch_processor.scheduler
+    schedule_batch = scheduler.schedule_batch
+    per_step: list[int] = []
+
+    def recording(*args, **kwargs):
+        scheduled = schedule_batch(*args, **kwargs)
+        if scheduled[0]:  # the requests of one forward step (None: cache full, rescheduled; []: nothing to do)
+            per_step.append(len(scheduled[0]))
+        return scheduled
+
+    monkeypatch.setattr(scheduler, "schedule_batch", recording)
+    barrier = threading.Barrier(8)
+    finish: list[str] = []
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        reply = client.chat.completions.create(model="tiny", max_tokens=24,
+                                               messages=[{"role": "user", "content": f"question {i}"}])
+        finish.append(reply.choices[0].finish_reason)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(finish) == 8
+    assert per_step and max(per_step) > 1, f"each forward step held one request: {per_step}"

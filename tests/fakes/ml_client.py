@@ -23,6 +23,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from fakes.quota import A100, LOCATION, a100_usages, default_sizes
 
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 SECRET_KEY = "sEcReT-kEy-9f8e7d6c5b4a"
 SECOND_KEY = "sEcOnD-kEy-1a2b3c4d"
 CONTAINER_LOG = "Traceback (most recent call last):\nRuntimeError: CUDA out of memory in init()"
@@ -227,12 +228,6 @@ class FakeEnvironments(_Ops):
 class FakeData(_Ops):
     """Data assets: the file is read at create time (what the SDK uploads), then kept by NAME:VERSION."""
 
-    def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
-        self._record("get", name=name, version=version)
-        if f"{name}:{version}" not in self._client.data_store:
-            raise _not_found(f"data {name}:{version}")
-        return copy.deepcopy(self._client.data_store[f"{name}:{version}"][0])
-
     def create_or_update(self, data: Any) -> Any:
         from azure.ai.ml import load_data
 
@@ -241,6 +236,36 @@ class FakeData(_Ops):
         loaded = _load_back(load_data, data)
         self._client.data_store[f"{data.name}:{data.version}"] = (loaded, content)
         return copy.deepcopy(loaded)
+
+    def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
+        """The asset as the service returns it: `path` is where the upload landed on the workspace datastore."""
+        self._record("get", name=name, version=version)
+        if f"{name}:{version}" not in self._client.data_store:
+            raise _not_found(f"data asset {name}:{version}")
+        asset = copy.deepcopy(self._client.data_store[f"{name}:{version}"][0])
+        asset.path = self._blob_uri(name, str(version), Path(str(asset.path)).name)
+        return asset
+
+    def _blob_uri(self, name: str, version: str, filename: str) -> str:
+        c = self._client
+        return (f"azureml://subscriptions/{SUBSCRIPTION}/resourcegroups/rg-test/workspaces/{c.workspace_name}"
+                f"/datastores/workspaceblobstore/paths/LocalUpload/{name}-{version}/{filename}")
+
+    def download_from_storage(self, uri: str, destination: str, datastore_operation: Any) -> str:
+        """Stands in for the SDK's `download_artifact_from_aml_uri` (the storage edge): parses the URI with
+        the SDK's own parser and writes the blob under `destination` as the SDK names it."""
+        from azure.ai.ml._utils._storage_utils import AzureMLDatastorePathUri
+
+        assert datastore_operation is self._client.datastores
+        parsed = AzureMLDatastorePathUri(uri)
+        assert parsed.datastore == "workspaceblobstore", uri
+        self._record("download", path=parsed.path)
+        for key, (asset, content) in self._client.data_store.items():
+            name, _, version = key.partition(":")
+            if self._blob_uri(name, version, Path(str(asset.path)).name) == uri:
+                (Path(destination) / Path(parsed.path).name).write_text(content, encoding="utf-8")
+                return destination
+        raise _not_found(f"blob {parsed.path}")
 
 
 # ---------------------------------------------------------------- compute, jobs, workspaces, connections
@@ -372,6 +397,7 @@ class FakeMLClient:
         self.jobs = FakeJobs(self, "jobs")
         self.workspaces = FakeWorkspaces(self, "workspaces")
         self.connections = FakeConnections(self, "connections")
+        self.datastores = _Ops(self, "datastores")  # only handed to the storage download (FakeData.download_from_storage)
 
     def models_by_ref(self) -> set[str]:
         return {f"{m.name}:{m.version}" for m in self.model_store}
