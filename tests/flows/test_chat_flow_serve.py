@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import requests
 
 from deployment.connection import write_phi_connection
 from fake_endpoint import ANSWER, KEY, Reply
+from processes import stop_group
 
 pytestmark = pytest.mark.slow  # one `pf flow serve` for the module: seconds to start
 
@@ -61,16 +61,7 @@ def served_flow(fake_server, flow_copy: Path, pf_ready: Path, tmp_path_factory) 
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(proc)
 
 
 def test_serve_answers_score_with_history(served_flow, fake) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import requests
 
 from common.pf_settings import OFFLINE_ENV
 from flows.chat.phi_client import EndpointError, PhiClient
+from processes import stop_group
 
 QUESTION = "Who founded Microsoft?"
 KEY = "local-test-key"  # the local server checks no key; the connection needs one
@@ -87,16 +87,7 @@ def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproce
 
 
 def stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(proc, interrupt_first=True)
 
 
 def wait_for(what: str, ready, proc: subprocess.Popen, log: Path, timeout: float = 240):
