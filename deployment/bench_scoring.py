@@ -10,7 +10,8 @@ Servers (`--server`):
   new  `python -m deployment.serve` (continuous batching; deployment/engine.py)
   old  the previous deployment/score.py (`generate` behind a lock) under the Azure ML inference
        server it was written for, taken from git history (BASELINE_COMMIT) into a temp folder:
-       needs `git` and azureml-inference-server-http, which the venv keeps for this comparison.
+       needs `git` and azureml-inference-server-http (not pinned any more: `pip install
+       azureml-inference-server-http==1.4.1` for this comparison; without it only the new server runs).
 
 Models: without `--model-dir` the untrained tiny model is built in a temp folder (it never says
 <|end|> under greedy decoding, so every reply is exactly --max-tokens long). `--phi35-shape`
