@@ -223,17 +223,14 @@ def table(columns: Sequence[Scores], comparison: Any = None) -> str:
 
 def write_json(scores: Scores, name: str) -> Path:
     """runs/eval/<UTC time>-<name>.json, written whole (never a partial file)."""
-    import os
 
     from training import local_runs
 
-    folder = local_runs.runs_dir() / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
+    from common.files import write_atomic
+
     safe = "-".join("".join(ch if ch.isalnum() or ch in "_." else " " for ch in name).split())
-    path = folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{safe}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(scores.to_json(), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    path = local_runs.runs_dir() / "eval" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{safe}.json"
+    write_atomic(path, json.dumps(scores.to_json(), indent=1) + "\n")
     return path
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from common.cli import say
+from common.files import write_atomic
 from deployment.evaluate import EvalSet, Scores, table, write_json
 from deployment.metrics import DEFAULT_MARGIN, GATE_METRIC, METRICS, Comparison, compare, metric_version
 
@@ -60,10 +60,7 @@ def _cache_file(scope: str, model: str, eval_sha256: str, version: str) -> Path:
 def remember(scope: str, scores: Scores, text: str | None = None) -> Path:
     """Keep per-conversation scores where a later deploy of the same endpoint finds them (`text`: as stored)."""
     path = _cache_file(scope, scores.model, scores.eval_sha256, scores.metric_version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(scores_text(scores) if text is None else text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, scores_text(scores) if text is None else text)
     return path
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from common.cli import UserError, run_cli, say, step
+from common.files import write_atomic
 
 SHAPES = ("tiny", "phi-3.5-mini")
 DEFAULT_CONFIGS = {
@@ -177,14 +178,6 @@ def gpu_peak_flops(gpu_name: str | None) -> float | None:
         if fragment.lower() in gpu_name.lower():
             return tflops * 1e12
     return None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing (a reader never sees half a report)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _human_bytes(value: float | None) -> str:
