@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from infra.outputs import add_stack_arguments
 from common.cli import UserError, run_cli, say
 
 DEFAULT_INSTANCE_TYPE = "Standard_NC24ads_A100_v4"  # = deployment.definitions.DEFAULT_INSTANCE_TYPE (no SDK import here)
@@ -31,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
             "`python -m deployment.teardown` (Standard_NC24ads_A100_v4 about $3.67/h, list price East US)."
         ),
     )
-    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected stack)")
-    parser.add_argument("--outputs-file", help="JSON file of stack outputs (`pulumi stack output --json > FILE`)")
+    add_stack_arguments(parser)
     parser.add_argument("--target", choices=("azure", "local"), default="azure", help="where to deploy (default: azure)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--job", help="Azure ML job whose model output to deploy (default: the latest completed fine-tuning job)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from infra.outputs import add_stack_arguments
 from common.cli import UserError, run_cli, say
 
 DEFAULT_LIMIT = 32
@@ -243,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a deployment's answers on held-out conversations against their reference replies "
         "(token F1 and ROUGE-L, no judge model); prints a table and writes JSON under runs/eval/.",
     )
-    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected stack)")
-    parser.add_argument("--outputs-file", help="JSON file of stack outputs (`pulumi stack output --json > FILE`)")
+    add_stack_arguments(parser)
     parser.add_argument("--target", choices=("azure", "local"), default="azure", help="where the deployment runs (default: azure)")
     parser.add_argument("--endpoint-name", help="target azure: the endpoint (default: phi3-chat-<hash of the workspace>)")
     parser.add_argument("--deployment", help="target azure: the deployment (default: the one taking most traffic)")

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
+from infra.outputs import add_stack_arguments
 from common.cli import UserError, first_line, run_cli, say, step
 
 CREATED_BY = ("created-by", "finetune-phi")  # = deployment.definitions.CREATED_BY (no SDK import here)
@@ -32,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m deployment.teardown",
         description="Delete what deploy created so nothing bills per hour (and, with --purge-workspace, the workspace).",
     )
-    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected stack)")
-    parser.add_argument("--outputs-file", help="JSON file of stack outputs (`pulumi stack output --json > FILE`)")
+    add_stack_arguments(parser)
     parser.add_argument("--target", choices=("azure", "local"), default="azure", help="what to tear down (default: azure)")
     parser.add_argument("--all", action="store_true", help="delete every online endpoint in the workspace, not only ours")
     parser.add_argument(

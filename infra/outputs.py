@@ -9,6 +9,7 @@ config. It never imports Pulumi: the outputs come from, in order,
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -148,6 +149,12 @@ def _optional(data: Mapping[str, Any], key: str, source: str, up_command: str) -
 
 class StackOutputsError(UserError):
     """The stack outputs cannot be found or are incomplete."""
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--stack` and `--outputs-file`, the two ways every command finds the stack outputs (the loader below)."""
+    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected stack)")
+    parser.add_argument("--outputs-file", help="JSON file of stack outputs (`pulumi stack output --json > FILE`)")
 
 
 def load_stack_outputs(

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from infra.outputs import add_stack_arguments
 from common.cli import UserError, first_line, run_cli, say
 from infra.permissions import PermissionsReader, allows
 
@@ -272,8 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check, without changing anything, that you may run pulumi up, submit, deploy or teardown "
                     "on this stack; names the role to ask for when a right is missing.",
     )
-    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected one)")
-    parser.add_argument("--outputs-file", help="a file written by `pulumi stack output --json`")
+    add_stack_arguments(parser)
     parser.add_argument("--for", dest="purposes", action="append", choices=PURPOSES,
                         help="what to check (repeatable; default: submit, deploy and teardown)")
     parser.add_argument("--subscription", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
