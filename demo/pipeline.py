@@ -139,7 +139,7 @@ def parse_flow_answer(stdout: str) -> str:
 
 def _deploy_eval_table(runs: Path) -> str | None:
     """The table of the scores deploy's evaluation gate just wrote (runs/eval/), if any."""
-    from deployment.evaluate import Scores, table
+    from deployment.scoring import Scores, table
 
     written = sorted((runs / "eval").glob("*-new-*.json"), key=lambda p: p.stat().st_mtime)
     return table([Scores.from_json(json.loads(written[-1].read_text(encoding="utf-8")))]) if written else None

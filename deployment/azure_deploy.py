@@ -29,7 +29,7 @@ from deployment.registration import ModelChoice, RegisteredModel, resolve_model
 from deployment.rollback import Rollback
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deployment.evaluate import EvalSet
+    from deployment.scoring import EvalSet
     from deployment.gate import Verdict
     from infra.outputs import StackOutputs
 
@@ -83,7 +83,7 @@ class Slots:
 
 def _default_client(endpoint: str, key: str, deployment: str) -> Any:
     """The flow's client on the new deployment, through the OpenAI API its server speaks."""
-    from deployment.evaluate import client_for
+    from deployment.scoring import client_for
 
     return client_for(endpoint, key, deployment, api="openai")
 
@@ -91,7 +91,7 @@ def _default_client(endpoint: str, key: str, deployment: str) -> Any:
 def _default_write_connection(endpoint: str, key: str, deployment: str) -> None:
     """`phi_endpoint` as the flow calls our server: the endpoint's base URL and `api: openai`."""
     from deployment.connection import write_phi_connection
-    from deployment.evaluate import base_url
+    from deployment.scoring import base_url
 
     write_phi_connection(endpoint=base_url(endpoint), key=key, deployment=deployment, api="openai")
 
@@ -217,7 +217,7 @@ class _Deploy:
         self.scoring_uri = ""
 
     def load_eval_set(self) -> "EvalSet":
-        from deployment.evaluate import DEFAULT_LIMIT, load_eval_set
+        from deployment.scoring import DEFAULT_LIMIT, load_eval_set
 
         return load_eval_set(self.plan.eval_file, self.plan.eval_limit or DEFAULT_LIMIT)
 
@@ -304,7 +304,7 @@ class _Deploy:
     def evaluate(self, slots: Slots, model: RegisteredModel, eval_set: "EvalSet") -> "Verdict":
         """Score the new deployment and the live one (or reuse the live one's valid scores), then decide."""
         from deployment import gate
-        from deployment.evaluate import score_deployment
+        from deployment.scoring import score_deployment
 
         def scores(name: str, label: str, model_ref: str) -> Any:
             return score_deployment(self.client(self.scoring_uri, self.key or "", name), eval_set,

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 
 from common.cli import say
 from common.files import write_atomic
-from deployment.evaluate import EvalSet, Scores, table, write_json
+from deployment.scoring import EvalSet, Scores, table, write_json
 from deployment.metrics import DEFAULT_MARGIN, GATE_METRIC, METRICS, Comparison, compare, metric_version
 
 TAG_N = "eval-n"

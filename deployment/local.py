@@ -295,7 +295,7 @@ def deploy_local(
     After the smoke test, the evaluation gate (deployment/gate.py) compares the new server with the
     running one on the same held-out conversations; a worse one is stopped and refused unless `force`.
     """
-    from deployment.evaluate import DEFAULT_LIMIT, base_url, load_eval_set, speaks_openai
+    from deployment.scoring import DEFAULT_LIMIT, base_url, load_eval_set, speaks_openai
     from deployment.serve import check_model_dir
 
     model_dir = Path(model_dir) if model_dir is not None else local_runs.latest_model_dir()
@@ -415,7 +415,7 @@ def _evaluate(new: LocalEndpoint, old: LocalEndpoint | None, eval_set, key: str,
               margin: float | None):
     """Score the new server and the running one (or reuse its scores); the gate's verdict."""
     from deployment import gate
-    from deployment.evaluate import client_for, score_deployment, speaks_openai
+    from deployment.scoring import client_for, score_deployment, speaks_openai
 
     def scores(endpoint: LocalEndpoint, label: str):
         speaks = api if endpoint is new else ("openai" if speaks_openai(endpoint.url) else None)

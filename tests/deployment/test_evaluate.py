@@ -8,7 +8,7 @@ import pytest
 
 from common.cli import UserError, run_cli
 from deploy_fixtures import EVAL_ROWS, OUTPUTS
-from deployment import evaluate, metrics
+from deployment import evaluate, metrics, scoring
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -24,14 +24,14 @@ def test_eval_set_scores_the_last_assistant_turn(tmp_path):
     ]}
     no_reply = {"messages": [{"role": "user", "content": "alone"}]}
     path = _write(tmp_path / "e.jsonl", [multi, no_reply, "", EVAL_ROWS[0]])
-    eval_set = evaluate.load_eval_set(path, limit=None)
+    eval_set = scoring.load_eval_set(path, limit=None)
     first, second = eval_set.conversations
     assert first.question == "Capital of France?" and first.reference == "Paris."
     assert first.history == multi["messages"][:3] and first.id == "line-1"
     assert second.id == "line-4" and second.history == []
     # the hash is of the conversations as scored: another limit is another set
-    assert evaluate.load_eval_set(path, limit=1).sha256 != eval_set.sha256
-    assert evaluate.load_eval_set(path, limit=None).sha256 == eval_set.sha256
+    assert scoring.load_eval_set(path, limit=1).sha256 != eval_set.sha256
+    assert scoring.load_eval_set(path, limit=None).sha256 == eval_set.sha256
 
 
 @pytest.mark.parametrize(("rows", "needle"), [
@@ -40,9 +40,9 @@ def test_eval_set_scores_the_last_assistant_turn(tmp_path):
 ])
 def test_bad_eval_files_are_one_clear_error(tmp_path, rows, needle):
     with pytest.raises(UserError, match=needle):
-        evaluate.load_eval_set(_write(tmp_path / "e.jsonl", rows))
+        scoring.load_eval_set(_write(tmp_path / "e.jsonl", rows))
     with pytest.raises(UserError, match="no evaluation file"):
-        evaluate.load_eval_set(tmp_path / "missing.jsonl")
+        scoring.load_eval_set(tmp_path / "missing.jsonl")
 
 
 def test_scores_come_from_azure_ai_evaluation():
@@ -119,12 +119,12 @@ def test_the_client_speaks_what_the_server_serves(scoring_server):
     thread.start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/score"
-        assert evaluate.speaks_openai(url) is True
-        assert evaluate.speaks_openai(scoring_server.url) is False  # a /score-only server
-        assert evaluate.speaks_openai("http://127.0.0.1:9/score") is False  # nothing listening
+        assert scoring.speaks_openai(url) is True
+        assert scoring.speaks_openai(scoring_server.url) is False  # a /score-only server
+        assert scoring.speaks_openai("http://127.0.0.1:9/score") is False  # nothing listening
     finally:
         httpd.shutdown()
         httpd.server_close()
-    client = evaluate.client_for("http://127.0.0.1:5000/score", "k", api="openai")
+    client = scoring.client_for("http://127.0.0.1:5000/score", "k", api="openai")
     assert client.url == "http://127.0.0.1:5000/v1/chat/completions"
-    assert evaluate.client_for("http://127.0.0.1:5000/score", "k").url == "http://127.0.0.1:5000/score"
+    assert scoring.client_for("http://127.0.0.1:5000/score", "k").url == "http://127.0.0.1:5000/score"
