@@ -39,10 +39,12 @@ LIVENESS_FAILURE_THRESHOLD = 30
 PROBE_PERIOD_S = 10
 PROBE_TIMEOUT_S = 10
 # Requests. The engine decodes up to ENGINE_MAX_SEQUENCES at once (deployment/engine.py sizes it
-# for an A100 80 GB); the endpoint lets exactly that many in per instance and answers 429 beyond,
-# so no request waits inside the container longer than one reply takes. One reply of the server's
-# largest max_tokens (2048) at ~20 tokens/s per stream in a full batch takes ~100 s: the timeout
-# is Azure's maximum, 180 s.
+# for an A100 80 GB), and max_concurrent_requests_per_instance is that number. The endpoint admits
+# 2 x max_concurrent_requests_per_instance x instances requests before it answers 429 (Microsoft's
+# online-endpoint troubleshooting doc, HTTP status codes), so up to as many again wait in the
+# server's queue, about one reply's time. One reply of the server's largest max_tokens (2048) at
+# ~20 tokens/s per stream in a full batch takes ~100 s: the timeout is Azure's maximum, 180 s (a
+# queued request of that size can pass it and gets 408; the gate's and the flow's replies are short).
 ENGINE_MAX_SEQUENCES = DEFAULT_MAX_SEQUENCES
 MAX_CONCURRENT_REQUESTS = ENGINE_MAX_SEQUENCES
 REQUEST_TIMEOUT_MS = 180_000
