@@ -6,6 +6,7 @@ The image is built by Azure ML from a build context this module stages (content-
   requirements.txt  pyproject.toml's `serve` extra through `common.pins.cloud_pins` (torch 2.10.0, the
                     newest PyPI CUDA 12 build, which Azure ML's driver 535 runs; never the local CUDA 13
                     torch 2.13.0) plus the base dependencies
+  constraints.txt   requirements-cloud.lock's pins of everything those pull in (common/cloud_lock.py)
   app/              the server's modules (deployment/serve.py and what it imports), nothing else
 
 `inference_config` tells the managed online endpoint where the container listens: liveness `/live`,
@@ -27,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import cloud_lock
 from common.pins import PYPROJECT, cloud_pins, content_version
 
 ENVIRONMENT_NAME = "phi3-serve"
-BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20250601.v1"
+BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20260901.v1"
 """Azure ML's maintained Ubuntu 22.04 base (conda included) at a dated tag (`YYYYMMDD.vN`), so a new
 base changes the environment's hash. CPU and GPU instances use the same image: the pip torch wheel
 brings its own CUDA 12.8 runtime and the node supplies the driver. Move the date forward deliberately."""
@@ -70,8 +72,8 @@ def dockerfile() -> str:
 FROM {BASE_IMAGE}
 # Python 3.11 (the project's) beside the image's own; the pins install with pip from PyPI.
 RUN conda create -y -q -p /opt/serve python=3.11 pip && conda clean -a -y
-COPY requirements.txt /tmp/requirements.txt
-RUN {SERVE_PYTHON} -m pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY requirements.txt constraints.txt /tmp/
+RUN {SERVE_PYTHON} -m pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/constraints.txt && rm /tmp/*.txt
 COPY app/ /app/
 WORKDIR /app
 ENV PYTHONPATH=/app PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
@@ -83,9 +85,11 @@ CMD ["/bin/sh", "-c", "exec {SERVE_PYTHON} -m deployment.serve --model-dir \\"$A
 
 def build_context_files(pyproject: Path = PYPROJECT) -> dict[str, bytes]:
     """The build context, path -> content."""
+    requirements = serve_requirements(pyproject)
     files = {
         "Dockerfile": dockerfile().encode(),
-        "requirements.txt": ("\n".join(serve_requirements(pyproject)) + "\n").encode(),
+        "requirements.txt": ("\n".join(requirements) + "\n").encode(),
+        "constraints.txt": ("\n".join(cloud_lock.constraints("serve", requirements)) + "\n").encode(),
     }
     for relative in SERVER_FILES:
         files[f"app/{relative}"] = (REPO_ROOT / relative).read_bytes()
