@@ -114,6 +114,12 @@ def test_azure_workflow_runs_the_smoke_steps_and_tears_down_whatever_failed_befo
     assert steps(job).index(login) < first_smoke and "if" not in login
     upload = next(step for step in steps(job) if step.get("uses", "").startswith("actions/upload-artifact@"))
     assert upload["if"] == "always()" and "runs/smoke/logs/" in upload["with"]["path"]
+    # the job the smoke run trained is checked under the training identity's scope, and the result kept
+    check_at = next(i for i, (_, run, _) in enumerate(runs) if "-m infra.job_check --job" in run)
+    submit_at = next(i for i, (_, run, _) in enumerate(runs) if run == "${SMOKE} submit")
+    deploy_at = next(i for i, (_, run, _) in enumerate(runs) if run.startswith("${SMOKE} deploy"))
+    assert submit_at < check_at < deploy_at and runs[check_at][2] == "inputs.train"
+    assert "runs/job-check/*/result.json" in upload["with"]["path"]
     # stack outputs from the variable, into the file every command reads
     assert job["env"]["STACK_OUTPUTS_FILE"].endswith("runs/stack-outputs.json")
     assert any(step.get("env", {}).get("OUTPUTS") == "${{ vars.SMOKE_STACK_OUTPUTS }}" for step in steps(job))
