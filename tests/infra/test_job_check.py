@@ -121,3 +121,15 @@ def test_an_unfinished_or_failed_job_is_refused_before_any_download(tmp_path: Pa
     with pytest.raises(UserError, match="ended Failed, not Completed.*403"):
         job_check.main(argv, ml_client=ml)
     assert ml.jobs.calls == [("get", "j2")]
+
+
+def test_help_is_instant_and_imports_no_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy; sys.argv = ['x', '--help']\n"
+            "try:\n    runpy.run_module('infra.job_check', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'pulumi', 'mlflow')), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--job JOB" in done.stdout
+    assert done.stderr.strip().endswith("[]")
