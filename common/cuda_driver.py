@@ -7,8 +7,8 @@ CUDA 13 builds (driver >= 580): on Azure ML they import fine and then see no GPU
 
 The facts come from the wheel's own metadata (Requires-Dist), recorded from PyPI in
 tests/fixtures/torch_metadata/ (refresh with its refresh.py), since it cannot be read offline.
-Training (training.environment) and serving (deployment.environment) check their conda files
-with `environment_driver_problem`.
+Training (training.environment) and serving (deployment.environment) call `require_gpu_torch`
+on their pins when they build an environment, so a wrong pin fails before anything is uploaded.
 """
 from __future__ import annotations
 
@@ -93,7 +93,25 @@ def torch_version(requirements: Iterable[str]) -> str | None:
 def environment_driver_problem(conda_file: Mapping[str, Any], driver: int = AZURE_ML_DRIVER,
                                snapshot_dir: Path = SNAPSHOT_DIR) -> str | None:
     """Why this environment's torch would not see the GPU on a node with `driver`, or None when it would."""
-    version = torch_version(pip_requirements(conda_file))
+    return driver_problem(pip_requirements(conda_file), driver, snapshot_dir)
+
+
+def require_gpu_torch(requirements: Iterable[str], what: str) -> None:
+    """UserError when the torch these pip requirements install would see no GPU on Azure ML (or cannot be checked)."""
+    from common.cli import UserError
+
+    try:
+        problem = driver_problem(requirements)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"cannot check the torch of {what}: {err}") from None
+    if problem:
+        raise UserError(f"{what}: {problem}")
+
+
+def driver_problem(requirements: Iterable[str], driver: int = AZURE_ML_DRIVER,
+                   snapshot_dir: Path = SNAPSHOT_DIR) -> str | None:
+    """Why the torch these pip requirements pin would not see the GPU on a node with `driver`, or None."""
+    version = torch_version(requirements)
     if version is None:
         return None
     needed = min_driver(torch_requires(version, snapshot_dir))

@@ -35,9 +35,9 @@ from common.cli import UserError, run_cli, say
 from common.files import write_atomic
 from common.vm_sizes import known_vm
 from deployment.flow_check import held_out_questions, parse_flow_answer
+from infra.outputs import ENV_VAR, EXAMPLE_FILE, add_stack_arguments, load_stack_outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_OUTPUTS = REPO_ROOT / "docs" / "examples" / "stack-outputs.json"
 
 DEFAULT_STACK = "smoke"
 SMOKE_VM_SIZE = "Standard_E4s_v3"
@@ -90,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("steps", nargs="*", type=_step, metavar="STEP",
                         help=f"run only these steps, teardown and report last ({', '.join(COMMANDS)}; default: all of them, "
                              "with teardown even when a step fails, then report)")
-    parser.add_argument("--stack", default=DEFAULT_STACK, help=f"Pulumi stack with a CPU cluster (default: {DEFAULT_STACK})")
-    parser.add_argument("--outputs-file", type=Path, default=None,
-                        help="stack outputs JSON (`pulumi stack output --json > FILE`); also $STACK_OUTPUTS_FILE")
+    add_stack_arguments(parser, default_stack=DEFAULT_STACK)  # a stack with a CPU cluster
     parser.add_argument("--expires-in", default=DEFAULT_EXPIRES_IN,
                         help=f"expiry deploy tags the endpoint with (default: {DEFAULT_EXPIRES_IN})")
     parser.add_argument("--question", default=None, help="what to ask through the flow (default: a held-out question)")
@@ -171,7 +169,7 @@ def _dry_run_outputs(runs: Path) -> Path:
     """The example outputs as a smoke stack would export them (its cluster is the CPU size)."""
     from infra.naming import compute_name
 
-    outputs = json.loads(EXAMPLE_OUTPUTS.read_text(encoding="utf-8"))
+    outputs = json.loads(EXAMPLE_FILE.read_text(encoding="utf-8"))
     outputs.update(compute_vm_size=SMOKE_VM_SIZE, compute_name=compute_name(SMOKE_VM_SIZE, "Dedicated"))
     path = runs / "example-stack-outputs.json"
     write_atomic(path, json.dumps(outputs, indent=2) + "\n")
@@ -180,22 +178,18 @@ def _dry_run_outputs(runs: Path) -> Path:
 
 def stack_args(args: argparse.Namespace, runs: Path, env: dict[str, str]) -> tuple[str, ...]:
     """How every step names the stack. A dry run without outputs or a Pulumi CLI uses the example outputs."""
-    from infra.outputs import ENV_VAR
-
     if args.outputs_file:
         return ("--outputs-file", str(args.outputs_file))
     if env.get(ENV_VAR) or not args.dry_run or shutil.which("pulumi", path=env.get("PATH")):
         return ("--stack", args.stack)
     path = _dry_run_outputs(runs)
-    say(f"note: no stack outputs and no Pulumi CLI: the dry run uses {shown([str(EXAMPLE_OUTPUTS)])} "
+    say(f"note: no stack outputs and no Pulumi CLI: the dry run uses {shown([str(EXAMPLE_FILE)])} "
         f"as a smoke stack would export it (compute_vm_size {SMOKE_VM_SIZE}), written to {path}")
     return ("--outputs-file", str(path))
 
 
 def check_cpu_cluster(stack: tuple[str, ...], env: dict[str, str]) -> str:
     """The stack's cluster size; refuse a GPU cluster: the smoke path must need no GPU quota."""
-    from infra.outputs import load_stack_outputs
-
     outputs_file = stack[1] if stack[0] == "--outputs-file" else None
     outputs = load_stack_outputs(outputs_file, None if outputs_file else stack[1], env=env)
     size = known_vm(outputs.compute_vm_size)

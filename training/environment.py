@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import say
+from common.cuda_driver import require_gpu_torch
 from common.pins import PYPROJECT, cloud_pins, conda_spec as _conda_spec, content_version, package_name
 
 ENVIRONMENT_NAME = "finetune-phi-train"
@@ -38,7 +39,10 @@ def train_pins(pyproject: Path = PYPROJECT) -> list[str]:
 
 
 def conda_spec(pyproject: Path = PYPROJECT) -> dict[str, Any]:
-    return _conda_spec(ENVIRONMENT_NAME, train_pins(pyproject))
+    """The environment's conda file; refused when its torch would see no GPU on Azure ML (common.cuda_driver)."""
+    pins = train_pins(pyproject)
+    require_gpu_torch(pins, f"the training environment {ENVIRONMENT_NAME}")
+    return _conda_spec(ENVIRONMENT_NAME, pins)
 
 
 def environment_spec(pyproject: Path = PYPROJECT) -> dict[str, Any]:
