@@ -12,7 +12,6 @@ from typing import Iterator
 import pytest
 
 from serving_helpers import start_server, stop
-from deploy_fixtures import *  # noqa: E402,F401,F403 (the deploy/teardown tests' fixtures, shared here once)
 
 # Prompt flow keeps its connection encryption key in the keyring; keyrings.alt's file keyring
 # writes under $XDG_DATA_HOME. Keep it in the session's state folder, not in $HOME.

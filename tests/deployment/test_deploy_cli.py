@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_fixtures import OUTPUTS
+from fakes.deploy_fixtures import OUTPUTS
 from common.cli import run_cli
 from deployment import deploy
 from fakes.ml_client import SECRET_KEY

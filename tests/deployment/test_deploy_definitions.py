@@ -59,23 +59,20 @@ def test_environment_entity_routes_and_staged_context(tmp_path):
 @pytest.mark.slow
 def test_the_staged_app_alone_serves_the_model(tmp_path, tiny_model_dir):
     """The container's code is complete: the staged app/ folder, without this repository, serves."""
-    from serving_helpers import free_port, stop, wait_healthy
+    from common.processes import free_port, start, stop_group, wait_healthy
 
     app = serving_environment("x").stage(tmp_path) / "app"
     port = free_port()
     log = tmp_path / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", "import sys, runpy; sys.path.insert(0, '.'); "
-             "runpy.run_module('deployment.serve', run_name='__main__')",
-             "--model-dir", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=app, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
+    process, _ = start([sys.executable, "-I", "-c", "import sys, runpy; sys.path.insert(0, '.'); "
+                        "runpy.run_module('deployment.serve', run_name='__main__')",
+                        "--model-dir", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
+                       log, cwd=app, env=env)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process, log)
+        wait_healthy(process, f"http://127.0.0.1:{port}/health", log, timeout=120.0)
     finally:
-        stop(process)
+        stop_group(process)
     where = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import deployment.serve, deployment.engine, "
          "deployment.openai_api, common.cli; print(deployment.serve.__file__, deployment.engine.__file__, common.cli.__file__)"],

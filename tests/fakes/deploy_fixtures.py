@@ -1,4 +1,4 @@
-"""Fixtures for the Azure deploy/teardown tests (imported by those test modules).
+"""Fixtures for the deploy, rollout and teardown tests (a pytest plugin: tests/conftest.py registers it).
 
 - `outputs_file` / `outputs`: a complete stack-outputs JSON (docs/ARCHITECTURE.md section 3).
 - `scoring_server`: a real HTTP endpoint on 127.0.0.1 standing in for the deployment's /score;
