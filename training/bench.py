@@ -654,9 +654,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = args.suite in ("training", "all")
     if training:
         require_gpu(args.shape)
-    from training.local_runs import runs_dir
+    from common import runs
 
-    out_dir = args.out or runs_dir() / "bench"
+    out_dir = args.out or runs.bench_dir()
     stem = f"bench-{args.suite}" + (f"-{args.shape}" if training else "")
     json_path = args.json or out_dir / f"{stem}.json"
     md_path = args.markdown or json_path.with_suffix(".md")
