@@ -6,7 +6,8 @@ Azure ML compute runs driver 535 (CUDA 12.x) as of mid-2026. PyPI's torch 2.11.0
 CUDA 13 builds (driver >= 580): on Azure ML they import fine and then see no GPU.
 
 The facts come from the wheel's own metadata (Requires-Dist), recorded from PyPI in
-tests/fixtures/torch_metadata/ (refresh with its refresh.py), since it cannot be read offline.
+common/torch_metadata/ beside this module (refresh with its refresh.py), since it cannot be read
+offline; the environment builders read it on every machine, so it is package data, not a test fixture.
 Training (training.environment) and serving (deployment.environment) call `require_gpu_torch`
 on their pins when they build an environment, so a wrong pin fails before anything is uploaded.
 """
@@ -25,7 +26,7 @@ MIN_DRIVER_BY_CUDA_MAJOR: Mapping[int, int] = {11: 450, 12: 525, 13: 580}
 """NVIDIA's CUDA compatibility table (Linux): the oldest driver branch that runs any toolkit of that
 major release through minor-version compatibility (11.x: 450.80.02, 12.x: 525.60.13, 13.x: 580)."""
 
-SNAPSHOT_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch_metadata"
+SNAPSHOT_DIR = Path(__file__).resolve().parent / "torch_metadata"
 TARGET_MARKERS = {"platform_system": "Linux", "platform_machine": "x86_64", "sys_platform": "linux",
                   "python_version": "3.11", "python_full_version": "3.11.0", "os_name": "posix"}
 """The Azure ML node: Linux x86-64, the project's Python."""

@@ -14,6 +14,7 @@ runs/                        (FINETUNE_PHI_RUNS overrides it, e.g. in tests)
   smoke/                     the cloud smoke path: state.json, logs/, its Prompt flow home
   demo/                      the offline demo: logs/, its Prompt flow home
   bench/                     benchmark reports
+  job-check/<job>/           `python -m infra.job_check`: a finished Azure ML job's download
 
 Writers go through `common.files.write_atomic`: a reader never sees half a file.
 """
@@ -131,6 +132,10 @@ def demo_dir() -> Path:
 
 def bench_dir() -> Path:
     return root() / "bench"
+
+
+def job_check_dir(job_name: str) -> Path:
+    return root() / "job-check" / job_name
 
 
 def logs_dir(run: Path) -> Path:
