@@ -14,6 +14,7 @@ The layers, bottom to top (docs/ARCHITECTURE.md, "Layers"):
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,7 @@ def imports(path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     modules = project_modules()
     return {name: imports(path, modules) for name, path in modules.items()}
