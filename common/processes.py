@@ -125,8 +125,7 @@ def cmdline(pid: int) -> list[str] | None:
     proc = Path(f"/proc/{pid}")
     if proc.is_dir():
         try:
-            stat = (proc / "stat").read_text()
-            if stat[stat.rindex(")") + 2 :].startswith("Z"):
+            if not _running(proc):
                 return None
             return [part for part in (proc / "cmdline").read_bytes().decode(errors="replace").split("\0") if part]
         except (OSError, ValueError):
@@ -153,8 +152,23 @@ def _group_alive(pgid: int) -> bool:
     return not _only_zombies(pgid)
 
 
+def _fields(stat_file: Path) -> list[str]:
+    """/proc/<pid>/stat after the command name: state, ppid, pgrp, ..."""
+    stat = stat_file.read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _running(proc: Path) -> bool:
+    """True while any thread of the process runs. A leader whose main thread has ended shows state Z
+    while its other threads still shut down (a Python server after SIGTERM): it is not gone yet."""
+    try:
+        return any(_fields(task / "stat")[0] != "Z" for task in (proc / "task").iterdir())
+    except (OSError, ValueError):
+        return False
+
+
 def _only_zombies(pgid: int) -> bool:
-    """On Linux, True when every process left in the group is a zombie (exited, not yet reaped)."""
+    """On Linux, True when every process left in the group has exited (a zombie, not yet reaped)."""
     proc = Path("/proc")
     if not proc.is_dir():
         return False
@@ -162,11 +176,10 @@ def _only_zombies(pgid: int) -> bool:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            in_group = int(_fields(entry / "stat")[2]) == pgid
+        except (OSError, ValueError, IndexError):
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+        if in_group and _running(entry):
             return False
     return True
 
@@ -178,6 +191,11 @@ def _reap(process: subprocess.Popen | int) -> None:
         return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(process, os.WNOHANG)
+
+
+def _reaped(process: subprocess.Popen | int) -> bool:
+    """Our own child counts as stopped once collected (its exit code known); another's pid once it is gone."""
+    return not isinstance(process, subprocess.Popen) or process.poll() is not None
 
 
 def stop_group(process: subprocess.Popen | int, *, timeout: float = STOP_TIMEOUT_S, interrupt_first: bool = False) -> None:
@@ -200,7 +218,7 @@ def stop_group(process: subprocess.Popen | int, *, timeout: float = STOP_TIMEOUT
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             _reap(process)
-            if not alive():
+            if not alive() and _reaped(process):
                 return
             time.sleep(0.1)
         if sig == signal.SIGTERM:
