@@ -8,7 +8,8 @@ The layers, bottom to top (docs/ARCHITECTURE.md, "Layers"):
     flows       common, flows.chat             (the chat page's command line)
     infra       common
     training    common, infra                  (training/trainer/: only itself, checked by its own test)
-    deployment  common, infra, training, flows
+    deployment  common, infra, training, flows.chat
+                (deployment/serving/, the server copied alone into its image: only itself)
     demo        everything; imported by nothing but tests
 """
 from __future__ import annotations
@@ -28,11 +29,17 @@ MAY_IMPORT = {
     "deployment": {"common", "infra", "training", "flows.chat", "deployment"},
     "demo": {*PACKAGES, "flows.chat"},
 }
-MAY_IMPORT |= {"flows.chat": {"flows.chat"}, "flows": {"common", "flows", "flows.chat"}}
+MAY_IMPORT |= {"flows.chat": {"flows.chat"}, "flows": {"common", "flows", "flows.chat"},
+               "deployment.serving": {"deployment.serving"}}
+MAY_IMPORT["deployment"].add("deployment.serving")
+MAY_IMPORT["demo"].add("deployment.serving")
+ISLANDS = ("flows.chat", "deployment.serving")
+"""Packages shipped alone (the flow to Foundry, the server into its image): layers of their own."""
 
 
 def layer(module: str) -> str:
-    return "flows.chat" if module == "flows.chat" or module.startswith("flows.chat.") else module.split(".")[0]
+    return next((island for island in ISLANDS if module == island or module.startswith(island + ".")),
+                module.split(".")[0])
 
 
 def module_name(path: Path) -> str:
@@ -123,9 +130,10 @@ def test_the_checks_can_fail() -> None:
     """The checker sees a cycle and an upward import when there is one (so the two tests above can fail)."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert upward({"common.azure": {"infra.outputs"}, "deployment.smoke": {"demo.pipeline", "training.local_runs"},
+                   "deployment.serving.app": {"common.cli"}, "deployment.local": {"deployment.serving.cli"},
                    "flows.chat.chat": {"flows.chat_page"}, "flows.chat_page": {"common.cli", "flows.chat.chat"}}) == [
-        "common.azure imports infra.outputs", "deployment.smoke imports demo.pipeline",
-        "flows.chat.chat imports flows.chat_page"]
+        "common.azure imports infra.outputs", "deployment.serving.app imports common.cli",
+        "deployment.smoke imports demo.pipeline", "flows.chat.chat imports flows.chat_page"]
     edges = graph()
     assert "deployment.rollout" in edges["deployment.azure_deploy"]  # imports are seen, relative ones too
     assert "flows.chat.endpoint_urls" in edges["flows.chat.phi_client"]
