@@ -289,9 +289,6 @@ def require(
 
     `foundry`: deploy will also write the Foundry project's connections, so check that scope too.
     """
-    from common.azure import remember_role_assignments
-
-    remember_role_assignments(outputs.role_assignments_created_on)
     if (os.environ if env is None else env).get(ENV_SWITCH, "").lower() in ("off", "0", "false", "no"):
         say(f"    preflight: skipped ({ENV_SWITCH}=off)")
         return None
