@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-SCORE_PATH = "/score"
 OPENAI_VERSION_PATH = "/v1"
 OPENAI_CHAT_PATH = OPENAI_VERSION_PATH + "/chat/completions"
 
@@ -29,11 +28,6 @@ def check_http_url(url: str) -> str:
     return url
 
 
-def base_url(scoring_url: str) -> str:
-    """`http://host:port/score` -> `http://host:port`: the base URL the OpenAI API hangs off."""
-    return scoring_url.rstrip("/").removesuffix(SCORE_PATH)
-
-
 def openai_chat_url(endpoint: str) -> str:
     """`{endpoint}/v1/chat/completions`: `endpoint` is the URL the OpenAI routes hang off, the host
     (`https://HOST`) or, on an endpoint that forwards paths only after its scoring route, the scoring
@@ -42,6 +36,19 @@ def openai_chat_url(endpoint: str) -> str:
     return endpoint.rstrip("/").removesuffix(OPENAI_VERSION_PATH) + OPENAI_CHAT_PATH
 
 
+def host_url(url: str) -> str:
+    """`https://HOST/score` -> `https://HOST`: scheme and authority only."""
+    parsed = urlparse(check_http_url(url))
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def openai_bases(scoring_url: str) -> tuple[str, ...]:
+    """Where the OpenAI routes may hang off, in the order deploy asks: the host, then the scoring URL itself."""
+    host, scoring = host_url(scoring_url), scoring_url.rstrip("/")
+    return (host,) if scoring == host else (host, scoring)
+
+
 def models_url(endpoint: str) -> str:
-    """`GET {base}/v1/models`: answers 200 on a server that speaks the OpenAI API (docs/ARCHITECTURE.md section 5)."""
-    return base_url(endpoint) + OPENAI_VERSION_PATH + "/models"
+    """`GET {endpoint}/v1/models`: answers 200 with the model list where the OpenAI API hangs off `endpoint`
+    (docs/ARCHITECTURE.md section 5)."""
+    return endpoint.rstrip("/").removesuffix(OPENAI_VERSION_PATH) + OPENAI_VERSION_PATH + "/models"
