@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-MODELS_PATH = "/v1/models"
+from flows.chat.endpoint_urls import models_url, openai_bases  # the URL rules, shipped with the flow
+
 TIMEOUT_S = 30.0
 
 
@@ -41,24 +41,10 @@ class ProbeResult:
     def line(self) -> str:
         """One line for the deploy log: where the OpenAI API answers, or that deploy fell back to /score."""
         if not self.fell_back:
-            return f"the OpenAI API answers under {self.endpoint} (GET {self.endpoint}{MODELS_PATH}: 200)"
+            return f"the OpenAI API answers under {self.endpoint} (GET {models_url(self.endpoint)}: 200)"
         seen = "; ".join(f"{url}: {outcome}" for url, outcome in self.tried)
         return (f"falling back to the /score dialect: no /v1 route answered ({seen}); the connection calls "
                 f"{self.endpoint} with the tutorials' request shape (docs/DEPLOY.md, \"Reading the /v1 probe\")")
-
-
-def host_of(scoring_uri: str) -> str:
-    """`https://HOST/score` -> `https://HOST` (scheme and authority only)."""
-    parts = urlsplit(scoring_uri)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"not an http(s) URL: {scoring_uri!r}")
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def candidates(scoring_uri: str) -> tuple[str, ...]:
-    """The bases to try, in order: the host, then the scoring URI itself (once, if they differ)."""
-    host, scoring = host_of(scoring_uri), scoring_uri.rstrip("/")
-    return (host,) if scoring == host else (host, scoring)
 
 
 def probe(scoring_uri: str, key: str | None = None, deployment: str | None = None, *,
@@ -73,8 +59,8 @@ def probe(scoring_uri: str, key: str | None = None, deployment: str | None = Non
     if deployment:
         headers["azureml-model-deployment"] = deployment
     tried: list[tuple[str, str]] = []
-    for base in candidates(scoring_uri):
-        url = base + MODELS_PATH
+    for base in openai_bases(scoring_uri):
+        url = models_url(base)
         outcome = _ask(http, url, headers, timeout, key)
         if outcome is None:
             return ProbeResult(base, "openai", tuple(tried + [(url, "200")]))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from common.cli import UserError, run_cli, say
-from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_for, load_eval_set, score_deployment, speaks_openai, table, write_json
+from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_on, load_eval_set, score_deployment, table, write_json
 from infra.outputs import add_stack_arguments
 
 
@@ -43,8 +43,9 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, str, str]:
     if record is None or not is_our_server(record.pid, record.port):
         raise UserError("no local endpoint is running: start one with `python -m deployment.deploy --target local`.")
     # The local server checks no key; the flow's client needs one.
-    api = "openai" if speaks_openai(record.url) else None
-    return client_for(record.url, secrets.token_urlsafe(16), api=api), "local", str(record.model_dir)
+    from deployment.connection import PhiConnection
+
+    return client_on(PhiConnection.probed(record.url, secrets.token_urlsafe(16))), "local", str(record.model_dir)
 
 
 def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str]:
@@ -65,7 +66,10 @@ def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str]:
             raise UserError(f"endpoint {name} has no deployment: deploy one with `python -m deployment.deploy`.")
         model = str(ml_client.online_deployments.get(name=deployment, endpoint_name=name).model)
         key = ml_client.online_endpoints.get_keys(name=name).primary_key
-    return client_for(str(endpoint.scoring_uri), key, deployment, api="openai"), f"{name}/{deployment}", model
+    from deployment.connection import PhiConnection
+
+    connection = PhiConnection.probed(str(endpoint.scoring_uri), key, deployment)
+    return client_on(connection), f"{name}/{deployment}", model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

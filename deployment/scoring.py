@@ -15,10 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from common.cli import UserError, say
-from flows.chat.endpoint_urls import base_url, models_url  # the URL rules, shipped with the flow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deployment.connection import PhiConnection
 
 DEFAULT_LIMIT = 32
 """Tens of conversations: enough for a paired comparison to see a broken model, a few minutes on Azure."""
@@ -130,29 +132,12 @@ class Scores:
                    list(data["conversations"]), float(data.get("seconds", 0.0)), str(data.get("eval_file", "")))
 
 
-def speaks_openai(scoring_url: str) -> bool:
-    """True when the server answers the OpenAI routes of docs/ARCHITECTURE.md section 5 (`GET /v1/models`);
-    a server with the tutorials' `/score` only (or the Azure ML inference server) does not."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(models_url(scoring_url), timeout=10.0) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def client_for(url: str, key: str, deployment: str | None = None, *, api: str | None = None) -> Any:
-    """The flow's own client on a deployment (`deployment` pins one behind an Azure endpoint).
-
-    `url` is the scoring URL; with `api="openai"` the client calls `{base}/v1/chat/completions`,
-    as the flow does when the connection says so.
-    """
+def client_on(connection: "PhiConnection") -> Any:
+    """The flow's own client, called as the connection says (`deployment` pins one behind an Azure endpoint)."""
     from flows.chat.phi_client import PhiClient
 
-    endpoint = base_url(url) if api == "openai" else url
-    return PhiClient(endpoint, key, deployment, timeout=TIMEOUT_S, max_retries=3, backoff=1.0, api=api)
+    return PhiClient(connection.endpoint, connection.key, connection.deployment, timeout=TIMEOUT_S, max_retries=3,
+                     backoff=1.0, api=connection.api)
 
 
 def score_deployment(

@@ -99,32 +99,18 @@ def test_evaluate_cli_on_azure(outputs_file, runs, fake_client, scoring_server, 
     assert data["summary"]["f1"]["n"] == 5 and data["eval_sha256"]
 
 
-def test_the_client_speaks_what_the_server_serves(scoring_server):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+@pytest.mark.parametrize(("routes", "path", "api"), [
+    ("host", "/v1/chat/completions", "openai"),  # the OpenAI routes after the host
+    ("score", "/score/v1/chat/completions", "openai"),  # only after the scoring route
+    ("none", "/score", None),  # neither: the /score dialect
+])
+def test_the_client_speaks_what_the_server_serves(scoring_server, routes: str, path: str, api: str | None) -> None:
+    from deployment.connection import PhiConnection
+    from fakes.deploy_fixtures import SMOKE_REPLY
+    from fakes.ml_client import SECRET_KEY
 
-    class OpenAIish(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
-            body = b'{"object": "list", "data": [{"id": "phi", "object": "model"}]}'
-            self.send_response(200 if self.path == "/v1/models" else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), OpenAIish)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/score"
-        assert scoring.speaks_openai(url) is True
-        assert scoring.speaks_openai(scoring_server.url) is False  # a /score-only server
-        assert scoring.speaks_openai("http://127.0.0.1:9/score") is False  # nothing listening
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    client = scoring.client_for("http://127.0.0.1:5000/score", "k", api="openai")
-    assert client.url == "http://127.0.0.1:5000/v1/chat/completions"
-    assert scoring.client_for("http://127.0.0.1:5000/score", "k").url == "http://127.0.0.1:5000/score"
+    scoring_server.routes = routes
+    connection = PhiConnection.probed(scoring_server.url, SECRET_KEY)
+    client = scoring.client_on(connection)
+    assert (client.url, connection.api) == (scoring_server.host + path, api)
+    assert client.chat("Reply with one short sentence: what are you?").text == SMOKE_REPLY

@@ -4,13 +4,14 @@ Microsoft's online-endpoint troubleshooting doc: any non-200 answer of the conta
 client as HTTP 424, with the container's own code in `ms-azureml-model-error-statuscode`. The fake
 endpoint (a real HTTP server on 127.0.0.1) answers exactly that; the client must report the
 original code and message, and retry what is worth retrying. The gate and deploy's smoke test use
-this same client (deployment/scoring.client_for), so these hold for them too.
+this same client (deployment/scoring.client_on), so these hold for them too.
 """
 from __future__ import annotations
 
 import pytest
 
-from deployment.scoring import client_for
+from deployment.connection import PhiConnection
+from deployment.scoring import client_on
 from flows.chat.phi_client import MODEL_STATUS_HEADER, EndpointError, PhiClient
 
 from fake_endpoint import ANSWER, KEY, OPENAI_PATH, Reply, openai_completion, openai_error
@@ -93,8 +94,8 @@ def test_a_relayed_404_says_the_deployment_lacks_the_route_not_that_the_endpoint
 
 
 def test_the_gate_and_smoke_client_reads_the_relay_too(fake) -> None:
-    """deployment.scoring.client_for builds the gate's and deploy's smoke test's client: this same class."""
-    client = client_for(fake.url, KEY, "green", api="openai")
+    """deployment.scoring.client_on builds the gate's and deploy's smoke test's client: this same class."""
+    client = client_on(PhiConnection(fake.base_url, KEY, "green", api="openai"))
     assert isinstance(client, PhiClient)
     fake.queue(relayed(400, openai_error(CONTEXT_CAP)), relayed(503, openai_error("busy")), Reply(body=openai_completion()))
     with pytest.raises(EndpointError, match="HTTP 400 from the container"):
