@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from common.azure import azure_errors, wait
+from common.azure import azure_errors, propagation_failure, propagation_hint, wait
 from common.cli import UserError, first_line, say, step
 from deployment import definitions
 from deployment.connection import PhiConnection, save
@@ -93,7 +93,11 @@ def _delete_command(endpoint: str, name: str) -> str:
     return f"`az ml online-deployment delete -e {endpoint} -n {name} --yes`"
 
 
-def _hint(detail: str, instance_type: str) -> str:
+def _hint(detail: str, instance_type: str, roles_created_on: datetime | None = None) -> str:
+    role = propagation_failure(detail)
+    young = propagation_hint(roles_created_on) if role else ""
+    if young:  # AcrPull / Storage Blob Data Reader that have not applied yet fail as BadArgument, not 403
+        return f" The endpoint identity lacks {role}, which `pulumi up` granted:{young}"
     low = detail.lower()
     info = definitions.instance_info(instance_type)
     if "quota" in low or "notenoughquota" in low:
@@ -227,7 +231,7 @@ class AzureTarget:
             manual=_delete_command(self.ep_name, new),
             kept=f"Traffic was not moved ({self.slots.traffic_text()}).",
             evidence=lambda: _log_tail(self.ml, self.ep_name, new),
-            hint=lambda detail: _hint(detail, self.plan.instance_type),
+            hint=lambda detail: _hint(detail, self.plan.instance_type, self.outputs.role_assignments_created_on),
         )
 
     def start_new(self, rollback: Rollback) -> Deployment:

@@ -21,10 +21,9 @@ from deployment.foundry_agents import (
     gateway_target,
 )
 
+from fakes.deploy_fixtures import SMOKE_REPLY as REPLY
+from fakes.ml_client import SECRET_KEY as KEY
 from fakes.ml_client import FakeMLClient
-from v1_standin import REPLY, V1StandIn
-
-KEY = "gateway-key-0123456789-SECRET"
 ENDPOINT = "https://phi3-chat-1a2b.eastus.inference.ml.azure.com/score"
 
 
@@ -79,19 +78,19 @@ def test_the_target_is_the_probed_endpoint_plus_v1(endpoint: str, target: str) -
 
 
 @pytest.mark.parametrize("routes", ["host", "score"])
-def test_a_call_made_as_foundry_makes_it_reaches_the_endpoint(routes: str) -> None:
+def test_a_call_made_as_foundry_makes_it_reaches_the_endpoint(scoring_server, routes: str) -> None:
     """deploymentInPath false: POST {target}/chat/completions, the model in the body, the key as authConfig says."""
-    with V1StandIn(routes, KEY) as endpoint:
-        probed = endpoint.host if routes == "host" else endpoint.scoring_uri
-        properties = body_of(build_gateway_connection(probed, KEY, MODEL_NAME))["properties"]
-        auth = json.loads(properties["metadata"]["authConfig"])
-        model = json.loads(properties["metadata"]["models"])[0]["name"]
-        response = requests.post(
-            properties["target"] + "/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-            headers={auth["name"]: auth["format"].replace("{api_key}", properties["credentials"]["key"])},
-            timeout=10,
-        )
+    scoring_server.routes = routes
+    probed = scoring_server.host if routes == "host" else scoring_server.url
+    properties = body_of(build_gateway_connection(probed, KEY, MODEL_NAME))["properties"]
+    auth = json.loads(properties["metadata"]["authConfig"])
+    model = json.loads(properties["metadata"]["models"])[0]["name"]
+    response = requests.post(
+        properties["target"] + "/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        headers={auth["name"]: auth["format"].replace("{api_key}", properties["credentials"]["key"])},
+        timeout=10,
+    )
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == REPLY
 
 
