@@ -172,3 +172,27 @@ def test_a_403_in_the_project_after_promotion_is_a_warning_with_the_retry_comman
     assert "warning: the deployment is live and the local connection is written, but the Foundry project's" in err
     assert "permission denied (403)" in err and "`python -m deployment.foundry --stack dev`" in err
     assert "Azure AI Developer on the project" in err and SECRET_KEY not in err
+
+
+def test_the_retry_command_writes_both_connections_for_the_live_deployment(
+        fake_client, outputs, runs, scoring_server, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`python -m deployment.foundry`: what the warning names, for the live deployment, probed again."""
+    from common.cli import run_cli
+    from deployment import foundry
+    from fakes.deploy_fixtures import OUTPUTS
+
+    scoring_server.routes = "score"
+    fake_client.add_job("job-1")
+    deploy(fake_client, outputs, write_connection=lambda connection: None)
+    project = FakeMLClient(workspace_name="proj-phi")
+    monkeypatch.setattr("common.azure.make_ml_client",
+                        lambda o, credential=None: project if o.workspace_name == "proj-phi" else fake_client)
+    path = tmp_path / "with-project.json"
+    path.write_text(json.dumps({**OUTPUTS, "foundry_project_name": "proj-phi"}), encoding="utf-8")
+    with pytest.raises(SystemExit) as done:
+        run_cli(foundry.main, ["--outputs-file", str(path), "--endpoint-name", EP])
+    assert done.value.code == 0
+    gateway = project.connection_store["phi-gateway"]
+    assert gateway.properties.target == scoring_server.url + "/v1"  # the probed base, /score here
+    assert project.connection_store["phi_endpoint"].properties.metadata["deployment"] == "blue"
+    assert SECRET_KEY not in "".join(capsys.readouterr())
