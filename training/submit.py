@@ -110,8 +110,12 @@ def resolve_sft_model(model: str | None, target: str, *, build_tiny: bool = True
         return model, None
     path = Path(model).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(f"--model {model} is a local path but not a Hugging Face model folder (no config.json).")
+        from training.trainer import model_source
+
+        try:
+            model_source.resolve(str(path))  # the trainer's own check: a save_pretrained or an MLflow model folder
+        except model_source.NotAModelFolder as err:
+            raise UserError(f"--model {err}") from None
         return str(path.resolve()), None
     if model.startswith(("/", "./", "../", "~")) or path.is_absolute():
         # a Hugging Face id never looks like this; without the check a typo becomes a job that fails on the cluster
