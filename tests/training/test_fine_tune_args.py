@@ -309,3 +309,34 @@ def test_device_and_revision_reach_the_runtime_and_the_loader(fine_tune, tmp_pat
     with pytest.raises(fine_tune.TrainerError, match="stop here"):
         fine_tune.load_pretrained_model(args, "sdpa")
     assert seen["revision"] == "0a1b2c3"
+
+
+def test_model_folders_in_every_layout_resolve_to_weights_and_tokenizer(tmp_path: Path) -> None:
+    """save_pretrained, the trainer's MLflow output (what deploy registers), the registry's hftransformers folder,
+    and a mount that holds one of them; anything else is one error naming the layouts."""
+    from training.trainer import model_source
+
+    def touch(*paths: Path) -> None:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+
+    hf, ours, registry, mount = tmp_path / "hf", tmp_path / "ours", tmp_path / "registry", tmp_path / "mount"
+    touch(hf / "config.json", hf / "tokenizer_config.json")
+    touch(ours / "MLmodel", ours / "model" / "config.json", ours / "components" / "tokenizer" / "tokenizer_config.json")
+    touch(registry / "MLmodel", registry / "data" / "model" / "config.json",
+          registry / "data" / "tokenizer" / "tokenizer_config.json", registry / "data" / "config" / "config.json")
+    touch(mount / "trained_model" / "MLmodel", mount / "trained_model" / "model" / "config.json")
+    resolved = {name: model_source.resolve(str(path)) for name, path in
+                (("hf", hf), ("ours", ours), ("registry", registry), ("mount", mount))}
+    assert resolved["hf"] == model_source.ModelSource(str(hf), str(hf), "hf")
+    assert resolved["ours"] == model_source.ModelSource(str(ours / "model"), str(ours / "components" / "tokenizer"), "mlflow")
+    assert resolved["registry"] == model_source.ModelSource(str(registry / "data" / "model"),
+                                                            str(registry / "data" / "tokenizer"), "hftransformers")
+    weights = mount / "trained_model" / "model"
+    assert resolved["mount"] == model_source.ModelSource(str(weights), str(weights), "mlflow")  # tokenizer beside weights
+    assert model_source.resolve("microsoft/Phi-3.5-mini-instruct").layout == "hub"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(model_source.NotAModelFolder, match="is no model folder: expected a save_pretrained folder"):
+        model_source.resolve(str(empty))
