@@ -605,7 +605,7 @@ def train(args: Settings) -> dict[str, Any]:
             status, saved = "FINISHED", True
             tracking.record(args, summary)
             report(args, summary)
-            os.environ.get("DEBUG_KEEP") or remove_checkpoints(args)
+            remove_checkpoints(args)
         return summary
     except Stopped:
         status = "KILLED"
