@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -129,10 +130,13 @@ def test_out_of_memory_anywhere_is_advice_and_a_failed_run(fine_tune, tmp_path: 
         fine_tune.train(args)
 
     class OomTrainer:
+        args = SimpleNamespace(eval_on_start=False)
+        accelerator = SimpleNamespace(wait_for_everyone=lambda: None)
+
         def add_callback(self, callback):
             pass
 
-        def evaluate(self):
+        def train(self, resume_from_checkpoint=None):  # the eval before training, or a step
             raise torch.OutOfMemoryError("CUDA out of memory.")
 
     plan = fine_tune.Plan(attn_implementation="sdpa", packing=True, assistant_only_loss=True, precision="fp32",

@@ -15,17 +15,14 @@ from common.cli import UserError
 from fakes.inputs import write_data, write_stack_outputs
 from fakes.ml_client import FakeMLClient
 from fakes.quota import a100_usages, usage
-from training import azure_resume, run_key, submit
+from training import run_key, submit
 from training.trainer import checkpoints
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
-
-
 @pytest.fixture
-def argv(tmp_path: Path) -> list[str]:
+def argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A stack and data of its own, and runs/ (the staged trainer) under the test's folder."""
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
     return ["--outputs-file", str(write_stack_outputs(tmp_path / "outputs.json")),
             "--data", str(write_data(tmp_path / "data"))]
 
@@ -153,7 +150,3 @@ def test_submit_prints_the_cluster_tier(tmp_path: Path, argv, capsys) -> None:  
     assert submit.main([*lp, "--dry-run", "--checkpoint-minutes", "10"]) == 0
     assert "# cluster tier: low priority (preemptible); checkpoints are on: every 10 min" in capsys.readouterr().out
 
-
-def test_the_resume_lookup_says_so_in_the_dry_run_and_asks_the_workspace_in_a_submit() -> None:
-    plan = azure_resume.offline("auto", None, "k", 1, False)
-    assert plan.note.startswith(azure_resume.LOOKED_UP) and plan.input_path is None

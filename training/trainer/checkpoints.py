@@ -283,6 +283,14 @@ def checkpoint_callback(root: str | Path | None, minutes: float, keep: int, reco
                 control.should_save = True
             return control
 
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            loss = (metrics or {}).get("eval_loss")
+            if record.eval_loss_before is None and isinstance(loss, (int, float)):
+                record.eval_loss_before = float(loss)  # the first evaluation (eval_on_start), before any step
+            if isinstance(loss, (int, float)) and not math.isfinite(loss):
+                control.should_training_stop = True  # a base that is already non-finite: train() ends at step 1
+            return control
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
             if isinstance(loss, (int, float)) and not math.isfinite(loss) and self.diverged is None:

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -585,6 +586,7 @@ def train(args: Settings) -> dict[str, Any]:
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
     run, status, saved = None, "FAILED", False
     record = RunRecord(args.run_key, runtime.world_size,
+                       eval_loss_before=resume.checkpoint.info.get("eval_loss_before") if resume else None,
                        resumed_from=f"{resume.checkpoint.path} (step {resume.checkpoint.step})" if resume else None)
     saver = checkpoints.checkpoint_callback(args.checkpoint_dir, args.checkpoint_minutes, args.checkpoints_keep, record,
                                             stop, resumed_step=resume.checkpoint.step if resume else 0)
@@ -680,16 +682,20 @@ def _finite(what: str, value: float) -> float:
 def evaluate_train_evaluate(trainer, args: Settings, plan: Plan, *, resume: checkpoints.Resume | None = None,
                             stop: StopRequest | None = None, saver: Any = None,
                             record: RunRecord | None = None) -> dict[str, Any]:
-    """Eval loss before (a resumed run keeps its first segment's), train (from the checkpoint), eval loss after."""
+    """Eval loss before (a resumed run keeps its first segment's), train (from the checkpoint), eval loss after.
+
+    The eval before training runs inside `train()` (`eval_on_start`), after the model is wrapped for
+    distributed training: `trainer.evaluate()` before `train()` leaves the model marked as prepared, so
+    accelerate skips the DistributedDataParallel wrap and each rank trains on its own gradients.
+    """
     started = time.perf_counter()
-    before = resume.checkpoint.info.get("eval_loss_before") if resume else None
-    if before is None:
-        before = _finite("eval loss before training", trainer.evaluate()["eval_loss"])
-    if record is not None:
-        record.eval_loss_before = before
     if stop is not None and stop.requested:
         raise Stopped(stop.signum, resume.checkpoint.step if resume else 0, resume.checkpoint if resume else None)
+    trainer.args.eval_on_start = resume is None
     result = trainer.train(resume_from_checkpoint=str(resume.checkpoint.path) if resume else None)
+    before = (resume.checkpoint.info.get("eval_loss_before") if resume
+              else next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h))
+    _finite("eval loss before training", before if before is not None else math.nan)
     diverged = saver.diverged if saver is not None else None
     if diverged or not math.isfinite(result.training_loss):
         step, loss = diverged or (result.global_step, result.training_loss)
@@ -698,7 +704,7 @@ def evaluate_train_evaluate(trainer, args: Settings, plan: Plan, *, resume: chec
             f"was saved. Lower --learning_rate (now {args.learning_rate}) or raise --warmup_ratio; that starts a new run.")
     if saver is not None and saver.stop_step is not None and result.global_step < trainer.state.max_steps:
         newest = checkpoints.newest(args.checkpoint_dir) if args.checkpoint_dir else None
-        raise Stopped(stop.signum if stop and stop.signum else 15, result.global_step, newest)
+        raise Stopped(stop.signum if stop and stop.signum else signal.SIGTERM, result.global_step, newest)
     after = _finite("eval loss after training", trainer.evaluate()["eval_loss"])
     return {"eval_loss_before": before, "eval_loss_after": after, "train_loss": result.training_loss,
             "train_seconds": time.perf_counter() - started, "global_steps": result.global_step,
