@@ -223,7 +223,10 @@ class TransformersEngine:
         # the warpers' values here are only defaults, every request sets its own.
         processors = LogitsProcessorList([greedy_argmax_processor(), TemperatureLogitsWarper(1.0),
                                           TopKLogitsWarper(self.vocab_size), TopPLogitsWarper(1.0)])
-        manager.logit_processor = ContinuousBatchingLogitsProcessorList(processors, per_request_processors=True)
+        per_request = ContinuousBatchingLogitsProcessorList(processors, per_request_processors=True)
+        # It counts the argument rows of the processors it converted; GreedyArgmax needs one too.
+        per_request.tensors_required = sum(hasattr(p, "prepare_tensor_args") for p in per_request.logits_processor)
+        manager.logit_processor = per_request
         manager.start()
         return manager
 
