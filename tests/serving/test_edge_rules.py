@@ -121,3 +121,13 @@ def test_the_azure_container_command_passes_the_gateway_flag() -> None:
     args = build_parser().parse_args(argv[argv.index("--model-dir"):])
     assert args.host == "0.0.0.0" and args.keyless_behind_gateway and args.api_key is None
     check_key(args.host, args.api_key, args.keyless_behind_gateway)
+
+
+def test_no_function_in_the_server_package_is_over_80_lines() -> None:
+    import ast
+
+    package = DOCKERFILE.parent
+    long = [f"{path.relative_to(package)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in package.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
+    assert not long, long
