@@ -33,42 +33,45 @@ def _ask(base: str, content: str, max_tokens: int = 24, temperature: float = 0.0
     return response.json()["choices"][0]["message"]["content"]
 
 
-def _long_prompt(model_dir: Path, tokens: int) -> str:
-    """A user message whose chat prompt is `tokens` tokens long, give or take a few."""
+def _long_prompt(model_dir: Path, tokens: int) -> tuple[str, int]:
+    """A user message whose chat prompt is at most `tokens` tokens long, and its length."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def length(text: str) -> int:
-        return len(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+        encoded = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=True)
+        return len(encoded["input_ids"])
 
     unit = "The sea is wide and the ships are many. "
-    text = unit * max(1, tokens // max(1, length(unit * 10) // 10))
-    while length(text) > tokens:
-        text = text[: int(len(text) * 0.98)]
-    while length(text + unit) <= tokens:
-        text += unit
-    return text
+    low, high = 1, tokens  # the most units whose prompt fits (each unit is at least one token)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if length(unit * middle) <= tokens else (low, middle - 1)
+    return unit * low, length(unit * low)
 
 
 def _beside_a_long_chat(base: str, long_prompt: str, long_reply: int) -> tuple[list[str], dict]:
     """The six short chats, sent once the long chat is decoding, with four others; the long chat's timings."""
     body = {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": long_reply, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
-    decoding, long_chat = threading.Event(), {}
+    long_chat: dict = {}
 
-    def stream_long() -> None:
+    def stream_long() -> None:  # an untrained twin's tokens may all be special (no text): usage tells the count
         with requests.post(base + "/v1/chat/completions", json=body, stream=True, timeout=600) as response:
             for line in response.iter_lines():
-                if line.startswith(b'data: {"id"') and b'"content"' in line:
-                    decoding.set()
                 if b'"usage"' in line and b'"prompt_tokens"' in line:
                     long_chat["usage"] = line
         long_chat["ended"] = time.monotonic()
 
     thread = threading.Thread(target=stream_long)
     thread.start()
-    assert decoding.wait(300), "the long chat never started decoding"
+    health = base + "/health"
+    deadline = time.monotonic() + 60
+    while requests.get(health, timeout=10).json()["in_flight"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # its prompt goes in 512 tokens a step; the short chats join it there or in its decoding
     replies: dict[int, str] = {}
     ended: list[float] = []
 
@@ -104,9 +107,9 @@ def test_short_greedy_chats_are_the_same_beside_the_longest_chat(twin: Path, tmp
     for base in _serve(twin, tmp_path):
         cap = requests.get(base + "/health", timeout=10).json()["limits"]["context_tokens"]
         alone = [_ask(base, text) for text in SHORT]
-        prompt = _long_prompt(twin, cap - 300)
-        beside, long_chat = _beside_a_long_chat(base, prompt, 300)
-        assert b'"total_tokens":%d' % cap in long_chat["usage"] or b'"total_tokens": %d' % cap in long_chat["usage"]
+        prompt, length = _long_prompt(twin, cap - 300)
+        beside, long_chat = _beside_a_long_chat(base, prompt, cap - length)  # prompt + reply: the longest accepted
+        assert b'"total_tokens":%d' % cap in long_chat["usage"]
         assert beside == alone
 
 
@@ -118,7 +121,8 @@ def test_the_coupling_flag_accepts_a_longer_context_that_changes_other_chats(tin
                        env={"PHI_SERVE_CONTEXT_TOKENS": "8192"}):
         assert requests.get(base + "/health", timeout=10).json()["limits"]["context_tokens"] == 8192
         alone = [_ask(base, text) for text in SHORT]
-        beside, _ = _beside_a_long_chat(base, _long_prompt(tiny_phi4_model_dir, 5000), 600)
+        prompt, _length = _long_prompt(tiny_phi4_model_dir, 5000)
+        beside, _ = _beside_a_long_chat(base, prompt, 600)
         assert sum(a != b for a, b in zip(alone, beside)) >= 1
     assert "passes this LongRoPE model's original_max_position_embeddings" in (tmp_path / "server.log").read_text()
 
