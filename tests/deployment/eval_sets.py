@@ -238,6 +238,18 @@ def _reply(kind: str, asked: str, facts: dict[str, Any], rng: random.Random, wor
     return "\n\n".join(p for p in paragraphs if p)
 
 
+def _other_facts(entities: list[dict[str, Any]], i: int, answer: str) -> dict[str, Any]:
+    """Another entity's facts under this entity's name, differing in every fact the answer states."""
+    import string
+
+    fields = [name for _, name, _, _ in string.Formatter().parse(answer) if name and name != "name"]
+    for step in range(7, 7 + len(entities)):
+        other = entities[(i + step) % len(entities)]
+        if all(other[f] != entities[i][f] for f in fields):
+            return {**other, "name": entities[i]["name"]}
+    raise AssertionError("no entity with other facts")
+
+
 def cases() -> list[Case]:
     """Every conversation of the fixture, in file order, with its scripted replies."""
     rng = random.Random(SEED)
@@ -248,8 +260,8 @@ def cases() -> list[Case]:
     for i in range(PER_KIND):
         for kind in kinds:
             facts = entities[kind][i]
-            wrong = {**entities[kind][(i + 7) % PER_KIND], "name": facts["name"]}
             asked = list(QUESTIONS[kind])[rng.randrange(len(QUESTIONS[kind]))]
+            wrong = _other_facts(entities[kind], i, QUESTIONS[kind][asked][1])
             question = QUESTIONS[kind][asked][0].format(**facts)
             reference = _reply(kind, asked, facts, rng, rng.randint(110, 270))
             distractor = _reply(kind, asked, wrong, random.Random(rng.random()), len(reference.split()))
