@@ -185,23 +185,18 @@ def load_prompts(path: Path | None = None, limit: int | None = None) -> tuple[tu
     path = Path(path) if path is not None else DEFAULT_FILE
     if not path.is_file():
         raise UserError(f"no instruction prompts file {path}: pass --instructions-file with IFEval-format JSONL")
+    from deployment.scoring import jsonl_rows
+
     picked: list[InstructionPrompt] = []
     skipped = 0
-    with open(path, encoding="utf-8") as rows:
-        for number, line in enumerate(rows, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}, line {number}: not JSON ({err.msg})") from None
-            prompt = _prompt(row, f"{path}, line {number}")
-            if prompt is None:
-                skipped += 1
-            else:
-                picked.append(prompt)
-            if limit is not None and len(picked) == limit:
-                break
+    for number, row in jsonl_rows(path, "one IFEval prompt row"):
+        prompt = _prompt(row, f"{path}, line {number}")
+        if prompt is None:
+            skipped += 1
+        else:
+            picked.append(prompt)
+        if limit is not None and len(picked) == limit:
+            break
     if not picked:
         raise UserError(f"{path} holds no prompt whose instructions this project can check")
     return tuple(picked), skipped

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from common.cli import UserError, say
 
@@ -75,6 +75,18 @@ def _conversation(row: Any, where: str) -> Conversation | None:
     return Conversation(where, history, messages[last - 1]["content"], messages[last]["content"])
 
 
+def jsonl_rows(path: Path, what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded row) of each non-blank line; a line that is not JSON is one UserError naming it."""
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}, line {number}: not JSON ({err.msg}); each line must be {what}") from None
+
+
 def _load_conversations(path: Path, limit: int | None) -> list[Conversation]:
     if not path.is_file():
         raise UserError(
@@ -82,19 +94,12 @@ def _load_conversations(path: Path, limit: int | None) -> list[Conversation]:
             f"{path.parent}` (its test split is the default), or pass --eval-file FILE.jsonl"
         )
     picked: list[Conversation] = []
-    with open(path, encoding="utf-8") as rows:
-        for number, line in enumerate(rows, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}, line {number}: not JSON ({err.msg}); each line must be one chat row") from None
-            conversation = _conversation(row, f"line-{number}")
-            if conversation is not None:
-                picked.append(conversation)
-            if limit is not None and len(picked) == limit:
-                break
+    for number, row in jsonl_rows(path, "one chat row"):
+        conversation = _conversation(row, f"line-{number}")
+        if conversation is not None:
+            picked.append(conversation)
+        if limit is not None and len(picked) == limit:
+            break
     if not picked:
         raise UserError(f"{path} holds no conversation ending in a user turn and an assistant reply to score")
     return picked
