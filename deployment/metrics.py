@@ -22,7 +22,7 @@ import math
 import re
 import string
 from collections import Counter
-from typing import Any, Sequence
+from typing import Sequence
 
 GATE_METRIC = "f1_cut"
 METRICS = (GATE_METRIC,)
@@ -117,8 +117,3 @@ def points(value: float) -> str:
 def signed_points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
-
-def summary_of(values: Sequence[float]) -> dict[str, Any]:
-    from deployment.stats import interval
-
-    return interval(values).as_dict()

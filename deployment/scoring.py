@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from common.cli import UserError, say
 
@@ -341,7 +341,7 @@ def _ci(low: float, high: float) -> str:
     return f"[{points(low)}, {points(high)}]"
 
 
-def table(columns: Sequence[Scores], comparisons: Any = None) -> str:
+def table(columns: Sequence[Scores], comparisons: Mapping[str, Any] | None = None) -> str:
     """signal | deployment | mean | 95% CI | N | words | limit% (points: 0-100); with comparisons, a `new - live`
     row per signal (`comparisons`: {signal: object with .difference, an Interval of mean(d)})."""
     from deployment.metrics import points, signed_points
@@ -357,7 +357,7 @@ def table(columns: Sequence[Scores], comparisons: Any = None) -> str:
             lines.append(f"{name:<13} {scores.label:<{width}} {points(stat['mean']):>6}  "
                          f"{_ci(stat['ci_low'], stat['ci_high']):<16} {stat['n']:>4} {stat['mean_words']:>6.1f} "
                          f"{points(stat['length_share']):>6}")
-        comparison = (comparisons or {}).get(name) if isinstance(comparisons, dict) else None
+        comparison = (comparisons or {}).get(name)
         if comparison is not None:
             d = comparison.difference
             lines.append(f"{name:<13} {'new - live':<{width}} {signed_points(d.mean):>6}  "
