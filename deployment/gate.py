@@ -234,7 +234,7 @@ def compare(new: Scores, live: Scores, margin: float | None = None) -> dict[str,
     for name in signals:
         a, b = new.signal(name), live.signal(name)
         test = paired_test(a, b, delta=delta, alpha=ALPHA / len(signals), planning_sd=PLANNING_SD[name])
-        out[name] = Comparison(name, test, interval([x - y for x, y in zip(a, b)]))
+        out[name] = Comparison(name, test, interval([x - y for x, y in zip(a, b)], bounds=(-1.0, 1.0)))
     return out
 
 

@@ -178,7 +178,7 @@ class Scores:
 
         out: dict[str, Any] = {}
         for name in self.signals():
-            out[name] = {**interval(self.signal(name)).as_dict(), **_reply_stats(self.signal_rows(name))}
+            out[name] = {**interval(self.signal(name), bounds=(0.0, 1.0)).as_dict(), **_reply_stats(self.signal_rows(name))}
         if self.instruction_rows:
             out["instructions"].update(accuracy(self.instruction_rows))
         return out

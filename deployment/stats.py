@@ -133,13 +133,14 @@ class Interval:
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n": self.n, "level": self.level}
 
 
-def interval(values: Sequence[float], level: float = 0.95) -> Interval:
+def interval(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+    """The two-sided t-interval of the mean, clipped to the values' possible range `bounds`."""
     mean, sd = mean_sd(values)
     n = len(values)
     if n < 2:
         return Interval(mean, mean, mean, n, level)
     half = _critical(n, (1.0 - level) / 2.0) * sd / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, level)
+    return Interval(mean, max(bounds[0], mean - half), min(bounds[1], mean + half), n, level)
 
 
 @dataclass(frozen=True)
