@@ -18,6 +18,9 @@ import pytest
 from serving.helpers import post
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+EVAL = ("--eval-limit", "32")
+"""Every deploy of the test gates on the same 32 conversations and 32 instruction prompts (the untrained model never
+stops, so each of its replies runs to max_tokens: at the default 200 of each it takes minutes on 2 cores)."""
 
 
 def _cli(*argv: str, env: dict[str, str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -46,17 +49,17 @@ def test_an_untrained_model_is_refused_and_force_overrides(tmp_path: Path, repo_
     _ok(_cli(*train, env=env, cwd=repo_root))
     record_file = runs / "serve" / "endpoint.json"
     try:
-        first = _ok(_cli("deployment.deploy", "--target", "local", env=env, cwd=repo_root))
+        first = _ok(_cli("deployment.deploy", "--target", "local", *EVAL, env=env, cwd=repo_root))
         live = json.loads(record_file.read_text())
         assert "local endpoint:" in first and "/jobs/" in live["model_dir"]
         [baseline] = (runs / "eval").glob("*-new-port-*.json")
         baseline = json.loads(baseline.read_text())
         assert baseline["summary"]["correctness"]["mean"] > 0.3, "the fine-tuned tiny model should answer the held-out facts"
-        assert len(baseline["instructions"]) == 200 and "prompt_level" in baseline["summary"]["instructions"]
+        assert len(baseline["instructions"]) == 32 and "prompt_level" in baseline["summary"]["instructions"]
 
         untrained = runs / "untrained"
         _ok(_cli("training.tiny_model", "--out", str(untrained), env=env, cwd=repo_root))
-        refused = _cli("deployment.deploy", "--target", "local", "--model-dir", str(untrained), env=env, cwd=repo_root)
+        refused = _cli("deployment.deploy", "--target", "local", "--model-dir", str(untrained), *EVAL, env=env, cwd=repo_root)
         assert refused.returncode != 0
         assert "was refused" in refused.stderr and "--force" in refused.stderr and "new - live" in refused.stderr
         assert "live scores reused" in refused.stderr  # same eval set, metric version and model as the baseline
@@ -75,7 +78,7 @@ def test_an_untrained_model_is_refused_and_force_overrides(tmp_path: Path, repo_
         assert correctness.split()[:2] == ["correctness", "local"] and correctness.split()[5] == "10"
         assert instructions.split()[:2] == ["instructions", "local"] and instructions.split()[5] == "10"
 
-        forced = _cli("deployment.deploy", "--target", "local", "--model-dir", str(untrained), "--force",
+        forced = _cli("deployment.deploy", "--target", "local", "--model-dir", str(untrained), "--force", *EVAL,
                       env=env, cwd=repo_root)
         _ok(forced)
         assert "--force: moving traffic anyway" in forced.stderr
