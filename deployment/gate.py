@@ -93,11 +93,11 @@ def tags_for(scores: Scores, where: str = "") -> dict[str, str]:
 
 
 def _cache_file(scope: str, model: str, eval_sha256: str, version: str, environment: str) -> Path:
-    from training import local_runs
+    from common import runs
 
     key = [scope, asset_key(model), eval_sha256, version] + ([asset_key(environment)] if environment else [])
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
-    return local_runs.runs_dir() / "eval" / "scores" / f"{digest}.json"
+    return runs.eval_scores_dir() / f"{digest}.json"
 
 
 def remember(scope: str, scores: Scores, text: str | None = None) -> Path:

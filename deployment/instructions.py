@@ -185,7 +185,7 @@ def load_prompts(path: Path | None = None, limit: int | None = None) -> tuple[tu
     path = Path(path) if path is not None else DEFAULT_FILE
     if not path.is_file():
         raise UserError(f"no instruction prompts file {path}: pass --instructions-file with IFEval-format JSONL")
-    from deployment.scoring import jsonl_rows
+    from common.files import jsonl_rows
 
     picked: list[InstructionPrompt] = []
     skipped = 0

@@ -19,9 +19,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from common.cli import UserError, say
+from flows.chat.endpoint_urls import base_url, models_url  # the URL rules, shipped with the flow
 
 if TYPE_CHECKING:  # pragma: no cover
     from deployment.instructions import InstructionPrompt
@@ -56,9 +57,9 @@ class EvalSet:
 
 def default_eval_file() -> Path:
     """The data's held-out split, where `training.data` / submit put it (runs/data/test.jsonl)."""
-    from training import local_runs
+    from common import runs
 
-    return local_runs.runs_dir() / "data" / "test.jsonl"
+    return runs.default_eval_file()
 
 
 def _conversation(row: Any, where: str) -> Conversation | None:
@@ -75,24 +76,14 @@ def _conversation(row: Any, where: str) -> Conversation | None:
     return Conversation(where, history, messages[last - 1]["content"], messages[last]["content"])
 
 
-def jsonl_rows(path: Path, what: str) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded row) of each non-blank line; a line that is not JSON is one UserError naming it."""
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}, line {number}: not JSON ({err.msg}); each line must be {what}") from None
-
-
 def _load_conversations(path: Path, limit: int | None) -> list[Conversation]:
     if not path.is_file():
         raise UserError(
             f"no evaluation file {path}: prepare the data with `python -m training.data --source sample --out "
             f"{path.parent}` (its test split is the default), or pass --eval-file FILE.jsonl"
         )
+    from common.files import jsonl_rows
+
     picked: list[Conversation] = []
     for number, row in jsonl_rows(path, "one chat row"):
         conversation = _conversation(row, f"line-{number}")
@@ -197,11 +188,6 @@ class Scores:
                    list(data.get("instructions", [])), str(data.get("environment", "")))
 
 
-def base_url(scoring_url: str) -> str:
-    """`http://host:port/score` -> `http://host:port`: the base URL the OpenAI API hangs off."""
-    return scoring_url.rstrip("/").removesuffix("/score")
-
-
 def speaks_openai(scoring_url: str) -> bool:
     """True when the server answers the OpenAI routes of docs/ARCHITECTURE.md section 5 (`GET /v1/models`);
     a server with the tutorials' `/score` only (or the Azure ML inference server) does not."""
@@ -209,7 +195,7 @@ def speaks_openai(scoring_url: str) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(base_url(scoring_url) + "/v1/models", timeout=10.0) as response:
+        with urllib.request.urlopen(models_url(scoring_url), timeout=10.0) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -373,11 +359,11 @@ def table(columns: Sequence[Scores], comparisons: Mapping[str, Any] | None = Non
 def write_json(scores: Scores, name: str) -> Path:
     """runs/eval/<UTC time>-<name>.json, written whole (never a partial file)."""
 
-    from training import local_runs
+    from common import runs
 
     from common.files import write_atomic
 
     safe = "-".join("".join(ch if ch.isalnum() or ch in "_." else " " for ch in name).split())
-    path = local_runs.runs_dir() / "eval" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{safe}.json"
+    path = runs.eval_dir() / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{safe}.json"
     write_atomic(path, json.dumps(scores.to_json(), indent=1) + "\n")
     return path

@@ -13,7 +13,7 @@ import pytest
 
 import scripted_endpoints as se
 from common.cli import UserError, run_cli
-from deploy_fixtures import EVAL_ROWS, OUTPUTS
+from fakes.deploy_fixtures import EVAL_ROWS, OUTPUTS
 from deployment import evaluate, gate, gate_cost, metrics, scoring
 from fakes.ml_client import SECRET_KEY
 
