@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deployment.serving.engines.transformers_engine import GPU_CACHE_FRACTION, stop_token_ids
+from deployment.serving.engines.loading import stop_token_ids
+from deployment.serving.engines.transformers_engine import GPU_CACHE_FRACTION
 from deployment.serving.engines.base import Sampling
 from deployment.serving.limits import DEFAULT_MAX_SEQUENCES, kv_bytes_per_token, size_limits
 
