@@ -33,13 +33,13 @@ def check_model_dir(model_dir: Path) -> tuple[Path, str]:
     return model_dir, location.describe()
 
 
-def run_in_vllm_venv(argv: list[str]) -> None:
+def run_in_vllm_venv(argv: list[str], python: Path = VLLM_PYTHON) -> None:
     """Replace this process with the same command in .venv-vllm (same pid, same arguments)."""
-    if not VLLM_PYTHON.is_file():
+    if not python.is_file():
         raise UserError("--engine vllm needs vLLM's CPU build, which lives in its own environment: build it with "
                         "`make vllm` (.venv-vllm, about 5 minutes), then run the same command again")
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    os.execve(VLLM_PYTHON, [str(VLLM_PYTHON), "-m", MARKER, *argv], {**os.environ, "PYTHONPATH": path})
+    os.execve(python, [str(python), "-m", MARKER, *argv], {**os.environ, "PYTHONPATH": path})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,18 +60,19 @@ def stop(process: subprocess.Popen) -> None:
             pass
 
 
-def start_server(model_dir: Path, log: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, log: Path, *args: str, env: dict | None = None, python: str = sys.executable,
+                 timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     """`python -m deployment.serve` on a free port in its own session; returns it and its base URL once healthy."""
     port = free_port()
     with open(log, "wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port", str(port), *args],
+            [python, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port", str(port), *args],
             stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(base + "/health", process, log)
+        wait_healthy(base + "/health", process, log, timeout)
     except BaseException:
         stop(process)
         raise
