@@ -7,7 +7,8 @@ deployment/serving/__init__.py lists them) with one of its Dockerfiles:
   (`-cu129`) tag, checked against Azure ML's driver 535 here (common/cuda_driver.py); the engine is vLLM.
 - CPU instance types (`phi3-serve`): Dockerfile, a dated Azure ML base image plus requirements.txt:
   pyproject.toml's `serve` extra through `common.pins.cloud_pins` (torch 2.10.0, PyPI's newest CUDA 12
-  build; never the local CUDA 13 torch 2.13.0) and the base dependencies; the transformers engine.
+  build; never the local CUDA 13 torch 2.13.0) and the base dependencies, with constraints.txt
+  (requirements-cloud.lock's pins of everything those pull in, common/cloud_lock.py); the transformers engine.
 The package imports nothing from the rest of the repository, so there is no list of files to keep.
 
 `inference_config` tells the managed online endpoint where the container listens: liveness `/live`,
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import cloud_lock
 from common.cli import UserError
 from common.pins import PYPROJECT, cloud_pins, content_version
 
@@ -75,9 +77,11 @@ def serve_requirements(pyproject: Path = PYPROJECT) -> list[str]:
 
 
 def build_context_files(pyproject: Path = PYPROJECT) -> dict[str, bytes]:
-    """The CPU image's build context, path -> content: the server package and its requirements."""
-    requirements = ("\n".join(serve_requirements(pyproject)) + "\n").encode()
-    return {**package_files(), "requirements.txt": requirements}
+    """The CPU image's build context, path -> content: the server package, its requirements and constraints."""
+    requirements = serve_requirements(pyproject)
+    constraints = cloud_lock.constraints("serve", requirements)
+    return {**package_files(), "requirements.txt": ("\n".join(requirements) + "\n").encode(),
+            "constraints.txt": ("\n".join(constraints) + "\n").encode()}
 
 
 def vllm_context_files(package: Path = SERVING_PACKAGE) -> dict[str, bytes]:
