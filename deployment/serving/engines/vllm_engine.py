@@ -130,9 +130,9 @@ class VllmEngine:
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         self.stats.waiting = max(0, self.stats.in_flight - self.limits.max_sequences)
         tokens = 0
+        stream = self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), self._sampling_params(sampling),
+                                    request_id=uuid.uuid4().hex)
         try:
-            stream = self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)),
-                                        self._sampling_params(sampling), request_id=uuid.uuid4().hex)
             async for output in stream:
                 piece = output.outputs[0]
                 tokens += len(piece.token_ids)
@@ -145,6 +145,7 @@ class VllmEngine:
         except Exception as err:  # vLLM's own errors (engine dead, bad request) become one short line
             raise EngineError(f"vLLM: {type(err).__name__}: {str(err)[:200]}") from None
         finally:
+            await stream.aclose()  # a caller that left: vLLM aborts the request now, not when it is collected
             self.stats.in_flight -= 1
             self.stats.waiting = max(0, self.stats.in_flight - self.limits.max_sequences)
             self.stats.finished += 1
