@@ -55,9 +55,6 @@ def instance_info(sku: str) -> VmSize | None:
 
 def default_endpoint_name(outputs: "StackOutputs") -> str:
     """Endpoint names are unique per region: derive a stable one from the workspace's identity."""
-    explicit = outputs.extra.get("endpoint_name")
-    if explicit:
-        return str(explicit)
     scope = f"{outputs.subscription_id}/{outputs.resource_group_name}/{outputs.workspace_name}".lower()
     return f"phi3-chat-{hashlib.sha256(scope.encode()).hexdigest()[:8]}"
 
@@ -128,7 +125,8 @@ def build_deployment(
             # The container signs in (if it ever does) as the endpoint's identity.
             "AZURE_CLIENT_ID": outputs.endpoint_uai_client_id,
             ENV_MODEL_NAME: MODEL_NAME,  # the id /v1/models reports
-            **size.environment(),  # engine, context (vLLM's max_model_len), max_tokens, sequences (max_num_seqs)
+            # engine, context (vLLM's max_model_len), max_tokens, sequences (max_num_seqs), requests held
+            **size.environment(instance_count),
         },
         tags=dict(CREATED_BY),
     )

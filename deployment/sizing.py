@@ -11,7 +11,8 @@ GPU instance types run vLLM: `max_model_len` = the context cap (PHI_SERVE_CONTEX
 share of the GPU has the weights. Phi-4-mini's KV (128 KiB a token, GQA) is a third of Phi-3.5-mini's
 (384 KiB), so it holds about 3x the chats. `max_concurrent_requests_per_instance` is that number; the
 endpoint admits twice that many per instance before it answers 429 (Microsoft's troubleshooting doc),
-so the container's queue must hold as many again as it decodes.
+so the container holds (decoding and queued) that bound over all N instances (PHI_SERVE_MAX_REQUESTS)
+before it answers 503.
 
 The request timeout covers a queued request: one full reply of the max_tokens cap while it waits, one
 for its own, at a per-stream decode rate estimated from memory bandwidth (every decode step reads the
@@ -30,8 +31,10 @@ from deployment.serving.limits import (
     DEFAULT_MAX_SEQUENCES as CPU_MAX_SEQUENCES,
     DEFAULT_MAX_TOKENS_CAP as MAX_TOKENS_CAP,
     ENV_CONTEXT,
+    ENV_MAX_REQUESTS,
     ENV_MAX_SEQUENCES,
     ENV_MAX_TOKENS,
+    admission_bound,
 )
 from deployment.serving.cli import ENV_ENGINE
 
@@ -72,10 +75,13 @@ class ServingSize:
     def max_concurrent_requests(self) -> int:
         return self.max_sequences
 
-    def environment(self) -> dict[str, str]:
-        """The container's PHI_SERVE_* settings (deployment/serving/limits.py reads them)."""
+    def environment(self, instance_count: int = 1) -> dict[str, str]:
+        """The container's PHI_SERVE_* settings (deployment/serving/limits.py reads them). The requests one
+        container holds are what the endpoint may admit to it before its own 429: the admission bound of
+        all N instances, since nothing promises an even spread."""
+        held = admission_bound(self.max_concurrent_requests, instance_count)
         return {ENV_ENGINE: self.engine, ENV_CONTEXT: str(self.context_tokens), ENV_MAX_TOKENS: str(self.max_tokens),
-                ENV_MAX_SEQUENCES: str(self.max_sequences)}
+                ENV_MAX_SEQUENCES: str(self.max_sequences), ENV_MAX_REQUESTS: str(held)}
 
     def describe(self) -> str:
         rate = f", ~{self.per_stream_tokens_s:.0f} tokens/s per stream (estimate)" if self.per_stream_tokens_s else ""

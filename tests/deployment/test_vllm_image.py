@@ -104,6 +104,8 @@ def test_gpu_deployment_sized_and_scaled_loads_back(outputs, tmp_path: Path) -> 
     assert variables["PHI_SERVE_ENGINE"] == "vllm"
     assert variables["PHI_SERVE_CONTEXT_TOKENS"] == "4096"  # vLLM's max_model_len, not the model's 131,072
     assert variables["PHI_SERVE_MAX_SEQUENCES"] == str(size.max_sequences)  # vLLM's max_num_seqs
+    # what the endpoint may admit to one container before its own 429: 2 x concurrency x 3 instances, no 503
+    assert variables["PHI_SERVE_MAX_REQUESTS"] == str(2 * size.max_sequences * 3)
     printed = definitions.definitions_yaml([deployment])
     assert "# FROM vllm/vllm-openai:v" in printed and "-cu129" in printed
     with pytest.raises(UserError, match="at least 1"):

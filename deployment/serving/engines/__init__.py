@@ -31,12 +31,14 @@ def choose(name: str) -> str:
     return "vllm" if torch.cuda.is_available() else "transformers"
 
 
-def load_engine(name: str, location: "ModelLocation", model_id: str, *, trust_remote_code: bool = False) -> "Engine":
+def load_engine(name: str, location: "ModelLocation", model_id: str, *, trust_remote_code: bool = False,
+                accept_longrope_coupling: bool = False) -> "Engine":
     """Load the chosen engine (`vllm` or `transformers`) on the model."""
+    options = {"trust_remote_code": trust_remote_code, "accept_longrope_coupling": accept_longrope_coupling}
     if name == "vllm":
         from deployment.serving.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(location, model_id, trust_remote_code=trust_remote_code)
+        return VllmEngine(location, model_id, **options)
     from deployment.serving.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine(location, model_id, trust_remote_code=trust_remote_code)
+    return TransformersEngine(location, model_id, **options)

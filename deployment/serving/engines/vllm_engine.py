@@ -13,14 +13,14 @@ LoRA adapters (the adapters issue) plug in at `_engine_args` (enable_lora) and `
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import uuid
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from deployment.serving.engines.base import Chunk, EngineError, Sampling, Stats
 from deployment.serving.engines.loading import cpu_cache_budget, remote_code, stop_token_ids
-from deployment.serving.limits import DEFAULT_CONTEXT_TOKENS, Limits, kv_bytes_per_token, size_from_environment
+from deployment.serving.limits import GPU_MAX_SEQUENCES, Limits, context_cap, kv_bytes_per_token, size_from_environment
 from deployment.serving.prompt import encode_chat
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,7 +35,8 @@ FINISH_REASONS = {"stop": "stop", "length": "length"}  # vLLM's "abort" never re
 class VllmEngine:
     """vLLM's AsyncLLM, started once (its engine core runs in a child process), shared by every request."""
 
-    def __init__(self, location: "ModelLocation", model_id: str, *, trust_remote_code: bool = False) -> None:
+    def __init__(self, location: "ModelLocation", model_id: str, *, trust_remote_code: bool = False,
+                 accept_longrope_coupling: bool = False) -> None:
         import torch
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -54,8 +55,9 @@ class VllmEngine:
             generation = None
         self.stop_ids = stop_token_ids(SimpleNamespace(generation_config=generation, config=config), self.tokenizer)
         self.dtype = self._dtype(location)
-        self.limits = self._limits(config)
+        self.limits = self._limits(config, accept_longrope_coupling)
         self._llm = AsyncLLM.from_engine_args(self._engine_args(remote))
+        self._aborts: set[asyncio.Task] = set()
         self.stats = Stats()
 
     def _dtype(self, location: "ModelLocation") -> str:
@@ -63,9 +65,10 @@ class VllmEngine:
             return "float32"  # as the transformers engine on CPU: the twins' replies agree
         return location.dtype if location.dtype in ("float16", "bfloat16") else "auto"
 
-    def _limits(self, config: Any) -> Limits:
-        text = config.get_text_config()
-        model_context = int(getattr(text, "max_position_embeddings", 0) or DEFAULT_CONTEXT_TOKENS)
+    def _limits(self, config: Any, accept_longrope_coupling: bool) -> Limits:
+        """As the transformers engine: LongRoPE models capped at original_max_position_embeddings unless the
+        coupling is accepted (vLLM's Phi-3 rotary also switches factors for the whole batch)."""
+        model_context = context_cap(config, accept_longrope_coupling)
         dtype_bytes = 4 if self.dtype == "float32" else 2
         if self.device == "cuda":
             import torch
@@ -75,8 +78,12 @@ class VllmEngine:
         else:
             budget = cpu_cache_budget()
         self.kv_per_token = kv_bytes_per_token(config, dtype_bytes)
+        if model_context > context_cap(config, False):
+            logger.warning("the context cap passes this LongRoPE model's original_max_position_embeddings: a chat past "
+                           "it changes every chat decoded beside it (--accept-longrope-coupling)")
+        gpu = {"default_sequences": GPU_MAX_SEQUENCES} if self.device == "cuda" else {}
         return size_from_environment(model_context=model_context, kv_per_token=self.kv_per_token,
-                                     cache_budget_bytes=max(budget, 1))
+                                     cache_budget_bytes=max(budget, 1), **gpu)
 
     def _engine_args(self, remote: bool) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -119,7 +126,7 @@ class VllmEngine:
             stop_token_ids=self.stop_ids, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
         )
 
-    async def generate(self, prompt_ids: list[int], sampling: Sampling) -> AsyncIterator[Chunk]:
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]:
         """Stream one reply; vLLM queues beyond max_num_seqs itself and aborts the request if the caller goes."""
         from vllm.inputs import TokensPrompt
 
@@ -131,7 +138,8 @@ class VllmEngine:
         self.stats.waiting = max(0, self.stats.in_flight - self.limits.max_sequences)
         tokens = 0
         stream = self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), self._sampling_params(sampling),
-                                    request_id=uuid.uuid4().hex)
+                                    request_id=request_id)
+        done = False
         try:
             async for output in stream:
                 piece = output.outputs[0]
@@ -139,16 +147,25 @@ class VllmEngine:
                 reason = FINISH_REASONS.get(piece.finish_reason or "") if output.finished else None
                 if output.finished and reason is None:
                     raise EngineError(f"generation ended with {piece.finish_reason!r}")
+                done = output.finished
                 yield Chunk(piece.text, reason, tokens if output.finished else 0)
         except EngineError:
             raise
         except Exception as err:  # vLLM's own errors (engine dead, bad request) become one short line
             raise EngineError(f"vLLM: {type(err).__name__}: {str(err)[:200]}") from None
         finally:
+            if not done:
+                self.stats.aborted += 1
             await stream.aclose()  # a caller that left: vLLM aborts the request now, not when it is collected
             self.stats.in_flight -= 1
             self.stats.waiting = max(0, self.stats.in_flight - self.limits.max_sequences)
             self.stats.finished += 1
+
+    def abort(self, request_id: str) -> None:
+        """Abort in vLLM, queued or running (AsyncLLM.abort is a coroutine; vLLM ignores an id it no longer holds)."""
+        task = asyncio.get_running_loop().create_task(self._llm.abort(request_id))
+        self._aborts.add(task)  # held until done: a dropped task could be collected before it runs
+        task.add_done_callback(self._aborts.discard)
 
     def close(self) -> None:
         try:
