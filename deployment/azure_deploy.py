@@ -33,7 +33,7 @@ from deployment.rollout import Deployment, GateSettings, Retired, Writer, rollou
 
 if TYPE_CHECKING:  # pragma: no cover
     from deployment.gate import Verdict
-    from deployment.scoring import Scores
+    from deployment.scoring import EvalSet, Scores
     from infra.outputs import StackOutputs
 
 LOG_LINES = 50
@@ -52,6 +52,8 @@ class DeployPlan:
     force: bool = False
     margin: float | None = None
     expires_at: datetime | None = None
+    instance_count: int = 1  # serving scale (the vLLM issue)
+    base_model: str = definitions.DEFAULT_BASE_MODEL
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ def _hint(detail: str, instance_type: str, roles_created_on: datetime | None = N
             "(portal: Azure ML studio > Quota), or pass a smaller/other --instance-type."
         )
     if "imagebuild" in low or "image build" in low:
-        return " The serving image failed to build: check the environment's build log in Azure ML studio."
+        from deployment.environment import image_build_hint
+
+        return f" The serving image failed to build: {image_build_hint(instance_type)}"
     if "sku" in low and ("not" in low or "invalid" in low):
         return f" {instance_type} is not offered for managed online endpoints here; pass another --instance-type."
     return " The container log above usually says why (the model failed to load, out of memory, a missing package)."
@@ -240,10 +244,12 @@ class AzureTarget:
         deployment = definitions.build_deployment(
             name=new, endpoint_name=self.ep_name, model=self.model.reference, environment=self.env.reference,
             instance_type=self.plan.instance_type, outputs=self.outputs,
+            instance_count=self.plan.instance_count, base_model=self.plan.base_model,
         )
         deployment.tags.update(expiry_tags(self.plan.expires_at))
         info = definitions.instance_info(self.plan.instance_type)
-        say(f"    bills{f' about ${info.usd_per_hour:.2f}/h' if info else ' per hour'} from now until deleted; "
+        hourly = info.usd_per_hour * self.plan.instance_count if info else None
+        say(f"    bills{f' about ${hourly:.2f}/h' if hourly else ' per hour'} from now until deleted; "
             "image build + model load take 10-30 minutes")
         wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {new}", interval=self.poll)
         self.scoring_uri = str(self.ml.online_endpoints.get(name=self.ep_name).scoring_uri)
@@ -252,7 +258,7 @@ class AzureTarget:
         if not self.key:
             raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
         self.route = PhiConnection.probed(self.scoring_uri, self.key, new)  # before the smoke test
-        return Deployment(new, f"new {new}", self.model.reference, new)
+        return Deployment(new, f"new {new}", self.model.reference, new, environment=self.env.reference)
 
     def client(self, deployment: Deployment) -> Any:
         return self.make_client(self.connection(deployment))
@@ -262,7 +268,14 @@ class AzureTarget:
         if name is None:
             return None
         current = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
-        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}))
+        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}),
+                          environment=str(current.environment or ""))
+
+    def gate_estimate(self, eval_set: "EvalSet") -> str:
+        """The gate's expected time and cost on this instance type (a CPU instance takes far longer than an A100)."""
+        from deployment import gate_cost
+
+        return gate_cost.estimate(self.plan.instance_type, eval_set).sentence()
 
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
         """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""
