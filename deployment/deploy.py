@@ -157,7 +157,9 @@ def _azure(args: argparse.Namespace) -> int:
     if args.foundry_connection:
         from deployment.foundry import foundry_writer
 
-        foundry = foundry_writer(outputs, azure_edge.make_ml_client)
+        stack = [f"{flag} {value}" for flag, value in (("--stack", args.stack), ("--outputs-file", args.outputs_file),
+                                                      ("--endpoint-name", args.endpoint_name)) if value]
+        foundry = foundry_writer(outputs, azure_edge.make_ml_client, " ".join(["python -m deployment.foundry", *stack]))
     plan = DeployPlan(
         endpoint_name=args.endpoint_name or definitions.default_endpoint_name(outputs),
         instance_type=args.instance_type,
@@ -174,7 +176,7 @@ def _azure(args: argparse.Namespace) -> int:
     ml_client = azure_edge.make_ml_client(outputs)
     from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
 
-    require(outputs, "deploy")
+    require(outputs, "deploy", foundry=args.foundry_connection)
     result = deploy_to_azure(ml_client, outputs, plan, foundry_writer=foundry)
     print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")
     print(f"deployment: {result.deployment_name} on {args.instance_count} x {args.instance_type}, 100% of traffic")
@@ -189,9 +191,9 @@ def _azure(args: argparse.Namespace) -> int:
     print("connection: Prompt flow connection phi_endpoint written (key stored as its secret)")
     print('chat:       pf flow test --flow flows/chat --inputs question="Who founded Microsoft?"')
     if plan.expires_at is not None:
-        from deployment.expiry import stamp
+        from deployment.expiry import deleter_notice
 
-        print(f"expires:    {stamp(plan.expires_at)} (then `python -m deployment.teardown --expired --yes` deletes it)")
+        print(f"expires:    {deleter_notice(plan.expires_at)}")
     print("stop billing: python -m deployment.teardown --yes")
     return 0
 
