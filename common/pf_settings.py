@@ -29,9 +29,9 @@ def apply() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from common.cli import ArgumentParser
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m common.pf_settings",
         description="Turn off Prompt flow's tracing service and telemetry (in PF_HOME_DIRECTORY or ~/.promptflow).",
     )

@@ -9,7 +9,6 @@ local server is stopped whatever happens.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.cli import UserError, say
+from common.cli import ArgumentParser, UserError, say
 from training import local_runs
 from training.tiny_model import DEFAULT_LIKE, LIKES
 
@@ -225,7 +224,7 @@ def run_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=Budget.epochs,
                         help="training epochs (default: the trainer's demo recipe, training/trainer/recipes/demo.yaml)")
     parser.add_argument("--max-steps", type=int, default=Budget.max_steps, help="stop training after N steps")

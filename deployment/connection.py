@@ -21,7 +21,6 @@ instant.
 """
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import os
@@ -29,7 +28,7 @@ import sys
 from typing import Sequence
 from urllib.parse import urlparse
 
-from common.cli import UserError, first_line, run_cli
+from common.cli import ArgumentParser, UserError, first_line, run_cli
 from flows.chat.phi_client import APIS, REQUEST_FORMATS, openai_url  # stdlib + requests: light
 
 CONNECTION_NAME = "phi_endpoint"
@@ -167,7 +166,7 @@ def _read_key() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.connection",
         description=f"Write, show or delete the Prompt flow connection {CONNECTION_NAME} the chat flow uses.",
     )

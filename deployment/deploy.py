@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Sequence
 
 from infra.outputs import add_stack_arguments
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
+from common.values import Range
+from deployment.evaluate import LIMIT as EVAL_LIMIT
+from deployment.scoring import DEFAULT_LIMIT
 
 DEFAULT_INSTANCE_TYPE = "Standard_NC24ads_A100_v4"  # = deployment.definitions.DEFAULT_INSTANCE_TYPE (no SDK import here)
+EVAL_MARGIN = Range(0, 1)  # token F1 lies in [0, 1]; NaN would switch the gate off
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.deploy",
         description=(
             "Deploy the fine-tuned Phi-3 model: blue/green on an Azure ML managed online endpoint (default), "
@@ -51,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     gate = parser.add_argument_group("evaluation gate (docs/DEPLOY.md)")
     gate.add_argument("--eval-file", type=Path,
                       help="held-out conversations, JSONL of `messages` rows (default: runs/data/test.jsonl)")
-    gate.add_argument("--eval-limit", type=int, help="conversations to score (default: 32)")
-    gate.add_argument("--eval-margin", type=float,
-                      help="token-F1 drop (absolute) tolerated beside the statistical test (default: 0.02)")
+    gate.add_argument("--eval-limit", type=EVAL_LIMIT, default=DEFAULT_LIMIT,
+                      help=f"conversations to score, {EVAL_LIMIT} (default: %(default)s)")
+    gate.add_argument("--eval-margin", type=EVAL_MARGIN,
+                      help=f"token-F1 drop (absolute) tolerated beside the statistical test, {EVAL_MARGIN} (default: 0.02)")
     gate.add_argument("--force", action="store_true",
                       help="move traffic even when the new deployment scores worse than the live one")
     parser.add_argument("--expires-in", metavar="DURATION",

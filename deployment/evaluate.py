@@ -8,16 +8,20 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
+from common.values import Range
 from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_for, load_eval_set, score_deployment, speaks_openai, table, write_json
 from infra.outputs import add_stack_arguments
+
+LIMIT = Range(1, 100_000, integer=True)  # conversations scored; deploy's --eval-limit too (0 no longer means 32)
+CONCURRENCY_RANGE = Range(1, 256, integer=True)
 
 
 # -- the command line ------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.evaluate",
         description="Score a deployment's answers on held-out conversations against their reference replies "
         "(token F1 and ROUGE-L, no judge model); prints a table and writes JSON under runs/eval/.",
@@ -27,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint-name", help="target azure: the endpoint (default: phi3-chat-<hash of the workspace>)")
     parser.add_argument("--deployment", help="target azure: the deployment (default: the one taking most traffic)")
     parser.add_argument("--eval-file", type=Path, help="JSONL of `messages` rows (default: runs/data/test.jsonl)")
-    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="score the first N conversations (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight (default: %(default)s)")
+    parser.add_argument("--limit", type=LIMIT, default=DEFAULT_LIMIT,
+                        help=f"score the first N conversations, {LIMIT} (default: %(default)s)")
+    parser.add_argument("--concurrency", type=CONCURRENCY_RANGE, default=CONCURRENCY,
+                        help=f"requests in flight, {CONCURRENCY_RANGE} (default: %(default)s)")
     return parser
 
 

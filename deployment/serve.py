@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -31,7 +31,7 @@ ENV_MODEL_NAME = "PHI_SERVE_MODEL_NAME"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.serve",
         description=(
             "Serve a chat model with continuous batching: OpenAI POST /v1/chat/completions, GET /v1/models, "

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 from common.vm_sizes import known_vm
 from training import local_runs
 
@@ -77,7 +77,7 @@ def _step(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.smoke",
         description=__doc__.splitlines()[0].split(": ", 1)[1],
         epilog=(

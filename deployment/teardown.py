@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
 from infra.outputs import add_stack_arguments
-from common.cli import UserError, first_line, run_cli, say, step
+from common.cli import ArgumentParser, UserError, first_line, run_cli, say, step
 
 CREATED_BY = ("created-by", "finetune-phi")  # = deployment.definitions.CREATED_BY (no SDK import here)
 
@@ -29,7 +29,7 @@ STILL_BILLS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.teardown",
         description="Delete what deploy created so nothing bills per hour (and, with --purge-workspace, the workspace).",
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from infra.outputs import add_stack_arguments
-from common.cli import UserError, first_line, run_cli, say
+from common.cli import ArgumentParser, UserError, first_line, run_cli, say
 from infra.permissions import PermissionsReader, allows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -268,7 +268,7 @@ def require(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m infra.preflight",
         description="Check, without changing anything, that you may run pulumi up, submit, deploy or teardown "
                     "on this stack; names the role to ask for when a right is missing.",

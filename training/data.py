@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.cli import UserError, say
+from common.cli import ArgumentParser, UserError, say
 from training.trainer.fine_tune import row_problem  # the trainer's rules: one definition of a valid row
 
 HF_DATASET = "HuggingFaceH4/ultrachat_200k"
@@ -340,7 +340,7 @@ def _test_size(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training.data",
         description="Validate, sample and split chat data (ultrachat_200k format) into DIR/train.jsonl, "
                     "DIR/test.jsonl and DIR/manifest.json, atomically.",

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 from training import hyperparams, local_runs, models
 from training.discovery import EXPERIMENT_NAME
 
@@ -42,7 +42,7 @@ def _shm_size(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training.submit",
         description=(
             "Fine-tune a Phi model: submit an Azure ML job on the stack's cluster (default), or train "
