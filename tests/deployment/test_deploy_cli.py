@@ -141,7 +141,7 @@ def test_local_target_wiring(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(local, "deploy_local", fake_deploy_local)
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--port", "5099"]) == 0
-    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": None, "force": False, "margin": None})]
+    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": 32, "force": False, "margin": None})]
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--eval-file", "e.jsonl", "--eval-limit", "5",
                  "--eval-margin", "0.05", "--force"]) == 0
     assert calls[-1][2] == {"eval_file": Path("e.jsonl"), "eval_limit": 5, "force": True, "margin": 0.05}
