@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from infra.outputs import add_stack_arguments
-from common.cli import ArgumentParser, UserError, first_line, run_cli, say
+from common.cli import ArgumentParser, UserError, add_verbose_argument, first_line, run_cli, say
 from infra.permissions import PermissionsReader, allows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to check (repeatable; default: submit, deploy and teardown)")
     parser.add_argument("--subscription", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
                         help="for `--for up` before the stack exists: the subscription (default $AZURE_SUBSCRIPTION_ID)")
+    add_verbose_argument(parser)
     return parser
 
 

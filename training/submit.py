@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.cli import ArgumentParser, UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, add_verbose_argument, run_cli, say
 from training import hyperparams, local_runs, models
 from training.discovery import EXPERIMENT_NAME
 
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--dry-run", action="store_true",
                      help="print the job as YAML (local: the trainer command) and exit; no credential, no network")
     how.add_argument("--no-stream", action="store_true", help="submit and return; do not follow the logs")
+    add_verbose_argument(how)
     hyperparams.add_arguments(parser)
     return parser
 
