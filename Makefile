@@ -36,8 +36,8 @@ test: lint  ## lint, then the whole test suite (sets up first if needed); CI run
 check: lint  ## the inner loop: lint and the tests that take seconds (not slow, not e2e)
 	$(PYTHON) -m pytest -m "not slow and not e2e" --durations=5 $(PYTEST_ARGS)
 
-demo: setup  ## the whole path offline: data -> fine-tune -> serve -> Prompt flow chat -> teardown (LIKE=phi-4-mini: on that twin)
-	$(PYTHON) -m demo $(if $(LIKE),--like $(LIKE))
+demo: setup  ## the whole path offline: data -> fine-tune -> serve -> Prompt flow chat -> teardown (LIKE=phi-4-mini: on that twin; DEMO_FLAGS="--max-steps 4": shorter)
+	$(PYTHON) -m demo $(if $(LIKE),--like $(LIKE)) $(DEMO_FLAGS)
 
 bench: setup  ## CPU benchmarks (see docs/BENCHMARKS.md)
 	$(PYTHON) -m training.bench --shape tiny
