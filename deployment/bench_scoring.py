@@ -7,7 +7,7 @@ latency p50/p95, then the wall time of `--burst` requests (default 32) sent one 
 the same requests 16 at a time.
 
 Servers (`--server`):
-  new  `python -m deployment.serve` (continuous batching; deployment/engine.py)
+  new  `python -m deployment.serve` (continuous batching; deployment/serving/engines/)
   old  the previous deployment/score.py (`generate` behind a lock) under the Azure ML inference
        server it was written for, taken from git history (BASELINE_COMMIT) into a temp folder:
        needs `git` and azureml-inference-server-http (not pinned any more: `pip install

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from serving_helpers import post
+from serving.helpers import post
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

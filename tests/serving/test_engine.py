@@ -1,5 +1,6 @@
-"""deployment/engine.py: limits sized from the published model shapes, stop tokens from the model's own
-generation config, and the real continuous-batching engine on the tiny model (in process)."""
+"""deployment/serving/limits.py and engines/transformers_engine.py: limits sized from the published model
+shapes, stop tokens from the model's own generation config, and the real continuous-batching engine on
+the tiny model (in process)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deployment.engine import (
-    DEFAULT_MAX_SEQUENCES,
-    GPU_CACHE_FRACTION,
-    Sampling,
-    kv_bytes_per_token,
-    size_limits,
-    stop_token_ids,
-)
+from deployment.serving.engines.transformers_engine import GPU_CACHE_FRACTION, stop_token_ids
+from deployment.serving.engines.base import Sampling
+from deployment.serving.limits import DEFAULT_MAX_SEQUENCES, kv_bytes_per_token, size_limits
 
 GIB = 1 << 30
 
@@ -76,8 +72,8 @@ def test_stop_tokens_come_from_the_models_generation_config(tiny_model_dir: Path
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path):
-    from deployment.engine import TransformersEngine
-    from deployment.model_dir import locate_model
+    from deployment.serving.engines.transformers_engine import TransformersEngine
+    from deployment.serving.model_dir import locate_model
 
     engine = TransformersEngine(locate_model(tiny_model_dir), "tiny")
     yield engine

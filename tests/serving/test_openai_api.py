@@ -1,4 +1,4 @@
-"""deployment/openai_api.py in process (Starlette's test client): the states a live server rarely shows on
+"""deployment/serving/app.py in process (Starlette's test client): the states a live server rarely shows on
 demand: still loading, the engine failing a request, the logs. The engine is the real one on the tiny model."""
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deployment.openai_api import Server, create_app
+from deployment.serving.app import create_app
+from deployment.serving.state import Server
 
 USER = [{"role": "user", "content": "Who founded Microsoft?"}]
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path):
-    from deployment.engine import TransformersEngine
-    from deployment.model_dir import locate_model
+    from deployment.serving.engines.transformers_engine import TransformersEngine
+    from deployment.serving.model_dir import locate_model
 
     engine = TransformersEngine(locate_model(tiny_model_dir), "tiny")
     yield engine

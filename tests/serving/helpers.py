@@ -1,4 +1,4 @@
-"""Helpers shared by the serving tests (imported as `serving_helpers`; pytest puts this folder on sys.path)."""
+"""Helpers shared by the serving tests, and by the deployment tests that start the server (`serving.helpers`)."""
 from __future__ import annotations
 
 import json

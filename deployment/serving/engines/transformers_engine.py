@@ -1,151 +1,33 @@
-"""The generation engine behind the server: a small seam, and transformers' continuous batching behind it.
+"""transformers' continuous batching behind the `Engine` seam: the CPU twin, and the engine on CPU instance types.
 
-The HTTP layer (deployment/openai_api.py) talks only to `Engine`: encode a conversation, stream one
-generation, report health and limits. `TransformersEngine` implements it with transformers'
-`ContinuousBatchingManager` (paged attention; the engine `transformers serve --continuous-batching`
-uses): every admitted request is decoded in the same batch as the others, token by token. A GPU
-engine such as vLLM can implement the same four methods later; nothing above this module changes.
-
-Limits are sized here, once, from the model and the memory left after loading it:
-- `context_tokens`: the most tokens (prompt + reply) one sequence may hold; longer prompts are refused
-  before they reach the engine (one giant prompt cannot hold the GPU for minutes);
-- `max_tokens_cap`: the largest `max_tokens` a caller may ask for;
-- `max_sequences`: how many sequences are decoded at once. The paged KV cache gets exactly enough
-  blocks for that many full-length sequences, so an admitted request never waits for cache blocks
-  (transformers' scheduler otherwise stalls: "No requests can be scheduled"); requests beyond it
-  wait in a queue in front of the engine.
-Stop tokens come from the model's own generation config (then its config, then the tokenizer).
+`TransformersEngine` uses transformers' `ContinuousBatchingManager` (paged attention; the engine
+`transformers serve --continuous-batching` uses): every admitted request is decoded in the same batch
+as the others, token by token. Its paged KV cache gets exactly the blocks `limits.size_limits` sized,
+so an admitted request never waits for cache blocks (transformers' scheduler otherwise stalls: "No
+requests can be scheduled"). Stop tokens come from the model's own generation config (then its
+config, then the tokenizer).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from deployment.serving.engines.base import Chunk, EngineError, PromptRefused, Sampling, Stats, cut_at_stop
+from deployment.serving.limits import DEFAULT_CONTEXT_TOKENS, kv_bytes_per_token, size_from_environment
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deployment.model_dir import ModelLocation
+    from deployment.serving.model_dir import ModelLocation
 
-logger = logging.getLogger("deployment.engine")
+logger = logging.getLogger("deployment.serving.engines")
 
-DEFAULT_CONTEXT_TOKENS = 4096
-DEFAULT_MAX_TOKENS_CAP = 2048
-DEFAULT_MAX_SEQUENCES = 32
-"""The bound on concurrent sequences an A100 80 GB holds for Phi-3.5-mini at the default context:
-(80 GiB - 7.6 GB weights) x 0.8 / (384 KiB x 4096 tokens) = 38 sequences. The Azure
-deployment's max_concurrent_requests_per_instance is sized from it (deployment/definitions.py)."""
-PAGE_SIZE = 256
 GPU_CACHE_FRACTION = 0.8  # of the GPU memory free after loading; the rest is logits and activations
 CPU_CACHE_FRACTION = 0.25  # of the available RAM
 CPU_CACHE_MAX_BYTES = 8 << 30
 MIN_SAMPLING_TEMPERATURE = 1e-6  # below this sampling is greedy in all but name (and overflows)
 SMALL_MODEL_PARAMETERS = 100_000_000  # below this, CPU generation runs on one thread
-ENV_CONTEXT = "PHI_SERVE_CONTEXT_TOKENS"
-ENV_MAX_TOKENS = "PHI_SERVE_MAX_TOKENS"
-ENV_MAX_SEQUENCES = "PHI_SERVE_MAX_SEQUENCES"
-
-
-class EngineError(RuntimeError):
-    """The engine failed a request (answered 500/503 with a short message; details go to the log)."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    context_tokens: int
-    max_tokens_cap: int
-    max_sequences: int
-    kv_blocks: int
-    page_size: int
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int
-    temperature: float  # 0: greedy
-    top_p: float
-    stop: tuple[str, ...] = ()
-
-
-@dataclass
-class Chunk:
-    """A piece of a reply; the last one has `finish_reason` and the token count."""
-
-    text: str
-    finish_reason: str | None = None  # "stop" | "length" on the last chunk
-    completion_tokens: int = 0
-
-
-@dataclass
-class Stats:
-    in_flight: int = 0  # requests admitted to the engine right now
-    peak_in_flight: int = 0  # the most ever admitted at once (several: requests were batched together)
-    waiting: int = 0  # requests queued in front of the engine
-    finished: int = 0
-
-
-class Engine(Protocol):
-    """What the HTTP layer needs from an engine."""
-
-    model_id: str
-    limits: Limits
-    stats: Stats
-
-    def encode(self, messages: list[dict[str, str]]) -> list[int]: ...
-
-    def generate(self, prompt_ids: list[int], sampling: Sampling) -> AsyncIterator[Chunk]: ...
-
-    def problem(self) -> str | None: ...
-
-    def close(self) -> None: ...
-
-
-# -- sizing ----------------------------------------------------------------------------------------
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be at least 1, got {number}")
-    return number
-
-
-def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
-    """Key + value bytes one token takes in the cache, over all layers (GQA-aware)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(text.num_attention_heads)
-    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
-    return 2 * int(text.num_hidden_layers) * kv_heads * head_dim * dtype_bytes
-
-
-def size_limits(
-    *,
-    model_context: int,
-    kv_per_token: int,
-    cache_budget_bytes: int,
-    context_tokens: int | None = None,
-    max_tokens_cap: int | None = None,
-    max_sequences: int | None = None,
-    page_size: int = PAGE_SIZE,
-) -> Limits:
-    """Limits from the model's context, its KV bytes per token and the memory the cache may use."""
-    context = min(model_context, context_tokens or DEFAULT_CONTEXT_TOKENS)
-    if context < 2:
-        raise ValueError(f"the context ({context} tokens) leaves no room for a reply")
-    cap = max(1, min(max_tokens_cap or DEFAULT_MAX_TOKENS_CAP, context - 1))
-    fits = max(1, cache_budget_bytes // max(1, kv_per_token * context))
-    sequences = max(1, min(max_sequences or DEFAULT_MAX_SEQUENCES, fits))
-    blocks_per_sequence = math.ceil(context / page_size)
-    return Limits(context, cap, sequences, sequences * blocks_per_sequence, page_size)
 
 
 def _available_ram() -> int:
@@ -208,13 +90,8 @@ class TransformersEngine:
             budget = int(free * GPU_CACHE_FRACTION)
         else:
             budget = min(int(_available_ram() * CPU_CACHE_FRACTION), CPU_CACHE_MAX_BYTES)
-        self.limits = size_limits(
-            model_context=model_context,
-            kv_per_token=kv_bytes_per_token(config, dtype_bytes),
-            cache_budget_bytes=budget,
-            context_tokens=_env_int(ENV_CONTEXT),
-            max_tokens_cap=_env_int(ENV_MAX_TOKENS),
-            max_sequences=_env_int(ENV_MAX_SEQUENCES),
+        self.limits = size_from_environment(
+            model_context=model_context, kv_per_token=kv_bytes_per_token(config, dtype_bytes), cache_budget_bytes=budget,
         )
         self.vocab_size = int(config.get_text_config().vocab_size)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -267,10 +144,8 @@ class TransformersEngine:
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt's token ids; a conversation the model's chat template refuses (its
-        `raise_exception`, e.g. roles out of order) is the caller's error: RequestError, a 400."""
+        `raise_exception`, e.g. roles out of order) is the caller's error: PromptRefused."""
         from jinja2.exceptions import TemplateError
-
-        from deployment.dialects import RequestError
 
         try:
             encoded = self.tokenizer.apply_chat_template(
@@ -279,7 +154,7 @@ class TransformersEngine:
                 sanitize_control_tokens=True,
             )
         except TemplateError as err:
-            raise RequestError(f"the model's chat template refused this conversation: {err}") from None
+            raise PromptRefused(f"the model's chat template refused this conversation: {err}") from None
         return list(encoded["input_ids"])
 
     def problem(self) -> str | None:
@@ -323,7 +198,7 @@ class TransformersEngine:
             if added is None:
                 raise EngineError("the engine is not accepting requests")
             decoder = DecodeStream([], skip_special_tokens=True)
-            backend = self.tokenizer._tokenizer
+            backend = self.tokenizer.backend_tokenizer
             text, sent, seen = "", 0, 0
             hold = max((len(s) for s in sampling.stop), default=1) - 1
             while True:
@@ -338,7 +213,7 @@ class TransformersEngine:
                     if piece:
                         text += piece
                 seen = len(tokens)
-                cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
+                cut = cut_at_stop(text, sampling.stop)
                 if cut >= 0:
                     done = True
                     self._manager.cancel_request(request_id)
