@@ -11,21 +11,32 @@ import pytest
 from deployment import deploy, evaluate
 
 
-@pytest.mark.parametrize("module,flags,said", [
-    ("deployment.deploy", ["--eval-margin", "nan"], "argument --eval-margin: must be a number from 0 to 1, got 'nan'"),
-    ("deployment.deploy", ["--eval-margin", "inf"], "argument --eval-margin: must be a number from 0 to 1, got 'inf'"),
-    ("deployment.deploy", ["--target", "local", "--eval-limit", "0"],
-     "argument --eval-limit: must be a whole number from 1 to 100,000, got '0'"),
-    ("deployment.evaluate", ["--target", "local", "--limit", "0"], "argument --limit: must be a whole number"),
-    ("deployment.evaluate", ["--concurrency", "nan"], "argument --concurrency: must be a whole number from 1 to 256"),
-])
-def test_one_line_exit_2_and_nothing_started(module: str, flags: list[str], said: str, tmp_path: Path) -> None:
+def test_eval_margin_nan_is_one_line_exit_2_and_nothing_started(tmp_path: Path) -> None:
+    """The issue's case: `nan` passed every comparison and switched the gate off."""
     runs = tmp_path / "runs"
     env = {**os.environ, "FINETUNE_PHI_RUNS": str(runs)}
-    done = subprocess.run([sys.executable, "-m", module, *flags], capture_output=True, text=True, env=env, timeout=60)
-    assert done.returncode == 2
-    assert len(done.stderr.splitlines()) == 1 and said in done.stderr, done.stderr
-    assert done.stdout == "" and not runs.exists()  # no server, no record, no connection
+    done = subprocess.run([sys.executable, "-m", "deployment.deploy", "--target", "local", "--eval-margin", "nan"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["error: argument --eval-margin: must be a number from 0 to 1, got 'nan' "
+                                        "(`python -m deployment.deploy --help` lists the options)"]
+    assert not runs.exists()  # no server, no record, no connection
+
+
+@pytest.mark.parametrize("main,flags,said", [
+    (deploy.main, ["--eval-margin", "inf"], "argument --eval-margin: must be a number from 0 to 1, got 'inf'"),
+    (deploy.main, ["--eval-margin", "-0.5"], "argument --eval-margin: must be a number from 0 to 1, got '-0.5'"),
+    (deploy.main, ["--target", "local", "--eval-limit", "0"],
+     "argument --eval-limit: must be a whole number from 1 to 100,000, got '0'"),
+    (deploy.main, ["--eval-limit", "1e9"], "argument --eval-limit: must be a whole number from 1 to 100,000, got '1e9'"),
+    (evaluate.main, ["--target", "local", "--limit", "0"], "argument --limit: must be a whole number from 1 to 100,000"),
+    (evaluate.main, ["--concurrency", "nan"], "argument --concurrency: must be a whole number from 1 to 256, got 'nan'"),
+])
+def test_refused_before_anything_runs(main, flags: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as exit_:
+        main(flags)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and said in err, err
 
 
 def test_the_gate_gets_the_numbers_it_was_given() -> None:
