@@ -10,8 +10,9 @@ MLClient builds (and the preflight's ARM client); calls are not wrapped again.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from common.cli import UserError, first_line
 
@@ -53,14 +54,31 @@ def studio_url(outputs: "StackOutputs", path: str = "") -> str:
     return f"https://ml.azure.com/{path.lstrip('/')}?wsid={wsid}&tid={outputs.tenant_id}"
 
 
+def azure_credential(tenant_id: str = "", env: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+    """The credential every Azure client here uses; constructing it makes no network call.
+
+    In a GitHub Actions job that may request ID tokens (ACTIONS_ID_TOKEN_REQUEST_URL) and names the
+    identity (AZURE_CLIENT_ID): ClientAssertionCredential with a fresh GitHub ID token per exchange,
+    so a job signs in again by itself however long it runs (common/github_oidc.py). Elsewhere:
+    DefaultAzureCredential (environment, workload or managed identity, `az login` ...).
+    """
+    from common import github_oidc
+
+    env = os.environ if env is None else env
+    if github_oidc.in_github_actions(env):
+        return github_oidc.github_actions_credential(tenant_id, env, **kwargs)
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(**kwargs)
+
+
 def make_ml_client(outputs: "StackOutputs", credential: Any = None) -> "MLClient":
     """An MLClient on the stack's workspace. Construction makes no network or credential call."""
     from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
 
     remember_role_assignments(outputs.role_assignments_created_on)
     return MLClient(
-        credential or DefaultAzureCredential(),
+        credential or azure_credential(outputs.tenant_id),
         subscription_id=outputs.subscription_id,
         resource_group_name=outputs.resource_group_name,
         workspace_name=outputs.workspace_name,
@@ -107,10 +125,10 @@ def azure_errors(action: str) -> Iterator[None]:
         yield
     except UserError:
         raise
-    except ClientAuthenticationError:
+    except ClientAuthenticationError as err:
         raise UserError(
-            f"{action}: not signed in to Azure. Run `az login` (or set AZURE_CLIENT_ID/AZURE_TENANT_ID/"
-            "AZURE_CLIENT_SECRET, or use a managed or workload identity), then try again."
+            f"{action}: not signed in to Azure ({first_line(err, 200)}). Run `az login` (or set AZURE_CLIENT_ID/"
+            "AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or use a managed or workload identity), then try again."
         ) from None
     except ResourceNotFoundError as err:
         raise UserError(f"{action}: not found ({first_line(err)}). Check the stack with `pulumi stack output`.") from None

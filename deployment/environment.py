@@ -5,7 +5,8 @@ server package deployment/serving/ as it is (its Dockerfile, its modules; deploy
 lists them) plus
   requirements.txt  pyproject.toml's `serve` extra through `common.pins.cloud_pins` (torch 2.10.0, the
                     newest PyPI CUDA 12 build, which Azure ML's driver 535 runs; never the local CUDA 13
-                    torch 2.13.0) plus the base dependencies.
+                    torch 2.13.0) plus the base dependencies
+  constraints.txt   requirements-cloud.lock's pins of everything those pull in (common/cloud_lock.py)
 The package imports nothing from the rest of the repository, so there is no list of files to keep.
 
 `inference_config` tells the managed online endpoint where the container listens: liveness `/live`,
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import cloud_lock
 from common.pins import PYPROJECT, cloud_pins, content_version
 
 ENVIRONMENT_NAME = "phi3-serve"
@@ -71,8 +73,10 @@ def serve_requirements(pyproject: Path = PYPROJECT) -> list[str]:
 
 def build_context_files(pyproject: Path = PYPROJECT) -> dict[str, bytes]:
     """The build context, path -> content: the server package and its requirements."""
-    requirements = ("\n".join(serve_requirements(pyproject)) + "\n").encode()
-    return {**package_files(), "requirements.txt": requirements}
+    requirements = serve_requirements(pyproject)
+    constraints = cloud_lock.constraints("serve", requirements)
+    return {**package_files(), "requirements.txt": ("\n".join(requirements) + "\n").encode(),
+            "constraints.txt": ("\n".join(constraints) + "\n").encode()}
 
 
 def inference_config() -> dict[str, Any]:

@@ -41,7 +41,8 @@ def main() -> None:
     identity = create_identity("identity", names["identity"], group.name, cfg.location, tags)
     endpoint_identity = create_identity("endpoint-identity", names["endpoint_identity"], group.name, cfg.location, tags)
     assignments = assign_roles(identity.principal_id, client.subscription_id,
-                               training_grants(group.id, deps.storage.id, deps.registry.id))
+                               training_grants(workspace.id, deps.storage.id, deps.registry.id,
+                                               group.id if cfg.contributor_on_resource_group else None))
     assignments += assign_roles(endpoint_identity.principal_id, client.subscription_id,
                                 endpoint_grants(deps.storage.id, deps.registry.id, workspace.id))
     compute = create_compute(cfg, naming.compute_name(cfg.compute_vm_size, cfg.compute_priority),

@@ -234,9 +234,9 @@ def make_clients(outputs: Any, request: Request, ml_client: Any, registry_client
     from common.azure import make_ml_client
 
     if credential is None and (ml_client is None or (request.recipe == "registry" and registry_client is None)):
-        from azure.identity import DefaultAzureCredential
+        from common.azure import azure_credential
 
-        credential = DefaultAzureCredential()
+        credential = azure_credential(outputs.tenant_id)
     if ml_client is None:
         ml_client = make_ml_client(outputs, credential)
     if request.recipe == "registry" and registry_client is None:

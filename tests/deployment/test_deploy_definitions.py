@@ -34,7 +34,7 @@ def test_environment_is_the_server_container_built_from_the_cloud_pins(tmp_path)
     # the context is the server package as it is: every module in it, nothing from elsewhere, no caches
     modules = {p.relative_to(SERVING_PACKAGE).as_posix() for p in SERVING_PACKAGE.rglob("*.py")
                if "__pycache__" not in p.parts}
-    assert set(env.files) == modules | {"Dockerfile", "requirements.txt"}
+    assert set(env.files) == modules | {"Dockerfile", "requirements.txt", "constraints.txt"}  # the lock: tests/common/test_cloud_lock.py
     assert {"cli.py", "app.py", "routes/chat.py", "engines/transformers_engine.py"} <= modules
 
     # a changed pin is a new version

@@ -58,9 +58,10 @@ def check_wiring(run: Run) -> None:
 
 def expected_roles(run: Run) -> dict[str, dict[str, str]]:
     """Identity logical name -> {role GUID: scope}: the training identity and the endpoint identity."""
-    rg, storage, registry = run.one("ResourceGroup").id, run.one("StorageAccount").id, run.one("Registry").id
+    storage, registry = run.one("StorageAccount").id, run.one("Registry").id
     return {
-        "identity": {CONTRIBUTOR: rg, STORAGE_BLOB_DATA_READER: storage, ACR_PULL: registry},
+        # Contributor on the workspace: any job submitter can act as this identity (test_reach.py)
+        "identity": {CONTRIBUTOR: run.named("workspace").id, STORAGE_BLOB_DATA_READER: storage, ACR_PULL: registry},
         "endpoint-identity": {ACR_PULL: registry, STORAGE_BLOB_DATA_READER: storage,
                               AZUREML_METRICS_WRITER: run.named("workspace").id},
     }
