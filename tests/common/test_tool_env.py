@@ -56,6 +56,8 @@ def test_not_signed_in_is_one_line_and_verbose_shows_the_credential_chain(comman
     assert len(errors) == 1 and errors[0].startswith("error: checking your permissions on workspace ws-phi: "
                                                      "not signed in to Azure"), quiet.stderr
     assert "EnvironmentCredential" not in quiet.stderr
+    home = Path(env["HOME"])
+    assert {p.name for p in home.iterdir()} <= {"azure-cli"}  # no ~/.IdentityService (the shared token cache)
     verbose = subprocess.run(argv + ["--verbose"], capture_output=True, text=True, env=env, timeout=120)
     assert verbose.returncode == 1 and "not signed in to Azure" in verbose.stderr.splitlines()[-1]
     assert "EnvironmentCredential" in verbose.stderr and "Attempted credentials" in verbose.stderr
