@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.tool_env import OFFLINE_ENV
+
 PROJECT_SETTINGS = Path(__file__).resolve().parents[1] / "pf.yaml"
-OFFLINE_ENV = {
-    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
-    "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
-}
+__all__ = ["OFFLINE_ENV", "PROJECT_SETTINGS", "apply", "settings"]
 
 
 def settings() -> dict[str, object]:

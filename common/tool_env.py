@@ -18,14 +18,18 @@ from __future__ import annotations
 import logging
 import os
 
-from common.pf_settings import OFFLINE_ENV
-
+OFFLINE_ENV = {
+    # Prompt flow's Azure Monitor exporter, built even with telemetry off: no control-plane polling of
+    # settings.sdk.monitor.azure.com, no statsbeat (common/pf_settings.py has the story)
+    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+    "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+}
 ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "VLLM_NO_USAGE_STATS": "1",  # else ~/.config/vllm/usage_stats.json and a report to vLLM's server
     "DO_NOT_TRACK": "true",  # the cross-tool switch (MLflow, HF hub, vLLM honour it)
-    **OFFLINE_ENV,  # Prompt flow's Azure Monitor exporter: no control-plane polling, no statsbeat
+    **OFFLINE_ENV,
 }
 SDK_CREDENTIAL_LOGGER = "azure.identity"
 
