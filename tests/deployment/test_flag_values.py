@@ -1,4 +1,5 @@
-"""deploy's gate settings and the evaluate CLI refuse impossible numbers in one line, before anything runs."""
+"""deploy's gate settings, the evaluate CLI and the connection's sampling settings refuse impossible numbers
+in one line, before anything runs."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment import deploy, evaluate
+from deployment import connection, deploy, evaluate
 
 
 def test_eval_margin_nan_is_one_line_exit_2_and_nothing_started(tmp_path: Path) -> None:
@@ -31,6 +32,10 @@ def test_eval_margin_nan_is_one_line_exit_2_and_nothing_started(tmp_path: Path) 
     (deploy.main, ["--eval-limit", "1e9"], "argument --eval-limit: must be a whole number from 1 to 100,000, got '1e9'"),
     (evaluate.main, ["--target", "local", "--limit", "0"], "argument --limit: must be a whole number from 1 to 100,000"),
     (evaluate.main, ["--concurrency", "nan"], "argument --concurrency: must be a whole number from 1 to 256, got 'nan'"),
+    (connection.main, ["set", "--endpoint", "http://127.0.0.1:1", "--temperature", "inf"],
+     "argument --temperature: must be a number from 0 to 2, got 'inf'"),
+    (connection.main, ["set", "--endpoint", "http://127.0.0.1:1", "--max-tokens", "0"],
+     "argument --max-tokens: must be a whole number from 1 to 131,072, got '0'"),
 ])
 def test_refused_before_anything_runs(main, flags: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit) as exit_:
