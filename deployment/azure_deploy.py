@@ -32,7 +32,7 @@ from deployment.rollout import Deployment, GateSettings, Retired, Writer, rollou
 
 if TYPE_CHECKING:  # pragma: no cover
     from deployment.gate import Verdict
-    from deployment.scoring import Scores
+    from deployment.scoring import EvalSet, Scores
     from infra.outputs import StackOutputs
 
 LOG_LINES = 50
@@ -244,7 +244,7 @@ class AzureTarget:
         rollback.secret = self.key
         if not self.key:
             raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
-        return Deployment(new, f"new {new}", self.model.reference, new)
+        return Deployment(new, f"new {new}", self.model.reference, new, environment=self.env.reference)
 
     def client(self, deployment: Deployment) -> Any:
         return self.make_client(self.scoring_uri, self.key, deployment.ref)
@@ -254,7 +254,14 @@ class AzureTarget:
         if name is None:
             return None
         current = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
-        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}))
+        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}),
+                          environment=str(current.environment or ""))
+
+    def gate_estimate(self, eval_set: "EvalSet") -> str:
+        """The gate's expected time and cost on this instance type (a CPU instance takes far longer than an A100)."""
+        from deployment import gate_cost
+
+        return gate_cost.estimate(self.plan.instance_type, eval_set).sentence()
 
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
         """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""

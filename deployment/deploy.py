@@ -17,13 +17,12 @@ from typing import Sequence
 
 from common.azure import quiet_sdk
 from common.cli import ArgumentParser, UserError, run_cli, say
-from common.values import Range
 from deployment.definitions import DEFAULT_INSTANCE_TYPE
 from deployment.evaluate import LIMIT as EVAL_LIMIT
+from deployment.evaluate import MARGIN as EVAL_MARGIN
+from deployment.metrics import DEFAULT_MARGIN
 from deployment.scoring import DEFAULT_LIMIT
 from infra.outputs import add_stack_arguments
-
-EVAL_MARGIN = Range(0, 1)  # token F1 lies in [0, 1]; NaN would switch the gate off
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,11 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--eval-file", type=Path,
                       help="held-out conversations, JSONL of `messages` rows (default: runs/data/test.jsonl)")
     gate.add_argument("--eval-limit", type=EVAL_LIMIT, default=DEFAULT_LIMIT,
-                      help=f"conversations to score, {EVAL_LIMIT} (default: %(default)s)")
-    gate.add_argument("--eval-margin", type=EVAL_MARGIN,
-                      help=f"token-F1 drop (absolute) tolerated beside the statistical test, {EVAL_MARGIN} (default: 0.02)")
+                      help=f"conversations and instruction prompts to score, each; {EVAL_LIMIT} (default: %(default)s)")
+    gate.add_argument("--eval-margin", type=EVAL_MARGIN, metavar="POINTS",
+                      help=f"delta of the gate's test, in points (F1 points for correctness; 1 point = 0.01), "
+                      f"{EVAL_MARGIN} (default: {DEFAULT_MARGIN:g})")
     gate.add_argument("--force", action="store_true",
-                      help="move traffic even when the new deployment scores worse than the live one")
+                      help="move traffic even when the gate refuses (worse than the live one, or inconclusive)")
     parser.add_argument("--expires-in", metavar="DURATION",
                         help="target azure: tag what this deploy creates to expire (30m, 2h, 1d); "
                         "`python -m deployment.teardown --expired` deletes it afterwards. Default: never expires")

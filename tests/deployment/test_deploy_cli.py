@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fakes.deploy_fixtures import OUTPUTS
+from deployment.scoring import DEFAULT_LIMIT
 from common.cli import run_cli
 from deployment import deploy
 from fakes.ml_client import SECRET_KEY
@@ -83,7 +84,7 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     out, err = capsys.readouterr()
     assert "deployment: blue" in out and scoring_server.url in out and "teardown" in out
     assert "price:      about $3.67/h (Standard_NC24ads_A100_v4" in out and "expires:" not in out
-    assert "evaluation: first deployment: f1 1.000 (N=12) recorded as the baseline" in out
+    assert "evaluation: first deployment: correctness 100.0, instructions " in out and "(N=12) recorded as the baseline" in out
     # the flow calls our server through its OpenAI API: the endpoint's base URL and `api: openai`
     base = scoring_server.url.removesuffix("/score")
     assert read_phi_connection() == {"endpoint": base, "api": "openai", "deployment": "blue"}  # the real store
@@ -143,7 +144,7 @@ def test_local_target_wiring(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(local, "deploy_local", fake_deploy_local)
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--port", "5099"]) == 0
-    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": 32, "force": False, "margin": None})]
+    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": DEFAULT_LIMIT, "force": False, "margin": None})]
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--eval-file", "e.jsonl", "--eval-limit", "5",
                  "--eval-margin", "0.05", "--force"]) == 0
     assert calls[-1][2] == {"eval_file": Path("e.jsonl"), "eval_limit": 5, "force": True, "margin": 0.05}

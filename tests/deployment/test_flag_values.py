@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deployment import connection, deploy, evaluate
+from deployment.scoring import DEFAULT_LIMIT
 
 
 def test_eval_margin_nan_is_one_line_exit_2_and_nothing_started(tmp_path: Path) -> None:
@@ -19,14 +20,16 @@ def test_eval_margin_nan_is_one_line_exit_2_and_nothing_started(tmp_path: Path) 
     done = subprocess.run([sys.executable, "-m", "deployment.deploy", "--target", "local", "--eval-margin", "nan"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.splitlines() == ["error: argument --eval-margin: must be a number from 0 to 1, got 'nan' "
+    assert done.stderr.splitlines() == ["error: argument --eval-margin: must be a number from 0 to 100, got 'nan' "
                                         "(`python -m deployment.deploy --help` lists the options)"]
     assert not runs.exists()  # no server, no record, no connection
 
 
 @pytest.mark.parametrize("main,flags,said", [
-    (deploy.main, ["--eval-margin", "inf"], "argument --eval-margin: must be a number from 0 to 1, got 'inf'"),
-    (deploy.main, ["--eval-margin", "-0.5"], "argument --eval-margin: must be a number from 0 to 1, got '-0.5'"),
+    (deploy.main, ["--eval-margin", "inf"], "argument --eval-margin: must be a number from 0 to 100, got 'inf'"),
+    (deploy.main, ["--eval-margin", "-0.5"], "argument --eval-margin: must be a number from 0 to 100, got '-0.5'"),
+    (evaluate.main, ["--compare", "http://a/v1", "http://b/v1", "--eval-margin", "nan"],
+     "argument --eval-margin: must be a number from 0 to 100, got 'nan'"),
     (deploy.main, ["--target", "local", "--eval-limit", "0"],
      "argument --eval-limit: must be a whole number from 1 to 100,000, got '0'"),
     (deploy.main, ["--eval-limit", "1e9"], "argument --eval-limit: must be a whole number from 1 to 100,000, got '1e9'"),
@@ -45,8 +48,8 @@ def test_refused_before_anything_runs(main, flags: list[str], said: str, capsys:
 
 
 def test_the_gate_gets_the_numbers_it_was_given() -> None:
-    args = deploy.build_parser().parse_args(["--target", "local", "--eval-limit", "5", "--eval-margin", "0.05"])
-    assert (args.eval_limit, args.eval_margin) == (5, 0.05)
+    args = deploy.build_parser().parse_args(["--target", "local", "--eval-limit", "5", "--eval-margin", "2.5"])
+    assert (args.eval_limit, args.eval_margin) == (5, 2.5)
     defaults = deploy.build_parser().parse_args([])
-    assert defaults.eval_limit == evaluate.build_parser().parse_args([]).limit == 32  # 0 no longer stands for it
+    assert defaults.eval_limit == evaluate.build_parser().parse_args([]).limit == DEFAULT_LIMIT  # 0 no longer means it
     assert defaults.eval_margin is None  # the gate's own default applies
