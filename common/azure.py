@@ -110,7 +110,9 @@ def azure_credential(tenant_id: str = "", env: Mapping[str, str] | None = None, 
         return github_oidc.github_actions_credential(tenant_id, env, retry=RETRY, **kwargs)
     from azure.identity import DefaultAzureCredential
 
-    return DefaultAzureCredential(**kwargs)
+    # The shared token cache (Visual Studio's, and Azure CLI's before 2.30) is not used on the platforms
+    # this runs on, and looking for it creates ~/.IdentityService.
+    return DefaultAzureCredential(**{"exclude_shared_token_cache_credential": True, **kwargs})
 
 
 def make_ml_client(outputs: "Workspace", credential: Any = None) -> "MLClient":

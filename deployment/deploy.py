@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Sequence
 
 from common.azure import quiet_sdk
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 from deployment.definitions import DEFAULT_INSTANCE_TYPE
+from deployment.evaluate import LIMIT as EVAL_LIMIT
+from deployment.evaluate import MARGIN as EVAL_MARGIN
+from deployment.metrics import DEFAULT_MARGIN
+from deployment.scoring import DEFAULT_LIMIT
 from infra.outputs import add_stack_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.deploy",
         description=(
             "Deploy the fine-tuned Phi-3 model: blue/green on an Azure ML managed online endpoint (default), "
@@ -59,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     gate = parser.add_argument_group("evaluation gate (docs/DEPLOY.md)")
     gate.add_argument("--eval-file", type=Path,
                       help="held-out conversations, JSONL of `messages` rows (default: runs/data/test.jsonl)")
-    gate.add_argument("--eval-limit", type=int, help="conversations and instruction prompts to score, each (default: 200)")
-    gate.add_argument("--eval-margin", type=float, metavar="POINTS",
-                      help="delta of the gate's test, in points (F1 points for correctness; 1 point = 0.01) (default: 1)")
+    gate.add_argument("--eval-limit", type=EVAL_LIMIT, default=DEFAULT_LIMIT,
+                      help=f"conversations and instruction prompts to score, each; {EVAL_LIMIT} (default: %(default)s)")
+    gate.add_argument("--eval-margin", type=EVAL_MARGIN, metavar="POINTS",
+                      help=f"delta of the gate's test, in points (F1 points for correctness; 1 point = 0.01), "
+                      f"{EVAL_MARGIN} (default: {DEFAULT_MARGIN:g})")
     gate.add_argument("--force", action="store_true",
                       help="move traffic even when the gate refuses (worse than the live one, or inconclusive)")
     parser.add_argument("--expires-in", metavar="DURATION",

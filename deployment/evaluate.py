@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
+from common.values import Range
 from deployment.metrics import DEFAULT_MARGIN
 from deployment.connection import PhiConnection
 from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_on, load_eval_set, score_deployment, table, write_json
@@ -23,13 +24,16 @@ from infra.outputs import add_stack_arguments
 KEY_ENV = {"a": "EVAL_KEY_A", "b": "EVAL_KEY_B"}
 NO_KEY = "no-key-set"
 """Sent as the bearer token when EVAL_KEY_A / EVAL_KEY_B is unset (a local server checks none)."""
+LIMIT = Range(1, 100_000, integer=True)  # conversations (and instruction prompts) scored; deploy's --eval-limit too
+CONCURRENCY_RANGE = Range(1, 256, integer=True)
+MARGIN = Range(0, 100)  # points of a signal in [0, 1]; deploy's --eval-margin too (NaN would switch the gate off)
 
 
 # -- the command line ------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.evaluate",
         description="Score a deployment on held-out conversations (correctness: token F1 against the reference cut "
         "to the reply's length) and IFEval-style instruction prompts, no judge model; prints a table and writes JSON "
@@ -44,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-file", type=Path, help="JSONL of `messages` rows (default: runs/data/test.jsonl)")
     parser.add_argument("--instructions-file", type=Path,
                         help="instruction prompts in IFEval's JSONL format (default: deployment/eval_data/instructions.jsonl)")
-    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
-                        help="score the first N conversations and the first N instruction prompts (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight (default: %(default)s)")
+    parser.add_argument("--limit", type=LIMIT, default=DEFAULT_LIMIT,
+                        help=f"score the first N conversations and the first N instruction prompts, {LIMIT} "
+                        "(default: %(default)s)")
+    parser.add_argument("--concurrency", type=CONCURRENCY_RANGE, default=CONCURRENCY,
+                        help=f"requests in flight, {CONCURRENCY_RANGE} (default: %(default)s)")
     compare = parser.add_argument_group("comparing two endpoints (A live, B candidate)")
     compare.add_argument("--compare", nargs=2, metavar=("URL_A", "URL_B"),
                          help="OpenAI-compatible base URLs (.../v1); keys from EVAL_KEY_A / EVAL_KEY_B when set")
@@ -54,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--model-b", help="the `model` to request from B (default: none sent)")
     compare.add_argument("--deployment-a", help="A's azureml-model-deployment header (an Azure endpoint's deployment)")
     compare.add_argument("--deployment-b", help="B's azureml-model-deployment header")
-    compare.add_argument("--eval-margin", type=float, default=DEFAULT_MARGIN, metavar="POINTS",
+    compare.add_argument("--eval-margin", type=MARGIN, default=DEFAULT_MARGIN, metavar="POINTS",
                          help="delta of the gate's test in points of each signal (F1 points for correctness, "
-                         "1 point = 0.01): B is worse only if its mean is below A's by more than this beyond the "
-                         "noise (default: %(default)s)")
+                         f"1 point = 0.01), {MARGIN}: B is worse only if its mean is below A's by more than this "
+                         "beyond the noise (default: %(default)s)")
     compare.add_argument("--judge", metavar="URL", help="an OpenAI-compatible judge model: adds a pairwise win rate "
                          "(both answer orders; key from EVAL_JUDGE_KEY); it informs and does not decide")
     compare.add_argument("--judge-model", metavar="ID", help="the judge's `model`")

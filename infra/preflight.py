@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from infra.outputs import add_stack_arguments
-from common.cli import UserError, first_line, run_cli, say
+from common.cli import ArgumentParser, UserError, add_verbose_argument, first_line, run_cli, say
 from infra.permissions import PermissionsReader, allows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -309,7 +309,7 @@ def require(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m infra.preflight",
         description="Check, without changing anything, that you may run pulumi up, submit, deploy or teardown "
                     "on this stack; names the role to ask for when a right is missing.",
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "project (what `deploy --foundry-connection` does)")
     parser.add_argument("--subscription", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
                         help="for `--for up` before the stack exists: the subscription (default $AZURE_SUBSCRIPTION_ID)")
+    add_verbose_argument(parser)
     return parser
 
 

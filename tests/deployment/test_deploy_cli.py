@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fakes.deploy_fixtures import OUTPUTS
+from deployment.scoring import DEFAULT_LIMIT
 from common.cli import run_cli
 from deployment import deploy
 from fakes.ml_client import SECRET_KEY
@@ -144,7 +145,7 @@ def test_local_target_wiring(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(local, "deploy_local", fake_deploy_local)
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--port", "5099"]) == 0
-    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": None, "force": False, "margin": None})]
+    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": DEFAULT_LIMIT, "force": False, "margin": None})]
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--eval-file", "e.jsonl", "--eval-limit", "5",
                  "--eval-margin", "0.05", "--force"]) == 0
     assert calls[-1][2] == {"eval_file": Path("e.jsonl"), "eval_limit": 5, "force": True, "margin": 0.05}
