@@ -4,13 +4,15 @@ PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
+AZURITE := tools/azurite
+AZURITE_STAMP := $(AZURITE)/node_modules/.install-complete
 # Keep tool state (HF cache, MLflow, Prompt flow) inside the repo, never in $HOME.
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PF_DISABLE_TRACING := true
 
-.PHONY: setup lint test check demo bench azure-smoke lock lock-local lock-cloud clean help
+.PHONY: setup azurite lint test check demo bench azure-smoke lock lock-local lock-cloud clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -27,12 +29,19 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 	@echo "==> $(VENV) is ready"
 
+azurite: $(AZURITE_STAMP)  ## Azurite, the Azure Storage emulator, for the adapter download tests (npm ci into tools/azurite/)
+
+$(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json
+	@echo "==> installing Azurite (the pinned tools/azurite/package-lock.json) into $(AZURITE)/node_modules"
+	npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 lint: setup  ## ruff, and actionlint on .github/workflows
 	$(VENV)/bin/ruff check .
 	@# shellcheck and pyflakes off: actionlint would use them only where installed, so results would differ by machine
 	$(VENV)/bin/actionlint -shellcheck= -pyflakes=
 
-test: lint  ## lint, then the whole test suite (sets up first if needed); CI runs this
+test: lint azurite  ## lint, then the whole test suite (sets up first if needed); CI runs this
 	$(PYTHON) -m pytest --durations=15 $(PYTEST_ARGS)
 
 check: lint  ## the inner loop: lint and the tests that take seconds (not slow, not e2e)

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from deployment.serving.adapters import add_adapter_arguments
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
 ENV_MODEL_NAME = "PHI_SERVE_MODEL_NAME"
@@ -48,6 +50,7 @@ def build_parser(prog: str = "python -m deployment.serve") -> argparse.ArgumentP
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow running Python code shipped in the model folder, for an architecture "
                              "transformers does not ship (never needed for Phi-3/Phi-4)")
+    add_adapter_arguments(parser)
     return parser
 
 
@@ -81,6 +84,24 @@ def check_port_free(host: str, port: int) -> None:
             raise StartupError(f"cannot bind {host}:{port}: {err.strerror}") from None
 
 
+def prepare_adapters(args: argparse.Namespace, engine: str, base_name: str):
+    """(the model-name rule, NAME -> Adapter): flags or $PHI_SERVE_ADAPTERS checked, blob URLs downloaded.
+    Runs before the port opens, so a missing adapter stops the start with one line."""
+    from deployment.serving.adapter_download import local_folders
+    from deployment.serving.adapters import (ENV_ADAPTERS, AdapterError, ModelNames, adapter_sources, read_adapter,
+                                             require_lora_engine)
+
+    try:
+        sources = adapter_sources(args.adapter, os.environ.get(ENV_ADAPTERS))
+        if sources:
+            require_lora_engine(engine)
+        names = ModelNames.build(base_name, list(sources), args.default_adapter)
+        adapters = {name: read_adapter(name, folder) for name, folder in local_folders(sources).items()}
+    except AdapterError as err:
+        raise StartupError(str(err)) from None
+    return names, adapters
+
+
 def default_model_name(model_dir: Path) -> str:
     """The folder's name; for Azure ML's mount layout (<name>/<version>) the registered model's name."""
     if model_dir.name.isdigit() and model_dir.parent.name:
@@ -88,7 +109,7 @@ def default_model_name(model_dir: Path) -> str:
     return model_dir.name
 
 
-def serve(location, host: str, port: int, model_name: str, trust_remote_code: bool = False) -> int:
+def serve(location, host: str, port: int, model_name: str, trust_remote_code: bool = False, names=None) -> int:
     """Serve until stopped; the model loads in the background while /live already answers. Returns the exit code."""
     import uvicorn
 
@@ -96,7 +117,7 @@ def serve(location, host: str, port: int, model_name: str, trust_remote_code: bo
     from deployment.serving.engines.transformers_engine import TransformersEngine
     from deployment.serving.state import Server
 
-    server = Server(model_name)
+    server = Server(model_name, names)
     exit_code = 0
 
     def load() -> None:
@@ -129,9 +150,10 @@ def start(argv: Sequence[str] | None, prog: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    names, _adapters = prepare_adapters(args, "transformers", name)  # the vLLM engine will take _adapters
     print(f"serving the {location.describe()} as {name!r} at http://{args.host}:{args.port} "
           "(/v1/chat/completions, /score, /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
-    return serve(location, args.host, args.port, name, args.trust_remote_code)
+    return serve(location, args.host, args.port, name, args.trust_remote_code, names)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m deployment.serve") -> int:

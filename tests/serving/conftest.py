@@ -6,11 +6,14 @@ Server startup is the slow part (a few seconds each), so servers are module-scop
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from serving.helpers import start_server, stop
+
+if TYPE_CHECKING:
+    from serving.azurite import Azurite
 
 
 @pytest.fixture(scope="module")
@@ -27,3 +30,25 @@ def inference_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
         yield base
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_adapters(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    """Two LoRA adapters of the tiny model, of different ranks, that answer differently: NAME -> PEFT folder."""
+    from serving.lora import make_lora_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    return {"support": make_lora_adapter(tiny_model_dir, root / "support", rank=8, seed=1),
+            "legal": make_lora_adapter(tiny_model_dir, root / "legal", rank=16, seed=2)}
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Azurite"]:
+    """Azurite's blob service over HTTPS with OAuth (serving/azurite.py), once per session."""
+    from serving.azurite import start_azurite
+
+    emulator = start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from deployment.serving.dialects import decode_body, parse_score, score_reply
 from deployment.serving.generation import complete, prepare
-from deployment.serving.state import EngineDep
+from deployment.serving.state import EngineDep, ServerDep
 
 logger = logging.getLogger("deployment.serve")
 router = APIRouter()
@@ -21,9 +21,9 @@ router = APIRouter()
 
 @router.post("/")
 @router.post("/score")
-async def score(request: Request, engine: EngineDep) -> Any:
+async def score(request: Request, state: ServerDep, engine: EngineDep) -> Any:
     chat = parse_score(decode_body(await request.body()), engine.limits.max_tokens_cap)
-    ids, sampling = await prepare(engine, chat)
+    ids, sampling = await prepare(engine, chat, state.names.for_score())
     text, finish_reason, completion_tokens = await complete(engine, ids, sampling)
     logger.info("score: shape=%s prompt_tokens=%d completion_tokens=%d finish=%s", chat.shape, len(ids),
                 completion_tokens, finish_reason)
