@@ -28,6 +28,7 @@ ENV_DEFAULT_ADAPTER = "PHI_SERVE_DEFAULT_ADAPTER"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig.max_lora_rank accepts only these
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
 
 
@@ -180,5 +181,11 @@ class ModelNames:
 
 
 def sized_for(adapters: Mapping[str, Adapter]) -> tuple[int, int]:
-    """(max_lora_rank, max_loras) for the engine, from the adapters' own configs: a `--lora-r 64` run just works."""
-    return max(adapter.rank for adapter in adapters.values()), len(adapters)
+    """(max_lora_rank, max_loras) for vLLM, from the adapters' own configs, so a `--lora-r 64` run just works:
+    the smallest rank vLLM accepts that holds the largest adapter, and room for every adapter in one batch."""
+    largest = max(adapters.values(), key=lambda adapter: adapter.rank)
+    fits = [rank for rank in VLLM_LORA_RANKS if rank >= largest.rank]
+    if not fits:
+        raise AdapterError(f"adapter {largest.name!r} has rank {largest.rank}; vLLM serves ranks up to "
+                           f"{VLLM_LORA_RANKS[-1]}: train it with a smaller --lora-r")
+    return fits[0], len(adapters)

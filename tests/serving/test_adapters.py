@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deployment.serving.adapters import (AdapterError, ModelNames, UnknownModel, adapter_sources, read_adapter,
+from deployment.serving.adapters import (Adapter, AdapterError, ModelNames, UnknownModel, adapter_sources, read_adapter,
                                          require_lora_engine, sized_for)
 from deployment.serving.app import create_app
 from deployment.serving.state import Server
@@ -101,6 +101,17 @@ def test_a_peft_folder_is_read_with_its_rank_and_base(tiny_lora_adapters: dict[s
     assert {name: a.rank for name, a in adapters.items()} == {"support": 8, "legal": 16}
     assert adapters["support"].base_model == str(tiny_model_dir)
     assert sized_for(adapters) == (16, 2)
+
+
+@pytest.mark.parametrize("ranks, sized", [((8, 16), (16, 2)), ((4,), (8, 1)), ((64, 8, 100), (128, 3)), ((512,), (512, 1))])
+def test_vllm_is_sized_from_the_adapters_own_ranks(ranks, sized) -> None:
+    adapters = {f"a{i}": Adapter(f"a{i}", Path("/x"), rank, None) for i, rank in enumerate(ranks)}
+    assert sized_for(adapters) == sized
+
+
+def test_a_rank_vllm_cannot_serve_is_refused_naming_the_adapter() -> None:
+    with pytest.raises(AdapterError, match="adapter 'huge' has rank 1024; vLLM serves ranks up to 512"):
+        sized_for({"huge": Adapter("huge", Path("/x"), 1024, None)})
 
 
 def test_a_folder_that_is_not_a_lora_adapter_is_refused(tmp_path: Path) -> None:
