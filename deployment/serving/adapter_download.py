@@ -3,7 +3,7 @@
 The endpoint identity may read the workspace's blobs (Storage Blob Data Reader) but not its model
 registry, so deploy resolves each adapter asset to the https URL of its folder in storage and passes the
 list to the container ($PHI_SERVE_ADAPTERS, adapters.py). At start-up, before the port opens, each folder
-is downloaded with `ManagedIdentityCredential(client_id=$PHI_SERVE_IDENTITY_CLIENT_ID)`: in an Azure ML
+is downloaded with `ManagedIdentityCredential(client_id=$AZURE_CLIENT_ID)`: in an Azure ML
 online deployment the platform serves that identity's tokens at $MSI_ENDPOINT (with $MSI_SECRET), which
 azure-identity reads. A missing or unreadable blob stops the start with one line naming it; a folder
 half downloaded is removed.
@@ -19,7 +19,8 @@ from typing import Mapping
 
 from deployment.serving.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError
 
-ENV_IDENTITY_CLIENT_ID = "PHI_SERVE_IDENTITY_CLIENT_ID"
+ENV_IDENTITY_CLIENT_ID = "AZURE_CLIENT_ID"
+"""The endpoint identity's client id; deploy sets it in every deployment (deployment/definitions.py)."""
 STORAGE_SCHEME = "https://"
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 logger = logging.getLogger("deployment.serve")
