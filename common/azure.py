@@ -11,33 +11,38 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
 
-from common.cli import UserError, first_line
+from common.cli import UserError, first_line, say
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.ai.ml import MLClient
 
-    from infra.outputs import StackOutputs
+
+class Workspace(Protocol):
+    """The stack outputs that name a workspace (infra.outputs.StackOutputs has them): common/ imports
+    nothing of the project, so it names only the fields it reads."""
+
+    subscription_id: str
+    tenant_id: str
+    resource_group_name: str
+    workspace_name: str
+
 
 RETRY: dict[str, float] = {"retry_total": 8, "retry_backoff_factor": 1.0, "retry_backoff_max": 60}
 """azure-core RetryPolicy settings: 8 retries, 1 s doubling to at most 60 s (about 3 minutes in all)."""
 PROPAGATION = dt.timedelta(minutes=10)
 """Azure's "up to 10 minutes" for a new role assignment to apply (infra.preflight waits the first two)."""
-_roles_created_on: dt.datetime | None = None
 
 
-def remember_role_assignments(created_on: dt.datetime | None) -> None:
-    """Note when the stack's role assignments were created, so a 403 can say they may still be propagating."""
-    global _roles_created_on
-    _roles_created_on = created_on
-
-
-def _propagation_hint(now: dt.datetime | None = None) -> str:
-    if _roles_created_on is None:
+def propagation_hint(roles_created_on: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """A sentence for a 403 from a young stack: its role assignments (created at `roles_created_on`, a stack
+    output) may still be propagating. Empty when they are older than PROPAGATION or unknown."""
+    if roles_created_on is None:
         return ""
-    age = (now or dt.datetime.now(dt.timezone.utc)) - _roles_created_on
+    age = (now or dt.datetime.now(dt.timezone.utc)) - roles_created_on
     if age >= PROPAGATION:
         return ""
     minutes = max(1, round((PROPAGATION - age).total_seconds() / 60))
@@ -45,7 +50,24 @@ def _propagation_hint(now: dt.datetime | None = None) -> str:
             f"roles are still propagating; retry in {minutes} minutes.")
 
 
-def studio_url(outputs: "StackOutputs", path: str = "") -> str:
+def quiet_sdk() -> None:
+    """azure-ai-ml logs a warning per experimental class it touches; noise for the user of a CLI."""
+    import logging
+
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+
+
+def wait(poller: Any, what: str, *, interval: float = 30.0) -> Any:
+    """Block on an SDK poller, printing a line every `interval` seconds so long waits show progress."""
+    started = time.monotonic()
+    while not poller.done():
+        poller.wait(timeout=interval)
+        if not poller.done():
+            say(f"    {what}: still running after {time.monotonic() - started:.0f}s")
+    return poller.result()
+
+
+def studio_url(outputs: "Workspace", path: str = "") -> str:
     """An Azure ML studio link into the stack's workspace."""
     wsid = (
         f"/subscriptions/{outputs.subscription_id}/resourcegroups/{outputs.resource_group_name}"
@@ -66,17 +88,16 @@ def azure_credential(tenant_id: str = "", env: Mapping[str, str] | None = None, 
 
     env = os.environ if env is None else env
     if github_oidc.in_github_actions(env):
-        return github_oidc.github_actions_credential(tenant_id, env, **kwargs)
+        return github_oidc.github_actions_credential(tenant_id, env, retry=RETRY, **kwargs)
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential(**kwargs)
 
 
-def make_ml_client(outputs: "StackOutputs", credential: Any = None) -> "MLClient":
+def make_ml_client(outputs: "Workspace", credential: Any = None) -> "MLClient":
     """An MLClient on the stack's workspace. Construction makes no network or credential call."""
     from azure.ai.ml import MLClient
 
-    remember_role_assignments(outputs.role_assignments_created_on)
     return MLClient(
         credential or azure_credential(outputs.tenant_id),
         subscription_id=outputs.subscription_id,
@@ -97,7 +118,7 @@ def _error_code(err: Any) -> str:
     return ""
 
 
-def forbidden_message(action: str, err: Any) -> str:
+def forbidden_message(action: str, err: Any, roles_created_on: dt.datetime | None = None) -> str:
     """What a 403 means here, and who needs which role (docs/DEPLOY.md, "Who needs which role")."""
     if _error_code(err) == "LinkedAuthorizationFailed":
         text = (f"{action}: permission denied (LinkedAuthorizationFailed): creating an endpoint that runs as the "
@@ -106,13 +127,16 @@ def forbidden_message(action: str, err: Any) -> str:
     else:
         text = (f"{action}: permission denied (403). Submitting needs AzureML Data Scientist (or Contributor) on "
                 "the workspace; deploying also needs Managed Identity Operator on the endpoint identity.")
-    return text + (_propagation_hint() or
+    return text + (propagation_hint(roles_created_on) or
                    " `python -m infra.preflight` names what is missing.")
 
 
 @contextmanager
-def azure_errors(action: str) -> Iterator[None]:
-    """Turn the SDK's expected failures into one message a person can act on."""
+def azure_errors(action: str, roles_created_on: dt.datetime | None = None) -> Iterator[None]:
+    """Turn the SDK's expected failures into one message a person can act on.
+
+    `roles_created_on` (the stack output of that name): a 403 on a young stack says its roles may still be propagating.
+    """
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
@@ -142,5 +166,5 @@ def azure_errors(action: str) -> Iterator[None]:
     except HttpResponseError as err:
         code = err.status_code
         if code == 403:
-            raise UserError(forbidden_message(action, err)) from None
+            raise UserError(forbidden_message(action, err, roles_created_on)) from None
         raise UserError(f"{action}: Azure answered {code or 'an error'}: {first_line(err)}") from None

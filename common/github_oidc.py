@@ -35,12 +35,11 @@ def token_url(request_url: str, audience: str = AUDIENCE) -> str:
 
 
 def id_token_callback(request_url: str, request_token: str, *, audience: str = AUDIENCE,
-                      transport: Any = None) -> Callable[[], str]:
-    """A callable that returns a new GitHub ID token on every call (azure-core's retries and transport)."""
+                      transport: Any = None, retry: Mapping[str, Any] | None = None) -> Callable[[], str]:
+    """A callable that returns a new GitHub ID token on every call (azure-core's retries, set by `retry`
+    as common.azure.RETRY does for every client, and transport)."""
     from azure.core import PipelineClient
     from azure.core.pipeline import policies
-
-    from common.azure import RETRY
 
     url = token_url(request_url, audience)
     client = PipelineClient(
@@ -48,7 +47,7 @@ def id_token_callback(request_url: str, request_token: str, *, audience: str = A
         policies=[
             policies.HeadersPolicy({"Accept": "application/json", "Authorization": f"Bearer {request_token}"}),
             policies.UserAgentPolicy(sdk_moniker="finetune-phi-github-oidc"),
-            policies.RetryPolicy(**RETRY),
+            policies.RetryPolicy(**(retry or {})),
             policies.HttpLoggingPolicy(),  # logs no Authorization header (azure-core redacts it)
         ],
         transport=transport,
@@ -75,7 +74,8 @@ def id_token_callback(request_url: str, request_token: str, *, audience: str = A
     return fetch
 
 
-def github_actions_credential(tenant_id: str, env: Mapping[str, str], **kwargs: Any) -> Any:
+def github_actions_credential(tenant_id: str, env: Mapping[str, str], *, retry: Mapping[str, Any] | None = None,
+                              **kwargs: Any) -> Any:
     """ClientAssertionCredential as AZURE_CLIENT_ID, with a fresh GitHub ID token per exchange."""
     from azure.identity import ClientAssertionCredential
 
@@ -88,5 +88,6 @@ def github_actions_credential(tenant_id: str, env: Mapping[str, str], **kwargs: 
             f"signing in as GitHub's OIDC identity ({CLIENT_ID} and {REQUEST_URL} are set) needs {' and '.join(missing)}: "
             "give the job `permissions: id-token: write` and set AZURE_TENANT_ID (or the stack's tenant_id output)."
         )
-    callback = id_token_callback(env[REQUEST_URL], env[REQUEST_TOKEN], transport=kwargs.pop("token_transport", None))
+    callback = id_token_callback(env[REQUEST_URL], env[REQUEST_TOKEN], transport=kwargs.pop("token_transport", None),
+                                 retry=retry)
     return ClientAssertionCredential(tenant, env[CLIENT_ID], callback, **kwargs)

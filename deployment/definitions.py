@@ -60,9 +60,6 @@ def instance_info(sku: str) -> VmSize | None:
 
 def default_endpoint_name(outputs: "StackOutputs") -> str:
     """Endpoint names are unique per region: derive a stable one from the workspace's identity."""
-    explicit = outputs.extra.get("endpoint_name")
-    if explicit:
-        return str(explicit)
     scope = f"{outputs.subscription_id}/{outputs.resource_group_name}/{outputs.workspace_name}".lower()
     return f"phi3-chat-{hashlib.sha256(scope.encode()).hexdigest()[:8]}"
 

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import cloud_lock
+from common import cloud_lock, runs
+from common.cuda_driver import require_gpu_torch
 from common.pins import PYPROJECT, cloud_pins, content_version
+from deployment.definitions import CREATED_BY
 
 ENVIRONMENT_NAME = "phi3-serve"
 PORT = 8000  # the Dockerfile's EXPOSE and --port (a test checks they agree)
@@ -67,8 +69,13 @@ def base_pins(pyproject: Path = PYPROJECT) -> list[str]:
 
 
 def serve_requirements(pyproject: Path = PYPROJECT) -> list[str]:
-    """What the container installs: the `serve` extra with the cloud torch, plus the base dependencies."""
-    return cloud_pins("serve", pyproject) + base_pins(pyproject)
+    """What the container installs: the `serve` extra with the cloud torch, plus the base dependencies.
+
+    Refused when that torch would see no GPU on Azure ML's driver (common.cuda_driver).
+    """
+    requirements = cloud_pins("serve", pyproject) + base_pins(pyproject)
+    require_gpu_torch(requirements, f"the serving environment {ENVIRONMENT_NAME}")
+    return requirements
 
 
 def build_context_files(pyproject: Path = PYPROJECT) -> dict[str, bytes]:
@@ -117,9 +124,7 @@ class ServingEnvironment:
         from azure.ai.ml.entities import BuildContext, Environment
 
         if stage_root is None:
-            from training.local_runs import runs_dir
-
-            stage_root = runs_dir() / "deploy"
+            stage_root = runs.deploy_stage_dir()
         stage_root.mkdir(parents=True, exist_ok=True)
         return Environment(
             name=self.name,
@@ -127,7 +132,7 @@ class ServingEnvironment:
             build=BuildContext(path=str(self.stage(stage_root))),
             inference_config=inference_config(),
             description="finetune-phi serving: python -m deployment.serving (OpenAI API + /score, continuous batching)",
-            tags={"created-by": "finetune-phi"},
+            tags=dict(CREATED_BY),
         )
 
 

@@ -49,9 +49,8 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, str, str]:
 
 def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str]:
     from common import azure as azure_edge
-    from common.azure import azure_errors
+    from common.azure import azure_errors, quiet_sdk
     from deployment import definitions
-    from deployment.deploy import quiet_sdk
     from infra.outputs import load_stack_outputs
 
     quiet_sdk()

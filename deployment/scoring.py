@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.cli import UserError, say
+from flows.chat.endpoint_urls import base_url, models_url  # the URL rules, shipped with the flow
 
 DEFAULT_LIMIT = 32
 """Tens of conversations: enough for a paired comparison to see a broken model, a few minutes on Azure."""
@@ -129,11 +130,6 @@ class Scores:
                    list(data["conversations"]), float(data.get("seconds", 0.0)), str(data.get("eval_file", "")))
 
 
-def base_url(scoring_url: str) -> str:
-    """`http://host:port/score` -> `http://host:port`: the base URL the OpenAI API hangs off."""
-    return scoring_url.rstrip("/").removesuffix("/score")
-
-
 def speaks_openai(scoring_url: str) -> bool:
     """True when the server answers the OpenAI routes of docs/ARCHITECTURE.md section 5 (`GET /v1/models`);
     a server with the tutorials' `/score` only (or the Azure ML inference server) does not."""
@@ -141,7 +137,7 @@ def speaks_openai(scoring_url: str) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(base_url(scoring_url) + "/v1/models", timeout=10.0) as response:
+        with urllib.request.urlopen(models_url(scoring_url), timeout=10.0) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -101,11 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, ml_client: Any = None) -> int:
     from common.azure import make_ml_client
     from infra.outputs import load_stack_outputs
-    from training.local_runs import runs_dir
+    from common import runs
 
     args = build_parser().parse_args(argv)
     outputs = load_stack_outputs(args.outputs_file, args.stack)
-    folder = runs_dir() / "job-check" / args.job
+    folder = runs.job_check_dir(args.job)
     shutil.rmtree(folder, ignore_errors=True)  # a second run judges a fresh download
     folder.mkdir(parents=True)
     say(f"==> job {args.job}: downloading its logs and outputs to {folder}")

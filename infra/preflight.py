@@ -247,9 +247,6 @@ def require(
     env: Mapping[str, str] | None = None,
 ) -> Verdict | None:
     """submit's and deploy's preflight: wait for fresh roles, then refuse with one message if a right is missing."""
-    from common.azure import remember_role_assignments
-
-    remember_role_assignments(outputs.role_assignments_created_on)
     if (os.environ if env is None else env).get(ENV_SWITCH, "").lower() in ("off", "0", "false", "no"):
         say(f"    preflight: skipped ({ENV_SWITCH}=off)")
         return None

@@ -387,7 +387,7 @@ def submit_job(ml_client: Any, spec: dict[str, Any], outputs: Any, experiment: s
 
     job = jobs.load(spec)
     with step(f"submitting job {spec['name']}"):
-        with azure_errors("submitting the job"):
+        with azure_errors("submitting the job", outputs.role_assignments_created_on):
             created = ml_client.jobs.create_or_update(job)
     name = created.name or spec["name"]
     url = created.studio_url or studio_url(outputs, f"runs/{name}")

@@ -22,6 +22,7 @@ from typing import Any
 
 from common import cloud_lock
 from common.cli import say
+from common.cuda_driver import require_gpu_torch
 from common.pins import PYPROJECT, cloud_pins, conda_spec as _conda_spec, content_version, package_name
 
 ENVIRONMENT_NAME = "finetune-phi-train"
@@ -44,8 +45,10 @@ def train_pins(pyproject: Path = PYPROJECT) -> list[str]:
 
 def conda_spec(pyproject: Path = PYPROJECT) -> dict[str, Any]:
     """The pins plus the cloud lock's pins of everything they pull in (requirements-cloud.lock): a conda
-    file cannot point pip at a constraints file, so the locked set is listed, which pins it the same way."""
+    file cannot point pip at a constraints file, so the locked set is listed, which pins it the same way.
+    Refused when its torch would see no GPU on Azure ML (common.cuda_driver)."""
     pins = train_pins(pyproject)
+    require_gpu_torch(pins, f"the training environment {ENVIRONMENT_NAME}")
     return _conda_spec(ENVIRONMENT_NAME, pins + cloud_lock.constraints("train", pins))
 
 

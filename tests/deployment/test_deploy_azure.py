@@ -69,7 +69,10 @@ def test_first_deploy_runs_in_blue_green_order(fake_client, outputs, runs, write
     assert scoring_server.requests and all(r["authorized"] and r["deployment"] == "blue" for r in scoring_server.requests)
     # final state
     assert c.endpoints[EP].traffic == {"blue": 100}
-    assert connection_writes == [{"endpoint": scoring_server.url, "key": SECRET_KEY, "deployment": "blue"}]
+    # the one connection model: this project's server by its base URL and OpenAI API, pinned to blue
+    base = scoring_server.url.removesuffix("/score")
+    assert connection_writes == [{"endpoint": base, "key": SECRET_KEY, "deployment": "blue",
+                                  "configs": {"endpoint": base, "api": "openai", "deployment": "blue"}}]
     assert (result.deployment_name, result.endpoint_created, result.replaced) == ("blue", True, ())
 
 
@@ -220,8 +223,8 @@ def test_endpoint_name_rules(outputs):
 
 
 def test_connection_failure_after_a_good_deploy_says_it_is_live(fake_client, outputs, runs):
-    def broken(endpoint: str, key: str, deployment: str) -> None:
-        raise UserError(f"could not write the Prompt flow connection 'phi_endpoint': no keyring ({key})")
+    def broken(connection) -> None:
+        raise UserError(f"could not write the Prompt flow connection 'phi_endpoint': no keyring ({connection.key})")
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
@@ -238,8 +241,8 @@ def test_unexpected_connection_writer_error_is_one_message_without_the_key(
     """The Foundry writer relies on private SDK hooks: any exception from it (not only a UserError)
     must end in one message saying the deployment is live, with the key redacted, not a traceback."""
 
-    def foundry(endpoint: str, key: str, deployment: str) -> None:
-        raise ValueError(f"invalid credentials {{'key': '{key}'}}")
+    def foundry(connection) -> None:
+        raise ValueError(f"invalid credentials {{'key': '{connection.key}'}}")
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
@@ -259,7 +262,7 @@ def test_connection_failure_still_names_old_deployments_that_bill(
     fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
     monkeypatch.setattr("deployment.azure_deploy._delete_deployment", lambda *_a, **_k: False)
 
-    def broken(endpoint: str, key: str, deployment: str) -> None:
+    def broken(connection) -> None:
         raise UserError("could not write the Prompt flow connection 'phi_endpoint': no keyring")
 
     with pytest.raises(UserError) as err:

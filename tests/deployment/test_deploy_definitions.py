@@ -65,7 +65,7 @@ def test_environment_entity_routes_and_staged_context(tmp_path):
 def test_the_staged_app_alone_serves_the_model(tmp_path, tiny_model_dir):
     """The container's code is complete: the staged package alone, without this repository, serves, laid
     out as the Dockerfile copies it (/app/deployment/serving, `deployment` a namespace package)."""
-    from serving.helpers import free_port, stop, wait_healthy
+    from common.processes import free_port, start, stop_group, wait_healthy
 
     context = serving_environment("x").stage(tmp_path)
     app = tmp_path / "app"
@@ -74,17 +74,14 @@ def test_the_staged_app_alone_serves_the_model(tmp_path, tiny_model_dir):
     port = free_port()
     log = tmp_path / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", "import sys, runpy; sys.path.insert(0, '.'); "
-             "runpy.run_module('deployment.serving', run_name='__main__')",
-             "--model-dir", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=app, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
+    process, _ = start([sys.executable, "-I", "-c", "import sys, runpy; sys.path.insert(0, '.'); "
+                        "runpy.run_module('deployment.serving', run_name='__main__')",
+                        "--model-dir", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
+                       log, cwd=app, env=env)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process, log)
+        wait_healthy(process, f"http://127.0.0.1:{port}/health", log, timeout=120.0)
     finally:
-        stop(process)
+        stop_group(process)
     where = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import deployment.serving.cli as c, "
          "deployment.serving.app as a, deployment.serving.engines.transformers_engine as e; "
@@ -139,9 +136,9 @@ def test_instance_table_matches_the_docs(repo_root):
     for info in definitions.INSTANCE_TYPES.values():
         assert info.sku in docs and f"{info.usd_per_hour:.3f}".rstrip("0") in docs
     assert definitions.instance_info(definitions.DEFAULT_INSTANCE_TYPE) is not None
-    from deployment.deploy import DEFAULT_INSTANCE_TYPE
+    from deployment.deploy import build_parser
 
-    assert DEFAULT_INSTANCE_TYPE == definitions.DEFAULT_INSTANCE_TYPE
+    assert build_parser().get_default("instance_type") == definitions.DEFAULT_INSTANCE_TYPE  # the CLI's default
 
 
 # Every SDK call deploy/teardown make, as they make it: the fake must not drift from the real MLClient.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import UserError, run_cli
-from deploy_fixtures import EVAL_ROWS, OUTPUTS
+from fakes.deploy_fixtures import EVAL_ROWS, OUTPUTS
 from deployment import evaluate, metrics, scoring
 
 

@@ -212,7 +212,7 @@ def test_up_exports_the_whole_contract(default_up: Run, tmp_path) -> None:
     path.write_text(json.dumps(default_up.outputs))
     loaded = load_stack_outputs(outputs_file=path)
     assert loaded.as_dict() == {key: default_up.outputs[key] for key in REQUIRED_KEYS}
-    assert "foundry_project_name" not in loaded.extra and "budget_name" not in loaded.extra
+    assert loaded.foundry_project_name is None and loaded.budget_name is None
 
 
 def test_up_names_follow_azure_rules(default_up: Run) -> None:
