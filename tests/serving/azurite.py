@@ -13,11 +13,12 @@ import datetime
 import ipaddress
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.helpers import REPO_ROOT, free_port, stop
+from common.processes import free_port, start, wait_healthy
+from common.processes import stop_group as stop
+from serving.helpers import REPO_ROOT
 
 AZURITE_BLOB = REPO_ROOT / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 ACCOUNT = "devstoreaccount1"
@@ -70,23 +71,20 @@ def start_azurite(workdir: Path, timeout: float = 60.0) -> Azurite:
                            "(npm ci into tools/azurite/; `make test` does it)")
     cert, key = _self_signed(workdir)
     port, log = free_port(), workdir / "azurite.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [str(AZURITE_BLOB), "--blobHost", HOST, "--blobPort", str(port), "--inMemoryPersistence",
-             "--oauth", "basic", "--cert", str(cert), "--key", str(key), "--skipApiVersionCheck",
-             "--disableTelemetry"],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Azurite exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return Azurite(process, port, cert, log)
-        except OSError:
-            time.sleep(0.2)
-    stop(process)
-    raise RuntimeError(f"Azurite did not listen within {timeout}s:\n{log.read_text()[-2000:]}")
+    process, _ = start([str(AZURITE_BLOB), "--blobHost", HOST, "--blobPort", str(port), "--inMemoryPersistence",
+                        "--oauth", "basic", "--cert", str(cert), "--key", str(key), "--skipApiVersionCheck",
+                        "--disableTelemetry"], log, cwd=workdir)
+    wait_healthy(process, f"{HOST}:{port}", log, timeout=timeout, what="Azurite", ready=_listening)
+    return Azurite(process, port, cert, log)
+
+
+def _listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _self_signed(workdir: Path) -> tuple[Path, Path]:
