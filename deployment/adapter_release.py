@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from common.cli import UserError, say
 from deployment.registration import SOURCE_JOB_TAG, RegisteredModel, job_output_path, parse_model_ref
 from deployment.serving.adapters import ADAPTER_NAME, ENV_ADAPTERS, ENV_DEFAULT_ADAPTER, NAME_RULE
+from deployment.serve import ENV_MODEL_NAME
 
 ADAPTER_SUBPATH = "adapter"
 """Where the trainer writes the PEFT adapter inside its `model` output, beside the merged MLflow model."""
@@ -79,7 +80,8 @@ class Release:
 
     def environment(self) -> dict[str, str]:
         """The container's settings (deployment/serving/adapters.py reads them)."""
-        return {ENV_ADAPTERS: json.dumps(dict(self.urls)), ENV_DEFAULT_ADAPTER: self.default}
+        return {ENV_ADAPTERS: json.dumps(dict(self.urls)), ENV_DEFAULT_ADAPTER: self.default,
+                ENV_MODEL_NAME: self.base.name}
 
     def tags(self) -> dict[str, str]:
         return {TAG_ADAPTERS: json.dumps(dict(self.adapters)), TAG_DEFAULT: self.default}
@@ -88,6 +90,11 @@ class Release:
     def default_model(self) -> str:
         """What answers requests without `model`: the gate's record of what was evaluated."""
         return self.adapters[self.default]
+
+    def apply(self, deployment: Any) -> None:
+        """Onto the deployment entity (model = the base, built by definitions.build_deployment): what to serve."""
+        deployment.environment_variables = {**(deployment.environment_variables or {}), **self.environment()}
+        deployment.tags = {**(deployment.tags or {}), **self.tags()}
 
     def describe(self) -> str:
         listed = ", ".join(f"{n}={ref}" + (" (default)" if n == self.default else "") for n, ref in self.adapters.items())
@@ -121,6 +128,38 @@ def adapter_list(live: Mapping[str, str], live_default: str | None, flags: Adapt
         raise UserError(f"the default adapter {default!r} would not be served (serving: {', '.join(adapters)}): "
                         "name one of them with --default-adapter")
     return adapters, default
+
+
+def plan_release(ml_client: Any, base: RegisteredModel, live_tags: Mapping[str, str], flags: AdapterFlags) -> Release:
+    """The new deployment's list: the new adapters registered, the live ones kept but the retired, each resolved to
+    its storage URL. Says what each adapter is and what this release uploads."""
+    live, live_default = live_adapters(live_tags)
+    new = {name: register_adapter(ml_client, name, source) for name, source in flags.add.items()}
+    adapters, default = adapter_list(live, live_default, flags, new)
+    urls = {name: storage_url(ml_client, ref) for name, ref in adapters.items()}
+    release = Release(base, adapters, default, urls)
+    kept = [name for name in adapters if name not in new]
+    say(f"    serving {', '.join(adapters)} (default {default}); new: {', '.join(new) or 'none'}; kept from the live "
+        f"deployment: {', '.join(kept) or 'none'}; retired: {', '.join(flags.retire) or 'none'}")
+    return release
+
+
+def dry_run_release(base_name: str, flags: AdapterFlags) -> Release:
+    """The release as far as the flags say, offline: new adapters only, each at its job output (or asset) path."""
+    refs = {name: source if source.startswith("azureml:") else f"{job_output_path(source, 'model')}/paths/{ADAPTER_SUBPATH}"
+            for name, source in flags.add.items()}
+    if not refs:
+        raise UserError("the dry run shows the adapters this release adds; --default-adapter and --retire-adapter "
+                        "alone change the live list, which only the real deploy reads")
+    default = flags.default or list(refs)[-1]
+    return Release(RegisteredModel(base_name, "latest", None, True), refs, default, refs)
+
+
+def served_model(deployment: Any) -> str:
+    """What answers a deployment's requests without `model`, as the gate records it: the default adapter's
+    asset for a LoRA release, the model asset otherwise."""
+    adapters, default = live_adapters(deployment.tags)
+    return adapters.get(default or "", str(deployment.model))
 
 
 def register_adapter(ml_client: Any, name: str, source: str) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from common.azure import azure_errors, wait
 from common.cli import UserError, first_line, say, step
 from deployment import definitions
+from deployment.adapter_release import AdapterFlags, Release, served_model
 from deployment.connection import PhiConnection, save
 from deployment.environment import serving_environment
 from deployment.expiry import DELETE_AFTER, expiry_tags
@@ -51,6 +52,9 @@ class DeployPlan:
     force: bool = False
     margin: float | None = None
     expires_at: datetime | None = None
+    adapters: AdapterFlags = field(default_factory=AdapterFlags)
+    """LoRA release flags (deployment/adapter_release.py); none given: a merged model is released."""
+    base_model: str = "phi-3.5-mini"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class DeployResult:
     replaced: tuple[str, ...]
     smoke_answer: str
     verdict: "Verdict | None" = None
+    release: Release | None = None
 
 
 @dataclass(frozen=True)
@@ -204,11 +209,23 @@ class AzureTarget:
         return contextlib.nullcontext()  # Azure's own operations serialize concurrent updates
 
     def prepare(self) -> None:
-        with step("register the model"):
-            self.model = resolve_model(self.ml, self.plan.choice)
+        self.release: Release | None = None
+        if self.plan.adapters.given:
+            from deployment.base_model import base_for, ensure_base
+
+            with step("the base model (registered once per workspace)"):
+                self.model = ensure_base(self.ml, self.outputs, base_for(self.plan.base_model))
+        else:
+            with step("register the model"):
+                self.model = resolve_model(self.ml, self.plan.choice)
         with step(f"endpoint {self.ep_name}"):
             endpoint, self.created = self._endpoint()
             self.slots = self._slots(endpoint)
+        if self.plan.adapters.given:
+            from deployment.adapter_release import plan_release
+
+            with step("the adapters: the live deployment's, plus the new, minus the retired"):
+                self.release = plan_release(self.ml, self.model, self._live_tags(), self.plan.adapters)
         with step("serving environment"):
             self.env = self._environment()
 
@@ -235,6 +252,8 @@ class AzureTarget:
             instance_type=self.plan.instance_type, outputs=self.outputs,
         )
         deployment.tags.update(expiry_tags(self.plan.expires_at))
+        if self.release is not None:
+            self.release.apply(deployment)
         info = definitions.instance_info(self.plan.instance_type)
         say(f"    bills{f' about ${info.usd_per_hour:.2f}/h' if info else ' per hour'} from now until deleted; "
             "image build + model load take 10-30 minutes")
@@ -244,7 +263,8 @@ class AzureTarget:
         rollback.secret = self.key
         if not self.key:
             raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
-        return Deployment(new, f"new {new}", self.model.reference, new)
+        served = self.release.default_model if self.release is not None else self.model.reference
+        return Deployment(new, f"new {new}", served, new)
 
     def client(self, deployment: Deployment) -> Any:
         return self.make_client(self.scoring_uri, self.key, deployment.ref)
@@ -254,7 +274,15 @@ class AzureTarget:
         if name is None:
             return None
         current = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
-        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}))
+        return Deployment(name, f"live {name}", served_model(current), name, dict(current.tags or {}))
+
+    def _live_tags(self) -> dict[str, str]:
+        """The live deployment's tags (where a LoRA release records its adapters); {} when nothing is live."""
+        name = self.slots.main_live
+        if name is None:
+            return {}
+        with azure_errors(f"reading the live deployment {name}"):
+            return dict(self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name).tags or {})
 
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
         """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""
@@ -417,7 +445,7 @@ def deploy_to_azure(
     settings = GateSettings(plan.eval_file, plan.eval_limit, plan.force, plan.margin)
     done = rollout(target, settings, writers)
     return DeployResult(target.ep_name, done.new.ref, target.scoring_uri, target.model, target.created,
-                        done.retired.replaced, done.smoke_answer, done.verdict)
+                        done.retired.replaced, done.smoke_answer, done.verdict, target.release)
 
 
 def _current_traffic(ml_client: Any, endpoint: str) -> dict[str, int] | None:
