@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,7 @@ def download_job(base: BaseModel, compute: str, environment: str) -> dict[str, A
     return {
         "$schema": "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json",
         "type": "command",
+        "name": f"fetch-base-{base.revision[:8]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
         "experiment_name": EXPERIMENT,
         "display_name": f"fetch the LoRA base {base.hub_id}@{base.revision[:12]}",
         "command": command,
