@@ -23,6 +23,7 @@ from deployment.serving.adapters import add_adapter_arguments
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
 ENV_MODEL_NAME = "PHI_SERVE_MODEL_NAME"
+ENV_API_KEY = "PHI_SERVE_API_KEY"
 NOISY_LOGGERS = ("transformers", "httpx", "ContinuousBatchingLogger")
 logger = logging.getLogger("deployment.serve")
 
@@ -43,8 +44,9 @@ def build_parser(prog: str = "python -m deployment.serve") -> argparse.ArgumentP
                         help="a save_pretrained folder, the trainer's MLflow model, or an azureml hftransformers "
                              "MLflow model (the registry pipeline's output); searched 2 folders deep")
     parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"interface to bind (default {DEFAULT_HOST}; the server checks no key, keep it local)")
+                        help=f"interface to bind (default {DEFAULT_HOST}); beyond loopback a key is required")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    add_security_arguments(parser)
     parser.add_argument("--model-name", default=os.environ.get(ENV_MODEL_NAME),
                         help=f"the model id /v1/models reports (default: ${ENV_MODEL_NAME}, else the folder's name)")
     parser.add_argument("--trust-remote-code", action="store_true",
@@ -52,6 +54,38 @@ def build_parser(prog: str = "python -m deployment.serve") -> argparse.ArgumentP
                              "transformers does not ship (never needed for Phi-3/Phi-4)")
     add_adapter_arguments(parser)
     return parser
+
+
+# -- the edge: keys and LongRoPE (issue 24) ---------------------------------------------------------
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", default=os.environ.get(ENV_API_KEY) or None,
+                        help=f"require Authorization: Bearer <key> on every route but /live and /health (default: "
+                             f"${ENV_API_KEY}; prefer the variable: a flag shows in the process list)")
+    parser.add_argument("--keyless-behind-gateway", action="store_true",
+                        help="bind beyond loopback without a key, because a gateway in front checks one (the Azure "
+                             "container: the endpoint's key auth); never on a network you do not control")
+    parser.add_argument("--accept-longrope-coupling", action="store_true",
+                        help="let PHI_SERVE_CONTEXT_TOKENS pass a LongRoPE model's original_max_position_embeddings "
+                             "(4,096 for Phi-3.5-mini and Phi-4-mini): one chat past it then changes the replies of "
+                             "every chat decoded beside it")
+
+
+def check_key(host: str, api_key: str | None, keyless_behind_gateway: bool) -> None:
+    """Beyond loopback, a key or the deliberate flag: an open port on a network serves anyone who finds it."""
+    from deployment.serving.edge import is_loopback
+
+    if api_key is not None and len(api_key) < 16:
+        raise StartupError(f"the API key is {len(api_key)} characters; use at least 16 (e.g. `openssl rand -hex 24`)")
+    if not is_loopback(host) and api_key is None and not keyless_behind_gateway:
+        raise StartupError(
+            f"--host {host} serves beyond this machine, and no key is set: set {ENV_API_KEY} (clients send it as "
+            "Authorization: Bearer <key>), or pass --keyless-behind-gateway if a gateway in front checks keys"
+        )
+
+
+# -- the model and the port --------------------------------------------------------------------------
 
 
 def find_model(model_dir: Path):
@@ -109,12 +143,13 @@ def default_model_name(model_dir: Path) -> str:
     return model_dir.name
 
 
-def serve(location, host: str, port: int, model_name: str, trust_remote_code: bool = False, names=None) -> int:
+def serve(location, args: argparse.Namespace, model_name: str, names=None) -> int:
     """Serve until stopped; the model loads in the background while /live already answers. Returns the exit code."""
     import uvicorn
 
     from deployment.serving.app import create_app
     from deployment.serving.engines.transformers_engine import TransformersEngine
+    from deployment.serving.protocol import uvicorn_settings
     from deployment.serving.state import Server
 
     server = Server(model_name, names)
@@ -124,7 +159,8 @@ def serve(location, host: str, port: int, model_name: str, trust_remote_code: bo
         nonlocal exit_code
         started = time.perf_counter()
         try:
-            engine = TransformersEngine(location, model_name, trust_remote_code=trust_remote_code)
+            engine = TransformersEngine(location, model_name, trust_remote_code=args.trust_remote_code,
+                                        accept_longrope_coupling=args.accept_longrope_coupling)
         except Exception as err:  # noqa: BLE001 - one message, then stop the server
             server.load_error = f"the model failed to load: {type(err).__name__}: {str(err)[:300]}"
             logger.error("error: %s", server.load_error)
@@ -134,9 +170,10 @@ def serve(location, host: str, port: int, model_name: str, trust_remote_code: bo
         server.engine = engine
         logger.info("ready in %.1fs: %s", time.perf_counter() - started, engine.describe())
 
-    app = create_app(server, on_startup=lambda: threading.Thread(target=load, name="load-model", daemon=True).start())
-    web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                       timeout_graceful_shutdown=10))
+    app = create_app(server, on_startup=lambda: threading.Thread(target=load, name="load-model", daemon=True).start(),
+                     bind_host=args.host, api_key=args.api_key)
+    web = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                                       timeout_graceful_shutdown=10, **uvicorn_settings()))
     web.run()
     return exit_code
 
@@ -144,6 +181,7 @@ def serve(location, host: str, port: int, model_name: str, trust_remote_code: bo
 def start(argv: Sequence[str] | None, prog: str) -> int:
     """Parse, check, serve; raises StartupError for what the operator must fix first."""
     args = build_parser(prog).parse_args(argv)
+    check_key(args.host, args.api_key, args.keyless_behind_gateway)
     model_dir, location = find_model(args.model_dir)
     check_port_free(args.host, args.port)
     name = args.model_name or default_model_name(model_dir)
@@ -151,9 +189,10 @@ def start(argv: Sequence[str] | None, prog: str) -> int:
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     names, _adapters = prepare_adapters(args, "transformers", name)  # the vLLM engine will take _adapters
-    print(f"serving the {location.describe()} as {name!r} at http://{args.host}:{args.port} "
+    gate = "a key required" if args.api_key else "no key"
+    print(f"serving the {location.describe()} as {name!r} at http://{args.host}:{args.port} with {gate} "
           "(/v1/chat/completions, /score, /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
-    return serve(location, args.host, args.port, name, args.trust_remote_code, names)
+    return serve(location, args, name, names)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m deployment.serve") -> int:

@@ -3,6 +3,12 @@
 The app (deployment/serving/app.py and routes/) talks only to `Engine`: encode a conversation, stream
 one generation, report health and limits. Each engine raises its own errors from here; the app
 decides which HTTP status each one is.
+
+Cancellation is part of the seam. The HTTP layer names every generation (`request_id`) and, when the
+client leaves, calls `abort(request_id)` and cancels the task iterating `generate`, whether the
+request is still queued or already decoding. An engine frees the sequence in `abort` (transformers:
+`cancel_request`; vLLM: `AsyncLLM.abort`) and must also abort in `generate`'s own `finally`, so a
+generation closed any other way never keeps decoding. `abort` of an unknown or finished id is a no-op.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ class Stats:
     peak_in_flight: int = 0  # the most ever admitted at once (several: requests were batched together)
     waiting: int = 0  # requests queued in front of the engine
     finished: int = 0
+    aborted: int = 0  # generations stopped because their client left (or they were closed early)
 
 
 class Engine(Protocol):
@@ -58,7 +65,10 @@ class Engine(Protocol):
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]: ...
 
-    def generate(self, prompt_ids: list[int], sampling: Sampling) -> AsyncIterator[Chunk]: ...
+    def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]: ...
+
+    def abort(self, request_id: str) -> None:
+        """Stop this generation now, queued or running, and free what it holds (safe to call twice)."""
 
     def problem(self) -> str | None: ...
 

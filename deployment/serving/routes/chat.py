@@ -1,6 +1,7 @@
 """The OpenAI API: POST /v1/chat/completions (streamed as server-sent events, or not) and GET /v1/models."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -11,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from deployment.serving.dialects import ChatRequest, decode_body, parse_chat_completion
 from deployment.serving.engines.base import Engine, EngineError, Sampling
-from deployment.serving.generation import SSE_DONE, complete, prepare, sse
+from deployment.serving.generation import SSE_DONE, complete_while_connected, prepare, sse
 from deployment.serving.state import EngineDep, ServerDep
 
 logger = logging.getLogger("deployment.serve")
@@ -36,8 +37,10 @@ async def chat_completions(request: Request, state: ServerDep,
     ids, sampling = await prepare(engine, chat, adapter)
     reply = _Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.names.answering(adapter), len(ids))
     if not chat.stream:
-        text, finish_reason, completion_tokens = await complete(engine, ids, sampling)
+        text, finish_reason, completion_tokens = await complete_while_connected(
+            request.receive, engine, ids, sampling, reply.request_id)
         return reply.completion(text, finish_reason, completion_tokens)
+    # Starlette cancels the stream when its client leaves; _events then aborts the generation.
     return StreamingResponse(_events(engine, ids, sampling, chat, reply), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -47,6 +50,7 @@ class _Reply:
 
     def __init__(self, completion_id: str, created: int, model_id: str, prompt_tokens: int) -> None:
         self.head = {"id": completion_id, "created": created, "model": model_id}
+        self.request_id = completion_id
         self.prompt_tokens = prompt_tokens
 
     def usage(self, completion_tokens: int) -> dict:
@@ -73,7 +77,7 @@ async def _events(engine: Engine, ids: list[int], sampling: Sampling, chat: Chat
     yield reply.chunk({"role": "assistant", "content": ""})
     completion_tokens, finish_reason = 0, "length"
     try:
-        async for piece in engine.generate(ids, sampling):
+        async for piece in engine.generate(ids, sampling, reply.request_id):
             if piece.text:
                 yield reply.chunk({"content": piece.text})
             if piece.finish_reason:
@@ -83,6 +87,10 @@ async def _events(engine: Engine, ids: list[int], sampling: Sampling, chat: Chat
         yield sse({"error": {"message": "generation failed; see the server log", "type": "server_error"}})
         yield SSE_DONE
         return
+    except (asyncio.CancelledError, GeneratorExit):  # the client left mid-stream
+        engine.abort(reply.request_id)
+        logger.info("POST /v1/chat/completions: the client left mid-stream; cancelled")
+        raise
     yield reply.chunk({}, finish_reason)
     if chat.include_usage:
         yield reply.usage_chunk(completion_tokens)

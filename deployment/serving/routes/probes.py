@@ -24,6 +24,7 @@ async def health(state: ServerDep, engine: EngineDep) -> JSONResponse:
     return JSONResponse({
         "status": "ok", "model": state.model_id,
         "limits": {"context_tokens": limits.context_tokens, "max_tokens": limits.max_tokens_cap,
-                   "max_sequences": limits.max_sequences},
+                   "max_sequences": limits.max_sequences, "max_requests": limits.max_requests},
         "in_flight": stats.in_flight, "waiting": stats.waiting, "peak_in_flight": stats.peak_in_flight,
+        "finished": stats.finished, "aborted": stats.aborted,
     })

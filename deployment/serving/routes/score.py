@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from deployment.serving.dialects import decode_body, parse_score, score_reply
-from deployment.serving.generation import complete, prepare
+from deployment.serving.generation import complete_while_connected, prepare
 from deployment.serving.state import EngineDep, ServerDep
 
 logger = logging.getLogger("deployment.serve")
@@ -24,7 +25,8 @@ router = APIRouter()
 async def score(request: Request, state: ServerDep, engine: EngineDep) -> Any:
     chat = parse_score(decode_body(await request.body()), engine.limits.max_tokens_cap)
     ids, sampling = await prepare(engine, chat, state.names.for_score())
-    text, finish_reason, completion_tokens = await complete(engine, ids, sampling)
+    text, finish_reason, completion_tokens = await complete_while_connected(
+        request.receive, engine, ids, sampling, f"score-{uuid.uuid4().hex}")
     logger.info("score: shape=%s prompt_tokens=%d completion_tokens=%d finish=%s", chat.shape, len(ids),
                 completion_tokens, finish_reason)
     return JSONResponse(score_reply(chat, text, finish_reason, len(ids), completion_tokens))
