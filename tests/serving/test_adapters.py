@@ -147,7 +147,7 @@ def engine(tiny_model_dir: Path):
 def _client(engine, names: ModelNames) -> TestClient:
     server = Server(names.base, names)
     server.engine = engine
-    return TestClient(create_app(server))
+    return TestClient(create_app(server), base_url="http://127.0.0.1")  # the Host a loopback server answers to
 
 
 @pytest.mark.slow
