@@ -65,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     gate = parser.add_argument_group("evaluation gate (docs/DEPLOY.md)")
     gate.add_argument("--eval-file", type=Path,
                       help="held-out conversations, JSONL of `messages` rows (default: runs/data/test.jsonl)")
-    gate.add_argument("--eval-limit", type=int, help="conversations to score (default: 32)")
-    gate.add_argument("--eval-margin", type=float,
-                      help="token-F1 drop (absolute) tolerated beside the statistical test (default: 0.02)")
+    gate.add_argument("--eval-limit", type=int, help="conversations and instruction prompts to score, each (default: 200)")
+    gate.add_argument("--eval-margin", type=float, metavar="POINTS",
+                      help="delta of the gate's test, in points (F1 points for correctness; 1 point = 0.01) (default: 1)")
     gate.add_argument("--force", action="store_true",
-                      help="move traffic even when the new deployment scores worse than the live one")
+                      help="move traffic even when the gate refuses (worse than the live one, or inconclusive)")
     parser.add_argument("--expires-in", metavar="DURATION",
                         help="target azure: tag what this deploy creates to expire (30m, 2h, 1d); "
                         "`python -m deployment.teardown --expired` deletes it afterwards. Default: never expires")

@@ -83,7 +83,7 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     out, err = capsys.readouterr()
     assert "deployment: blue" in out and scoring_server.url in out and "teardown" in out
     assert "price:      about $3.67/h (Standard_NC24ads_A100_v4" in out and "expires:" not in out
-    assert "evaluation: first deployment: f1 1.000 (N=12) recorded as the baseline" in out
+    assert "evaluation: first deployment: correctness 100.0, instructions " in out and "(N=12) recorded as the baseline" in out
     # the flow calls our server through its OpenAI API: the endpoint's base URL and `api: openai`
     base = scoring_server.url.removesuffix("/score")
     assert read_phi_connection() == {"endpoint": base, "api": "openai", "deployment": "blue"}  # the real store
