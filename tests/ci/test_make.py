@@ -35,3 +35,10 @@ def test_test_lints_then_runs_everything_and_lists_the_slowest() -> None:
 def test_azure_smoke_runs_the_smoke_module_on_the_smoke_stack() -> None:
     assert planned("azure-smoke", "DRY_RUN=1")[-1] == ".venv/bin/python -m deployment.smoke --stack smoke --dry-run"
     assert planned("azure-smoke", "STACK=mine")[-1] == ".venv/bin/python -m deployment.smoke --stack mine"
+
+
+def test_test_installs_azurite_from_its_lock_before_the_tests() -> None:
+    """`make test` (CI) installs the pinned Azurite when its lock changed (-W: as if it had), before pytest."""
+    lines = planned("-W", "tools/azurite/package-lock.json", "test")
+    npm = position(lines, "npm ci --prefix tools/azurite")
+    assert npm < position(lines, "-m pytest")
