@@ -33,7 +33,7 @@ from deployment.rollout import Deployment, GateSettings, Retired, Writer, rollou
 
 if TYPE_CHECKING:  # pragma: no cover
     from deployment.gate import Verdict
-    from deployment.scoring import Scores
+    from deployment.scoring import EvalSet, Scores
     from infra.outputs import StackOutputs
 
 LOG_LINES = 50
@@ -264,7 +264,7 @@ class AzureTarget:
         if not self.key:
             raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
         served = self.release.default_model if self.release is not None else self.model.reference
-        return Deployment(new, f"new {new}", served, new)
+        return Deployment(new, f"new {new}", served, new, environment=self.env.reference)
 
     def client(self, deployment: Deployment) -> Any:
         return self.make_client(self.scoring_uri, self.key, deployment.ref)
@@ -274,7 +274,8 @@ class AzureTarget:
         if name is None:
             return None
         current = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
-        return Deployment(name, f"live {name}", served_model(current), name, dict(current.tags or {}))
+        return Deployment(name, f"live {name}", served_model(current), name, dict(current.tags or {}),
+                          environment=str(current.environment or ""))
 
     def _live_tags(self) -> dict[str, str]:
         """The live deployment's tags (where a LoRA release records its adapters); {} when nothing is live."""
@@ -283,6 +284,12 @@ class AzureTarget:
             return {}
         with azure_errors(f"reading the live deployment {name}"):
             return dict(self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name).tags or {})
+
+    def gate_estimate(self, eval_set: "EvalSet") -> str:
+        """The gate's expected time and cost on this instance type (a CPU instance takes far longer than an A100)."""
+        from deployment import gate_cost
+
+        return gate_cost.estimate(self.plan.instance_type, eval_set).sentence()
 
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
         """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""

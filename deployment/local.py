@@ -30,7 +30,7 @@ from deployment.rollout import Deployment, GateSettings, Retired, Writer, rollou
 from training import local_runs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deployment.scoring import Scores
+    from deployment.scoring import EvalSet, Scores
 
 HOST = processes.HOST
 START_TIMEOUT_S = 180.0
@@ -195,6 +195,10 @@ class LocalTarget:
             return None
         return Deployment(f"the running one (port {old.port})", f"live (port {old.port})", model_id(old.model_dir),
                           str(old.pid), _read_tags(old.pid))
+
+    def gate_estimate(self, eval_set: "EvalSet") -> str:
+        """Nothing bills locally; the scoring progress lines show the time."""
+        return ""
 
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
         _write_tags(int(deployment.ref), tags)

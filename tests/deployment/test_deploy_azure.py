@@ -426,8 +426,30 @@ def test_a_fresh_machine_reuses_the_live_scores_from_the_data_asset(
     assert result.verdict.live is not None and result.verdict.comparison.difference.mean == 0.0
     name, _, version = ref.partition(":")
     assert fake_client.index("data.get", name=name, version=version) < fake_client.index("data.download")
-    assert f"live scores read from {ref} (content hash verified)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"live scores read from {ref} (content hash verified)" in err
+    assert "evaluation gate: " in err and " on Standard_" in err  # the expected time and cost, before it runs
     assert fake_client.count("online_deployments.begin_create_or_update", name="blue", update=True) == 0
+
+
+def test_live_scores_from_another_serving_image_are_measured_again(
+    fake_client, outputs, runs, write_connection, scoring_server, fresh_runs
+):
+    """The cache key holds the live deployment's environment: a blue moved to another image is re-scored."""
+    from deployment.gate import TAG_ENVIRONMENT
+
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    assert _eval_tags(fake_client, "blue")[TAG_ENVIRONMENT]
+    fresh_runs()
+    blue = next(d for (_, name), d in fake_client.deployments.items() if name == "blue")
+    blue.environment = str(blue.environment).replace("/versions/", "/versions/older-")
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    before = len(scoring_server.requests)
+
+    _deploy(fake_client, outputs, runs, write_connection)
+
+    asked = {r["deployment"] for r in scoring_server.requests[before:] if "country" in str(r["body"])}
+    assert asked == {"blue", "green"}, "scores from another serving image were reused"
 
 
 def test_a_tampered_scores_asset_is_not_trusted_and_the_live_is_rescored(
