@@ -52,9 +52,10 @@ class DeployPlan:
     force: bool = False
     margin: float | None = None
     expires_at: datetime | None = None
+    instance_count: int = 1  # serving scale (the vLLM issue)
+    base_model: str = definitions.DEFAULT_BASE_MODEL
     adapters: AdapterFlags = field(default_factory=AdapterFlags)
     """LoRA release flags (deployment/adapter_release.py); none given: a merged model is released."""
-    base_model: str = "phi-3.5-mini"
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,9 @@ def _hint(detail: str, instance_type: str) -> str:
             "(portal: Azure ML studio > Quota), or pass a smaller/other --instance-type."
         )
     if "imagebuild" in low or "image build" in low:
-        return " The serving image failed to build: check the environment's build log in Azure ML studio."
+        from deployment.environment import image_build_hint
+
+        return f" The serving image failed to build: {image_build_hint(instance_type)}"
     if "sku" in low and ("not" in low or "invalid" in low):
         return f" {instance_type} is not offered for managed online endpoints here; pass another --instance-type."
     return " The container log above usually says why (the model failed to load, out of memory, a missing package)."
@@ -250,12 +253,14 @@ class AzureTarget:
         deployment = definitions.build_deployment(
             name=new, endpoint_name=self.ep_name, model=self.model.reference, environment=self.env.reference,
             instance_type=self.plan.instance_type, outputs=self.outputs,
+            instance_count=self.plan.instance_count, base_model=self.plan.base_model,
         )
         deployment.tags.update(expiry_tags(self.plan.expires_at))
         if self.release is not None:
             self.release.apply(deployment)
         info = definitions.instance_info(self.plan.instance_type)
-        say(f"    bills{f' about ${info.usd_per_hour:.2f}/h' if info else ' per hour'} from now until deleted; "
+        hourly = info.usd_per_hour * self.plan.instance_count if info else None
+        say(f"    bills{f' about ${hourly:.2f}/h' if hourly else ' per hour'} from now until deleted; "
             "image build + model load take 10-30 minutes")
         wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {new}", interval=self.poll)
         self.scoring_uri = str(self.ml.online_endpoints.get(name=self.ep_name).scoring_uri)

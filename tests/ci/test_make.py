@@ -37,6 +37,17 @@ def test_azure_smoke_runs_the_smoke_module_on_the_smoke_stack() -> None:
     assert planned("azure-smoke", "STACK=mine")[-1] == ".venv/bin/python -m deployment.smoke --stack mine"
 
 
+def test_test_builds_the_vllm_venv_then_requires_it() -> None:
+    """`make test` (so CI on a fresh clone) builds .venv-vllm from its lock before the suite, and the suite
+    then fails, rather than skips, vLLM's tests when that environment is missing."""
+    lines = planned("-B", "test")  # -B: as on a fresh clone, where no stamp exists yet
+    pytest = position(lines, "-m pytest")
+    assert position(lines, "-r requirements-vllm.lock") < pytest
+    assert position(lines, "--no-index torch==2.13.0+cpu") < position(lines, "-r requirements-vllm.lock")
+    assert "download.pytorch.org/whl/cpu" in lines[position(lines, "--no-index torch==2.13.0+cpu")]  # the fallback
+    assert lines[pytest].startswith("FINETUNE_PHI_REQUIRE_VLLM=1 ")
+
+
 def test_test_installs_azurite_from_its_lock_before_the_tests() -> None:
     """`make test` (CI) installs the pinned Azurite when its lock changed (-W: as if it had), before pytest."""
     lines = planned("-W", "tools/azurite/package-lock.json", "test")
