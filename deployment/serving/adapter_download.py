@@ -46,9 +46,13 @@ def local_folders(sources: Mapping[str, str], cache: Path | None = None) -> dict
 def _credential(first: tuple[str, str]):
     """The endpoint identity's credential, with a storage token taken once up front: an identity that gets no
     token fails here at once, not after the storage client's retries (about 80 s) on every request."""
-    from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
-    from azure.core.exceptions import ClientAuthenticationError
-
+    try:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
+    except ImportError:
+        raise AdapterError(f"adapter {first[0]!r} is a blob URL, and this Python has no azure-identity and "
+                           "azure-storage-blob to download it (the serving images install them; locally, give the "
+                           "adapter's folder)") from None
     credential = ManagedIdentityCredential(client_id=os.environ.get(ENV_IDENTITY_CLIENT_ID) or None)
     try:
         credential.get_token(STORAGE_SCOPE)

@@ -96,3 +96,13 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Azurite"]:
         yield emulator
     finally:
         emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_lora_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
+                     tiny_lora_adapters: dict[str, Path]) -> Iterator[str]:
+    """vLLM's CPU build serving the tiny base and two LoRA adapters, `support` and `legal` (the newest, so the
+    default). A server of its own: with adapters, the contract suite's `model` values would name no model."""
+    require_vllm_venv()
+    flags = [arg for name, folder in tiny_lora_adapters.items() for arg in ("--adapter", f"{name}={folder}")]
+    yield from _serve(tmp_path_factory, tiny_model_dir, "--engine", "vllm", *flags, timeout=VLLM_START_S)
