@@ -12,7 +12,8 @@ runs/                        (FINETUNE_PHI_RUNS overrides it, e.g. in tests)
   eval/                      every evaluation's replies and scores; eval/scores/ the gate's cache
   deploy/                    the serving image's staged build context
   smoke/                     the cloud smoke path: state.json, logs/, its Prompt flow home
-  demo/                      the offline demo: logs/, its Prompt flow home
+  demo/                      the offline demo's own runs/ (data/, models/, jobs/, serve/, eval/ ... as above;
+                             `python -m demo` sets FINETUNE_PHI_RUNS to it), logs/, its Prompt flow home and keyring
   bench/                     benchmark reports
   job-check/<job>/           `python -m infra.job_check`: a finished Azure ML job's download
 

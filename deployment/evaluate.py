@@ -14,21 +14,26 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
+from common.values import Range
 from deployment.metrics import DEFAULT_MARGIN
-from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_for, load_eval_set, score_deployment, speaks_openai, table, write_json
+from deployment.connection import PhiConnection
+from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_on, load_eval_set, score_deployment, table, write_json
 from infra.outputs import add_stack_arguments
 
 KEY_ENV = {"a": "EVAL_KEY_A", "b": "EVAL_KEY_B"}
 NO_KEY = "no-key-set"
 """Sent as the bearer token when EVAL_KEY_A / EVAL_KEY_B is unset (a local server checks none)."""
+LIMIT = Range(1, 100_000, integer=True)  # conversations (and instruction prompts) scored; deploy's --eval-limit too
+CONCURRENCY_RANGE = Range(1, 256, integer=True)
+MARGIN = Range(0, 100)  # points of a signal in [0, 1]; deploy's --eval-margin too (NaN would switch the gate off)
 
 
 # -- the command line ------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.evaluate",
         description="Score a deployment on held-out conversations (correctness: token F1 against the reference cut "
         "to the reply's length) and IFEval-style instruction prompts, no judge model; prints a table and writes JSON "
@@ -43,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-file", type=Path, help="JSONL of `messages` rows (default: runs/data/test.jsonl)")
     parser.add_argument("--instructions-file", type=Path,
                         help="instruction prompts in IFEval's JSONL format (default: deployment/eval_data/instructions.jsonl)")
-    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
-                        help="score the first N conversations and the first N instruction prompts (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight (default: %(default)s)")
+    parser.add_argument("--limit", type=LIMIT, default=DEFAULT_LIMIT,
+                        help=f"score the first N conversations and the first N instruction prompts, {LIMIT} "
+                        "(default: %(default)s)")
+    parser.add_argument("--concurrency", type=CONCURRENCY_RANGE, default=CONCURRENCY,
+                        help=f"requests in flight, {CONCURRENCY_RANGE} (default: %(default)s)")
     compare = parser.add_argument_group("comparing two endpoints (A live, B candidate)")
     compare.add_argument("--compare", nargs=2, metavar=("URL_A", "URL_B"),
                          help="OpenAI-compatible base URLs (.../v1); keys from EVAL_KEY_A / EVAL_KEY_B when set")
@@ -53,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--model-b", help="the `model` to request from B (default: none sent)")
     compare.add_argument("--deployment-a", help="A's azureml-model-deployment header (an Azure endpoint's deployment)")
     compare.add_argument("--deployment-b", help="B's azureml-model-deployment header")
-    compare.add_argument("--eval-margin", type=float, default=DEFAULT_MARGIN, metavar="POINTS",
+    compare.add_argument("--eval-margin", type=MARGIN, default=DEFAULT_MARGIN, metavar="POINTS",
                          help="delta of the gate's test in points of each signal (F1 points for correctness, "
-                         "1 point = 0.01): B is worse only if its mean is below A's by more than this beyond the "
-                         "noise (default: %(default)s)")
+                         f"1 point = 0.01), {MARGIN}: B is worse only if its mean is below A's by more than this "
+                         "beyond the noise (default: %(default)s)")
     compare.add_argument("--judge", metavar="URL", help="an OpenAI-compatible judge model: adds a pairwise win rate "
                          "(both answer orders; key from EVAL_JUDGE_KEY); it informs and does not decide")
     compare.add_argument("--judge-model", metavar="ID", help="the judge's `model`")
@@ -89,8 +96,7 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, str, str, str]:
     if record is None or not is_our_server(record.pid, record.port):
         raise UserError("no local endpoint is running: start one with `python -m deployment.deploy --target local`.")
     # The local server checks no key; the flow's client needs one.
-    api = "openai" if speaks_openai(record.url) else None
-    return client_for(record.url, secrets.token_urlsafe(16), api=api), "local", str(record.model_dir), ""
+    return client_on(PhiConnection.probed(record.url, secrets.token_urlsafe(16))), "local", str(record.model_dir), ""
 
 
 def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str, str]:
@@ -111,7 +117,7 @@ def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str, str]:
             raise UserError(f"endpoint {name} has no deployment: deploy one with `python -m deployment.deploy`.")
         found = ml_client.online_deployments.get(name=deployment, endpoint_name=name)
         key = ml_client.online_endpoints.get_keys(name=name).primary_key
-    client = client_for(str(endpoint.scoring_uri), key, deployment, api="openai")
+    client = client_on(PhiConnection.probed(str(endpoint.scoring_uri), key, deployment))  # where its /v1 answers
     return client, f"{name}/{deployment}", str(found.model), str(found.environment or "")
 
 
@@ -134,7 +140,7 @@ def _side(url: str, side: str, model: str | None, deployment: str | None) -> Any
 
     if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
         raise UserError(f"--compare {side.upper()}: {url!r} is not an http(s) URL; pass the endpoint's base URL (.../v1)")
-    return client_for(url, os.environ.get(KEY_ENV[side]) or NO_KEY, deployment, api="openai", model=model)
+    return client_on(PhiConnection(url, os.environ.get(KEY_ENV[side]) or NO_KEY, deployment, api="openai"), model)
 
 
 def compare_endpoints(args: argparse.Namespace) -> int:
@@ -153,8 +159,8 @@ def compare_endpoints(args: argparse.Namespace) -> int:
     if args.judge:
         from deployment import judge
 
-        judge_client = client_for(args.judge, os.environ.get(judge.KEY_ENV) or NO_KEY, api="openai",
-                                  model=args.judge_model)
+        judge_client = client_on(PhiConnection(args.judge, os.environ.get(judge.KEY_ENV) or NO_KEY, api="openai"),
+                                 args.judge_model)
         say(f"    {judge.pairwise(judge_client, new, live, concurrency=args.concurrency).sentence()}")
     print(f"{verdict.outcome}: {verdict.summary()}")
     return verdict.exit_code

@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from common.cli import UserError, run_cli, say, step
+from common.cli import ArgumentParser, UserError, run_cli, say, step
 from common.files import write_atomic
 from training.bench_data import synthetic_rows, synthetic_words, write_jsonl  # noqa: F401 (bench.synthetic_* stay reachable)
 
@@ -589,7 +589,7 @@ def machine_markdown(machine: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training.bench",
         description="Training throughput of the project's trainer per configuration (tokens/s, step time, peak memory, "
                     "MFU, loss), and with --suite other the other speeds users feel. See docs/BENCHMARKS.md.",

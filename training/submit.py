@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, add_verbose_argument, run_cli, say
 from infra.outputs import add_stack_arguments
 from training import hyperparams, local_runs, models
 from training.discovery import EXPERIMENT_NAME
 from training.jobs import DEFAULT_SHM_SIZE
-from training.trainer import settings
 
 TINY = "tiny"
 
@@ -45,7 +44,7 @@ def _shm_size(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = settings.ArgumentParser(  # one-line errors; usage with --help
+    parser = ArgumentParser(
         prog="python -m training.submit",
         description=(
             "Fine-tune a Phi model: submit an Azure ML job on the stack's cluster (default), or train "
@@ -89,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "output), a local job name under runs/jobs, or a checkpoint folder")
     again.add_argument("--force", action="store_true",
                        help="with --resume-from: accept a checkpoint of another run key or world size")
+    add_verbose_argument(how)
     hyperparams.add_arguments(parser)
     return parser
 
