@@ -93,3 +93,23 @@ def test_another_identity_gets_no_token(identity, monkeypatch, stored, tmp_path)
 
 def test_local_folders_are_used_in_place(tiny_lora_adapters) -> None:
     assert local_folders({"support": str(tiny_lora_adapters["support"])}) == {"support": tiny_lora_adapters["support"]}
+
+
+def test_the_start_stops_with_one_line_naming_the_missing_blob(identity, azurite, tiny_lora_adapters, tiny_model_dir,
+                                                               tmp_path, monkeypatch) -> None:
+    """The server's start-up step (cli.prepare_adapters, before the port opens) on the container's settings:
+    $PHI_SERVE_ADAPTERS as deploy sets it, one adapter's weights missing from storage."""
+    import json
+
+    from deployment.serving.cli import StartupError, build_parser, prepare_adapters
+
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes((tiny_lora_adapters["support"] / "adapter_config.json").read_bytes())
+    good = azurite.upload_folder(tiny_lora_adapters["support"], "azureml-blobstore", "azureml/job-good/model/adapter")
+    broken = azurite.upload_folder(folder, "azureml-blobstore", "azureml/job-broken/model/adapter")
+    monkeypatch.setenv("PHI_SERVE_ADAPTERS", json.dumps({"support": good, "legal": broken}))
+    args = build_parser().parse_args(["--model-dir", str(tiny_model_dir)])
+    with pytest.raises(StartupError) as err:
+        prepare_adapters(args, "vllm", "phi-base")
+    assert str(err.value) == f"adapter 'legal': blob {broken}/adapter_model.safetensors is missing"
