@@ -4,6 +4,8 @@ PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
+AZURITE := tools/azurite
+AZURITE_STAMP := $(AZURITE)/node_modules/.install-complete
 # vLLM's CPU build lives in its own venv: it pins torch==2.13.0+cpu and transformers<5.20 (docs/SERVING.md).
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.setup-complete
@@ -16,7 +18,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # and the README's commands run the same without make.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup vllm lint test check demo bench azure-smoke lock lock-local lock-cloud lock-vllm clean help
+.PHONY: setup azurite vllm lint test check demo bench azure-smoke lock lock-local lock-cloud lock-vllm clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -50,12 +52,19 @@ $(VLLM_STAMP): requirements-vllm.lock
 	@touch $(VLLM_STAMP)
 	@echo "==> $(VLLM_VENV) is ready: python -m deployment.serve --engine vllm --model-dir DIR"
 
+azurite: $(AZURITE_STAMP)  ## Azurite, the Azure Storage emulator, for the adapter download tests (npm ci into tools/azurite/)
+
+$(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json
+	@echo "==> installing Azurite (the pinned tools/azurite/package-lock.json) into $(AZURITE)/node_modules"
+	npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 lint: setup  ## ruff, and actionlint on .github/workflows
 	$(VENV)/bin/ruff check .
 	@# shellcheck and pyflakes off: actionlint would use them only where installed, so results would differ by machine
 	$(VENV)/bin/actionlint -shellcheck= -pyflakes=
 
-test: lint vllm  ## lint, then the whole test suite, both serving engines (sets up first if needed); CI runs this
+test: lint vllm azurite  ## lint, then the whole test suite, both serving engines (sets up first if needed); CI runs this
 	FINETUNE_PHI_REQUIRE_VLLM=1 $(PYTHON) -m pytest --durations=15 $(PYTEST_ARGS)
 
 check: lint  ## the inner loop: lint and the tests that take seconds (not slow, not e2e)

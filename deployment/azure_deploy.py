@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from common.azure import azure_errors, propagation_failure, propagation_hint, wait
 from common.cli import UserError, first_line, say, step
 from deployment import definitions
+from deployment.adapter_release import AdapterFlags, Release, served_model
 from deployment.connection import PhiConnection, save
 from deployment.environment import serving_environment
 from deployment.expiry import DELETE_AFTER, expiry_tags
@@ -54,6 +55,8 @@ class DeployPlan:
     expires_at: datetime | None = None
     instance_count: int = 1  # serving scale (the vLLM issue)
     base_model: str = definitions.DEFAULT_BASE_MODEL
+    adapters: AdapterFlags = field(default_factory=AdapterFlags)
+    """LoRA release flags (deployment/adapter_release.py); none given: a merged model is released."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class DeployResult:
     replaced: tuple[str, ...]
     smoke_answer: str
     verdict: "Verdict | None" = None
+    release: Release | None = None
 
 
 @dataclass(frozen=True)
@@ -215,11 +219,23 @@ class AzureTarget:
         return contextlib.nullcontext()  # Azure's own operations serialize concurrent updates
 
     def prepare(self) -> None:
-        with step("register the model"):
-            self.model = resolve_model(self.ml, self.plan.choice)
+        self.release: Release | None = None
+        if self.plan.adapters.given:
+            from deployment.base_model import base_for, ensure_base
+
+            with step("the base model (registered once per workspace)"):
+                self.model = ensure_base(self.ml, self.outputs, base_for(self.plan.base_model))
+        else:
+            with step("register the model"):
+                self.model = resolve_model(self.ml, self.plan.choice)
         with step(f"endpoint {self.ep_name}"):
             endpoint, self.created = self._endpoint()
             self.slots = self._slots(endpoint)
+        if self.plan.adapters.given:
+            from deployment.adapter_release import plan_release
+
+            with step("the adapters: the live deployment's, plus the new, minus the retired"):
+                self.release = plan_release(self.ml, self.model, self._live_tags(), self.plan.adapters)
         with step("serving environment"):
             self.env = self._environment()
 
@@ -247,6 +263,8 @@ class AzureTarget:
             instance_count=self.plan.instance_count, base_model=self.plan.base_model,
         )
         deployment.tags.update(expiry_tags(self.plan.expires_at))
+        if self.release is not None:
+            self.release.apply(deployment)
         info = definitions.instance_info(self.plan.instance_type)
         hourly = info.usd_per_hour * self.plan.instance_count if info else None
         say(f"    bills{f' about ${hourly:.2f}/h' if hourly else ' per hour'} from now until deleted; "
@@ -258,7 +276,8 @@ class AzureTarget:
         if not self.key:
             raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
         self.route = PhiConnection.probed(self.scoring_uri, self.key, new)  # before the smoke test
-        return Deployment(new, f"new {new}", self.model.reference, new, environment=self.env.reference)
+        served = self.release.default_model if self.release is not None else self.model.reference
+        return Deployment(new, f"new {new}", served, new, environment=self.env.reference)
 
     def client(self, deployment: Deployment) -> Any:
         return self.make_client(self.connection(deployment))
@@ -268,8 +287,16 @@ class AzureTarget:
         if name is None:
             return None
         current = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
-        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}),
+        return Deployment(name, f"live {name}", served_model(current), name, dict(current.tags or {}),
                           environment=str(current.environment or ""))
+
+    def _live_tags(self) -> dict[str, str]:
+        """The live deployment's tags (where a LoRA release records its adapters); {} when nothing is live."""
+        name = self.slots.main_live
+        if name is None:
+            return {}
+        with azure_errors(f"reading the live deployment {name}"):
+            return dict(self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name).tags or {})
 
     def gate_estimate(self, eval_set: "EvalSet") -> str:
         """The gate's expected time and cost on this instance type (a CPU instance takes far longer than an A100)."""
@@ -440,7 +467,7 @@ def deploy_to_azure(
     settings = GateSettings(plan.eval_file, plan.eval_limit, plan.force, plan.margin)
     done = rollout(target, settings, writers)
     return DeployResult(target.ep_name, done.new.ref, target.scoring_uri, target.model, target.created,
-                        done.retired.replaced, done.smoke_answer, done.verdict)
+                        done.retired.replaced, done.smoke_answer, done.verdict, target.release)
 
 
 def _current_traffic(ml_client: Any, endpoint: str) -> dict[str, int] | None:

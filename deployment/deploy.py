@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the fine-tune's base model, for sizing concurrency, timeout and vLLM's caps per "
                              "instance type (default phi-3.5-mini; deployment/sizing.py)")
     parser.add_argument("--endpoint-name", help="endpoint name (default: phi3-chat-<hash of the workspace>)")
+    lora = parser.add_argument_group("LoRA releases on GPU instance types (docs/DEPLOY.md)")
+    lora.add_argument("--adapter", action="append", default=[], metavar="NAME=JOB|azureml:NAME:VERSION",
+                      help="release a LoRA job's adapter (or a registered adapter) under NAME onto the workspace's "
+                           "registered base, beside the live deployment's adapters; repeatable")
+    lora.add_argument("--default-adapter", metavar="NAME",
+                      help="the adapter that answers requests without `model` (default: the newest released)")
+    lora.add_argument("--retire-adapter", action="append", default=[], metavar="NAME",
+                      help="stop serving NAME in this release; repeatable")
     parser.add_argument("--port", type=int, help="target local: port on 127.0.0.1 (default: a free one)")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the endpoint and deployment definitions as YAML and stop"
@@ -94,7 +102,30 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"{', '.join(bad)} apply to --target azure only; --target local takes --model-dir and --port.")
     elif args.model_dir or args.port:
         raise UserError("--model-dir and --port apply to --target local; for azure pick the model with --job or --model.")
-    _expires_at(args)  # a bad duration fails before anything else
+    _adapter_flags(args)  # a malformed or misplaced adapter flag fails before anything else, as a bad duration does
+    _expires_at(args)
+
+
+def _adapter_flags(args: argparse.Namespace):
+    """The LoRA flags, checked: GPU instance types on Azure only, and not mixed with a merged model."""
+    from deployment.adapter_release import parse_flags
+    from deployment.definitions import instance_info
+
+    flags = parse_flags(args.adapter, args.default_adapter, args.retire_adapter)
+    if not flags.given:
+        return flags
+    if args.target == "local":
+        raise UserError("--adapter, --default-adapter and --retire-adapter apply to --target azure (a GPU deployment "
+                        "on vLLM); locally, serve adapters with `python -m deployment.serve --engine vllm --adapter ...`")
+    if args.job or args.model:
+        raise UserError("--job/--model release a merged model; --adapter releases LoRA adapters onto the base: "
+                        "pass one or the other")
+    info = instance_info(args.instance_type)
+    if info is not None and not info.gpus:
+        raise UserError(f"{args.instance_type} is a CPU instance type, which serves merged models only (the "
+                        "transformers engine): release the job's merged model with --job, or pick a GPU "
+                        "--instance-type for LoRA adapters")
+    return flags
 
 
 def _expires_at(args: argparse.Namespace) -> datetime | None:
@@ -111,7 +142,10 @@ def _dry_run(args: argparse.Namespace) -> int:
 
     outputs = load_stack_outputs(args.outputs_file, args.stack)
     name = definitions.check_endpoint_name(args.endpoint_name or definitions.default_endpoint_name(outputs))
-    if args.model:
+    flags = _adapter_flags(args)
+    if flags.given:
+        model, release_settings = _dry_run_release(args, flags)
+    elif args.model:
         model_name, version = parse_model_ref(args.model)
         model: object = f"azureml:{model_name}:{version}"
     elif args.job:
@@ -136,6 +170,9 @@ def _dry_run(args: argparse.Namespace) -> int:
     )
     from deployment.expiry import expiry_tags
 
+    if flags.given:
+        deployment.environment_variables.update(release_settings[0])
+        deployment.tags.update(release_settings[1])
     for entity in (endpoint, deployment):
         entity.tags.update(expiry_tags(_expires_at(args)))
     sys.stdout.write(definitions.definitions_yaml([endpoint, deployment]))
@@ -145,6 +182,20 @@ def _dry_run(args: argparse.Namespace) -> int:
     say(f"price: {_price(args.instance_type, args.instance_count)}")
     say("dry run: nothing was created (blue is the first slot; later deploys alternate blue/green)")
     return 0
+
+
+def _dry_run_release(args: argparse.Namespace, flags) -> tuple[str, tuple[dict[str, str], dict[str, str]]]:
+    """The base (mounted as the deployment's model) and the adapter settings, as far as they are known offline:
+    each new adapter by its job output path (the real deploy resolves it to its storage URL), no live ones."""
+    from deployment.adapter_release import dry_run_release
+    from deployment.base_model import base_for
+
+    base = base_for(args.base_model)
+    release = dry_run_release(base.asset_name, flags)
+    say(f"note: LoRA release onto {base.hub_id}@{base.revision[:12]} (model asset {base.asset_name}, registered once "
+        "per workspace by a download job the first time); the real deploy adds the live deployment's adapters "
+        f"(minus {', '.join(flags.retire) or 'none retired'}) and passes each adapter's storage URL")
+    return f"azureml:{base.asset_name}@latest", (release.environment(), release.tags())
 
 
 def _azure(args: argparse.Namespace) -> int:
@@ -177,6 +228,7 @@ def _azure(args: argparse.Namespace) -> int:
         margin=args.eval_margin,
         expires_at=_expires_at(args),
         instance_count=args.instance_count,
+        adapters=_adapter_flags(args),
         base_model=args.base_model,
     )
     ml_client = azure_edge.make_ml_client(outputs)
@@ -189,6 +241,9 @@ def _azure(args: argparse.Namespace) -> int:
     print(f"price:      {_price(args.instance_type, args.instance_count)}")
     print(f"model:      {result.model.name}:{result.model.version}"
           + (f" (from job {result.model.source_job})" if result.model.source_job else ""))
+    if result.release is not None:
+        print(f"adapters:   {', '.join(result.release.adapters)} (default {result.release.default}; "
+              "pick one per request with the OpenAI `model` field)")
     print(f"scoring:    {result.scoring_uri}")
     if result.replaced:
         print(f"replaced:   {', '.join(result.replaced)} (deleted)")

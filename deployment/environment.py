@@ -91,6 +91,11 @@ def build_context_files(pyproject: Path = PYPROJECT) -> dict[str, bytes]:
             "constraints.txt": ("\n".join(constraints) + "\n").encode()}
 
 
+VLLM_IMAGE_ADDS = ("azure-identity", "azure-storage-blob", "azure-core", "msal", "msal-extensions")
+"""What the GPU image installs on top of vLLM's: the LoRA adapters' start-up download as the endpoint identity
+(deployment/serving/adapter_download.py), at the cloud lock's pins; the rest of their dependencies are the image's."""
+
+
 def vllm_context_files(package: Path = SERVING_PACKAGE) -> dict[str, bytes]:
     """The GPU image's build context: the server package on vLLM's image, whose CUDA must suit Azure ML's
     driver (checked here, where the image is defined, before anything is registered or billed)."""
@@ -100,7 +105,7 @@ def vllm_context_files(package: Path = SERVING_PACKAGE) -> dict[str, bytes]:
     problem = image_driver_problem(base_image(files["Dockerfile"]))
     if problem:
         raise UserError(f"the GPU serving image ({package / DOCKERFILES['vllm']}) cannot run on Azure ML: {problem}")
-    return files
+    return {**files, "requirements.txt": ("\n".join(cloud_lock.pins_for(VLLM_IMAGE_ADDS)) + "\n").encode()}
 
 
 def engine_for(instance_type: str) -> str:

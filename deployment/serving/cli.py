@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from deployment.serving.adapters import add_adapter_arguments
 from deployment.serving.engines import ENGINES, choose, vllm_installed
 
 DEFAULT_HOST = "127.0.0.1"
@@ -55,10 +56,10 @@ def build_parser(prog: str = "python -m deployment.serve") -> argparse.ArgumentP
     parser.add_argument("--engine", choices=ENGINES, default=os.environ.get(ENV_ENGINE) or "auto",
                         help="auto (default; or $PHI_SERVE_ENGINE): vLLM on a CUDA GPU where vLLM is installed, "
                              "else transformers' continuous batching; vllm locally runs vLLM's CPU build (`make vllm`)")
-    # LoRA adapters (--adapter NAME=DIR, repeatable) join here: the adapters issue, on the vLLM engine.
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow running Python code shipped in the model folder, for an architecture "
                              "transformers does not ship (never needed for Phi-3/Phi-4)")
+    add_adapter_arguments(parser)
     return parser
 
 
@@ -124,6 +125,24 @@ def check_port_free(host: str, port: int) -> None:
             raise StartupError(f"cannot bind {host}:{port}: {err.strerror}") from None
 
 
+def prepare_adapters(args: argparse.Namespace, engine: str, base_name: str):
+    """(the model-name rule, NAME -> Adapter): flags or $PHI_SERVE_ADAPTERS checked, blob URLs downloaded.
+    Runs before the port opens, so a missing adapter stops the start with one line."""
+    from deployment.serving.adapter_download import local_folders
+    from deployment.serving.adapters import (ENV_ADAPTERS, AdapterError, ModelNames, adapter_sources, read_adapter,
+                                             require_lora_engine)
+
+    try:
+        sources = adapter_sources(args.adapter, os.environ.get(ENV_ADAPTERS))
+        if sources:
+            require_lora_engine(engine)
+        names = ModelNames.build(base_name, list(sources), args.default_adapter)
+        adapters = {name: read_adapter(name, folder) for name, folder in local_folders(sources).items()}
+    except AdapterError as err:
+        raise StartupError(str(err)) from None
+    return names, adapters
+
+
 def default_model_name(model_dir: Path) -> str:
     """The folder's name; for Azure ML's mount layout (<name>/<version>) the registered model's name."""
     if model_dir.name.isdigit() and model_dir.parent.name:
@@ -131,7 +150,7 @@ def default_model_name(model_dir: Path) -> str:
     return model_dir.name
 
 
-def serve(location, args: argparse.Namespace, model_name: str) -> int:
+def serve(location, args: argparse.Namespace, model_name: str, names=None, adapters=None) -> int:
     """Serve until stopped; the model loads in the background while /live already answers. Returns the exit code."""
     import uvicorn
 
@@ -140,7 +159,7 @@ def serve(location, args: argparse.Namespace, model_name: str) -> int:
     from deployment.serving.protocol import uvicorn_settings
     from deployment.serving.state import Server
 
-    server = Server(model_name)
+    server = Server(model_name, names)
     exit_code = 0
 
     def load() -> None:
@@ -148,7 +167,7 @@ def serve(location, args: argparse.Namespace, model_name: str) -> int:
         started = time.perf_counter()
         try:
             engine = load_engine(args.engine, location, model_name, trust_remote_code=args.trust_remote_code,
-                                 accept_longrope_coupling=args.accept_longrope_coupling)
+                                 accept_longrope_coupling=args.accept_longrope_coupling, adapters=adapters)
         except Exception as err:  # noqa: BLE001 - one message, then stop the server
             server.load_error = f"the model failed to load: {type(err).__name__}: {str(err)[:300]}"
             logger.error("error: %s", server.load_error)
@@ -181,10 +200,11 @@ def start(argv: Sequence[str] | None, prog: str) -> int:
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     args.engine = engine  # auto, resolved
+    names, adapters = prepare_adapters(args, engine, name)
     gate = "a key required" if args.api_key else "no key"
     print(f"serving the {location.describe()} as {name!r} on the {engine} engine at http://{args.host}:{args.port} "
           f"with {gate} (/v1/chat/completions, /score, /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
-    return serve(location, args, name)
+    return serve(location, args, name, names, adapters)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m deployment.serve") -> int:

@@ -31,9 +31,9 @@ ROLES = ("system", "user", "assistant")
 # /score parameters. Tutorials' clients also send do_sample and return_full_text: do_sample=false
 # forces greedy decoding; return_full_text is accepted and ignored (replies never repeat the prompt).
 SCORE_PARAMETERS = ("max_tokens", "max_new_tokens", "temperature", "top_p", "do_sample", "return_full_text")
-# OpenAI fields accepted and ignored: they name the model (one is served), or carry metadata.
-OPENAI_IGNORED = ("model", "user", "metadata", "store", "seed", "service_tier", "parallel_tool_calls")
-OPENAI_FIELDS = ("messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
+# OpenAI fields accepted and ignored: metadata. `model` is kept for the model-name rule (adapters.py).
+OPENAI_IGNORED = ("user", "metadata", "store", "seed", "service_tier", "parallel_tool_calls")
+OPENAI_FIELDS = ("messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
                  "stream_options", "n", "frequency_penalty", "presence_penalty", "logprobs", "response_format",
                  *OPENAI_IGNORED)
 
@@ -54,6 +54,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk carrying usage
+    model: Any = None  # the OpenAI request's `model`, as sent; /score dialects name none
 
 
 # -- JSON ------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def parse_chat_completion(body: Any, cap: int) -> ChatRequest:
         raise RequestError("stream_options must be an object")
     include_usage = bool((options or {}).get("include_usage"))
     return ChatRequest(messages, max_tokens, temperature, top_p, "openai", _stop(body.get("stop")),
-                       bool(stream), include_usage)
+                       bool(stream), include_usage, body.get("model"))
 
 
 def parse_score(body: Any, cap: int) -> ChatRequest:

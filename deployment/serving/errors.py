@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from deployment.serving.adapters import UnknownModel
 from deployment.serving.dialects import RequestError
 from deployment.serving.engines.base import EngineError, PromptRefused
 from deployment.serving.state import Unavailable
@@ -61,6 +62,10 @@ async def _request_error(request: Request, err: Exception) -> JSONResponse:
     return error_response(request.url.path, 400, str(err), code)
 
 
+async def _unknown_model(request: Request, err: UnknownModel) -> JSONResponse:
+    return error_response(request.url.path, 404, str(err), "model_not_found")
+
+
 async def _unavailable(request: Request, err: Unavailable) -> JSONResponse:
     return error_response(request.url.path, 503, str(err))
 
@@ -90,6 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(PromptRefused, _request_error)
+    app.add_exception_handler(UnknownModel, _unknown_model)
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(BodyTooLarge, _body_too_large)

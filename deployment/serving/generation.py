@@ -18,8 +18,9 @@ from deployment.serving.errors import ClientGone
 CHARS_PER_TOKEN_BOUND = 64  # no tokenizer turns more characters than this into one token
 
 
-async def prepare(engine: Engine, request: ChatRequest) -> tuple[list[int], Sampling]:
-    """Tokenize and check the prompt against the context cap; the reply's budget is what remains."""
+async def prepare(engine: Engine, request: ChatRequest, adapter: str | None = None) -> tuple[list[int], Sampling]:
+    """Tokenize and check the prompt against the context cap; the reply's budget is what remains.
+    `adapter`: the LoRA adapter that answers (ModelNames.pick), None for the base model."""
     limits = engine.limits
     if sum(len(m["content"]) for m in request.messages) > limits.context_tokens * CHARS_PER_TOKEN_BOUND:
         raise RequestError(f"the prompt is far longer than the context cap of {limits.context_tokens} tokens: "
@@ -29,7 +30,7 @@ async def prepare(engine: Engine, request: ChatRequest) -> tuple[list[int], Samp
         raise RequestError(f"the prompt is {len(ids)} tokens; this server's context cap is {limits.context_tokens} "
                            "tokens (prompt and reply together): send a shorter conversation")
     max_new = min(request.max_tokens, limits.context_tokens - len(ids))  # near the cap the reply is cut: "length"
-    return ids, Sampling(max_new, request.temperature, request.top_p, request.stop)
+    return ids, Sampling(max_new, request.temperature, request.top_p, request.stop, adapter)
 
 
 async def complete(engine: Engine, ids: list[int], sampling: Sampling, request_id: str) -> tuple[str, str, int]:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from deployment.serving.adapters import ModelNames
 from deployment.serving.engines.base import Engine
 
 
@@ -17,8 +18,9 @@ class Unavailable(Exception):
 class Server:
     """Holds the engine once it is loaded; the routes read it through `server()` / `ready_engine()`."""
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, names: ModelNames | None = None) -> None:
         self.model_id = model_id
+        self.names = names or ModelNames.build(model_id, ())  # which model answers a request's `model`
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.created = int(time.time())

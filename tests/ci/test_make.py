@@ -46,3 +46,10 @@ def test_test_builds_the_vllm_venv_then_requires_it() -> None:
     assert position(lines, "--no-index torch==2.13.0+cpu") < position(lines, "-r requirements-vllm.lock")
     assert "download.pytorch.org/whl/cpu" in lines[position(lines, "--no-index torch==2.13.0+cpu")]  # the fallback
     assert lines[pytest].startswith("FINETUNE_PHI_REQUIRE_VLLM=1 ")
+
+
+def test_test_installs_azurite_from_its_lock_before_the_tests() -> None:
+    """`make test` (CI) installs the pinned Azurite when its lock changed (-W: as if it had), before pytest."""
+    lines = planned("-W", "tools/azurite/package-lock.json", "test")
+    npm = position(lines, "npm ci --prefix tools/azurite")
+    assert npm < position(lines, "-m pytest")

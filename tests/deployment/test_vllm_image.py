@@ -44,7 +44,10 @@ def test_gpu_types_run_the_pinned_cuda12_vllm_image(instance_type: str, repo_roo
     assert "ENTRYPOINT []" in docker  # never the image's own `vllm serve` (vLLM's app and its admin routes)
     cmd = json.loads(docker[-1].removeprefix("CMD "))[-1]
     assert "-m deployment.serving --engine vllm --model-dir \"$AZUREML_MODEL_DIR\" --host 0.0.0.0 --port 8000" in cmd
-    assert "requirements.txt" not in env.files  # the image brings vLLM, torch, transformers, fastapi, uvicorn
+    # the image brings vLLM, torch, transformers, fastapi, uvicorn; on top only the adapter download's packages
+    added = env.files["requirements.txt"].decode().split()
+    assert [pin.split("==")[0] for pin in added] == ["azure-identity", "azure-storage-blob", "azure-core", "msal",
+                                                     "msal-extensions"] and all("==" in pin for pin in added)
     assert env != serving_environment(CPU)
 
 

@@ -222,10 +222,13 @@ class FakeModels(_Ops):
         return [copy.deepcopy(m) for m in self._client.model_store if name is None or m.name == name]
 
     def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
+        """The model as the service returns it: a job output's path resolved to where the job wrote it."""
         self._record("get", name=name, version=version)
         for m in self._client.model_store:
             if m.name == name and str(m.version) == str(version):
-                return copy.deepcopy(m)
+                found = copy.deepcopy(m)
+                found.path = self._client.resolved(str(found.path))
+                return found
         raise _not_found(f"model {name}:{version}")
 
     def create_or_update(self, model: Any) -> Any:
@@ -389,6 +392,19 @@ class FakeConnections(_Ops):
         return WorkspaceConnection._from_rest_object(rest_obj=rest)  # what the SDK parses from the response
 
 
+class FakeDatastores(_Ops):
+    """The workspace's blob datastores, as real entities (the storage edge: download_from_storage is FakeData's)."""
+
+    def get(self, name: str) -> Any:
+        from azure.ai.ml.entities import AzureBlobDatastore
+
+        self._record("get", name=name)
+        if name not in ("workspaceblobstore", "workspaceartifactstore"):
+            raise _not_found(f"datastore {name}")
+        return AzureBlobDatastore(name=name, account_name=self._client.storage_account,
+                                  container_name=f"azureml-blobstore-{SUBSCRIPTION[:8]}")
+
+
 class FakeMLClient:
     """The workspace client. `on_stream(jobs, name)` decides how `jobs.stream` ends (default: the job completes)."""
 
@@ -425,7 +441,20 @@ class FakeMLClient:
         self.jobs = FakeJobs(self, "jobs")
         self.workspaces = FakeWorkspaces(self, "workspaces")
         self.connections = FakeConnections(self, "connections")
-        self.datastores = _Ops(self, "datastores")  # only handed to the storage download (FakeData.download_from_storage)
+        self.datastores = FakeDatastores(self, "datastores")
+        self.storage_account = "stmlwtest"
+
+    def resolved(self, path: str) -> str:
+        """A job output's `azureml://jobs/J/outputs/O[/paths/P]` where Azure ML v2 jobs write it by default:
+        `azureml/J/O/P` on workspaceblobstore, in the long form the service returns."""
+        import re
+
+        match = re.fullmatch(r"azureml://jobs/([^/]+)/outputs/([^/]+)(?:/paths/(.*))?", path)
+        if not match:
+            return path
+        job, output, sub = match.groups()
+        return (f"azureml://subscriptions/{SUBSCRIPTION}/resourcegroups/rg-test/workspaces/{self.workspace_name}"
+                f"/datastores/workspaceblobstore/paths/azureml/{job}/{output}" + (f"/{sub}" if sub else ""))
 
     def models_by_ref(self) -> set[str]:
         return {f"{m.name}:{m.version}" for m in self.model_store}

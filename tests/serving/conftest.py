@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from deployment.serve import REPO_ROOT, VLLM_PYTHON
 from serving.helpers import start_server, stop
+
+if TYPE_CHECKING:
+    from serving.azurite import Azurite
 
 VLLM_START_S = 600  # engine start is about 60 s on 2 idle cores; a busy machine takes several times that
 
@@ -71,3 +74,35 @@ def transformers_519_server(tmp_path_factory: pytest.TempPathFactory, tiny_model
 @pytest.fixture(scope="module")
 def inference_server(transformers_server: str) -> str:
     return transformers_server
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_adapters(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    """Two LoRA adapters of the tiny model, of different ranks, that answer differently: NAME -> PEFT folder."""
+    from serving.lora import make_lora_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    return {"support": make_lora_adapter(tiny_model_dir, root / "support", rank=8, seed=1),
+            "legal": make_lora_adapter(tiny_model_dir, root / "legal", rank=16, seed=2)}
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Azurite"]:
+    """Azurite's blob service over HTTPS with OAuth (serving/azurite.py), once per session."""
+    from serving.azurite import start_azurite
+
+    emulator = start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_lora_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
+                     tiny_lora_adapters: dict[str, Path]) -> Iterator[str]:
+    """vLLM's CPU build serving the tiny base and two LoRA adapters, `support` and `legal` (the newest, so the
+    default). A server of its own: with adapters, the contract suite's `model` values would name no model."""
+    require_vllm_venv()
+    flags = [arg for name, folder in tiny_lora_adapters.items() for arg in ("--adapter", f"{name}={folder}")]
+    yield from _serve(tmp_path_factory, tiny_model_dir, "--engine", "vllm", *flags, timeout=VLLM_START_S)

@@ -171,6 +171,28 @@ def test_lora_trains_fp32_adapters_and_saves_a_merged_model(fine_tune, tiny_mode
     assert summary["eval_loss_after"] < summary["eval_loss_before"]
     saved = {p.name for p in (tmp_path / "model" / "model").iterdir()}
     assert "model.safetensors" in saved and "adapter_config.json" not in saved  # merged: a plain model
+    _adapter_beside_is_the_merged_model(tmp_path / "model", tiny_model_dir, summary)
+
+
+def _adapter_beside_is_the_merged_model(out: Path, base_dir: Path, summary: dict) -> None:
+    """The PEFT adapter in adapter/ records its base, and merged into that base it is the merged model saved."""
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["base_model_name_or_path"]) == ("LORA", 8, str(base_dir))
+    assert "revision" in config and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert summary["adapter"] == {"path": "adapter", "base_model": str(base_dir), "base_revision": None}
+    assert json.loads((out / "summary.json").read_text())["adapter"]["path"] == "adapter"
+    merged = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
+    rebuilt = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                        out / "adapter").merge_and_unload()
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, rebuilt(ids).logits, atol=1e-4)
 
 
 def test_lora_target_modules_matching_nothing_is_one_clear_error(fine_tune, tiny_model_dir, sample_data_dir, tmp_path,

@@ -58,6 +58,7 @@ from .tracking import MAX_PARAM_CHARS, SUMMARY_FILE, bounded_params  # noqa: F40
 KEEP_COLUMNS = ("messages",)  # ultrachat's `prompt` would send TRL down the prompt/completion path
 ROLES = ("system", "user", "assistant")
 MAX_LISTED_PROBLEMS = 5
+ADAPTER_DIR = "adapter"  # LoRA runs: the PEFT adapter, beside the merged model (deploy releases it onto the base)
 
 log = logging.getLogger("fine_tune")
 
@@ -717,11 +718,34 @@ def evaluate_train_evaluate(trainer, args: Settings, plan: Plan, *, resume: chec
             "overlong": plan.overlong, "plan": asdict(plan), "settings": asdict(args)}
 
 
-def save(trainer, runtime: Runtime, args: Settings, summary: Mapping[str, Any]) -> Path:
-    """The one copy of the model: MLflow model + summary.json in --output_dir (the job's `model` output)."""
-    out = save_mlflow_model(final_model(trainer, runtime), trainer.processing_class, args.output_dir)
+def save(trainer, runtime: Runtime, args: Settings, summary: dict[str, Any]) -> Path:
+    """The model output (--output_dir, the job's `model` output): the merged MLflow model and summary.json, and
+    for LoRA runs the adapter in adapter/, staged before the merge folds it into the weights (`summary` then
+    records it)."""
+    staged = stage_adapter(trainer, args) if args.method == "lora" else None
+    try:
+        out = save_mlflow_model(final_model(trainer, runtime), trainer.processing_class, args.output_dir)
+        if staged is not None:
+            shutil.move(str(staged), str(out / ADAPTER_DIR))
+            summary["adapter"] = {"path": ADAPTER_DIR, "base_model": args.model_name_or_path,
+                                  "base_revision": args.model_revision}
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged.parent, ignore_errors=True)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return out
+
+
+def stage_adapter(trainer, args: Settings) -> Path:
+    """The LoRA adapter in PEFT format, in a temporary folder, recording the base it was trained on (the id and
+    revision in adapter_config.json: deploy serves it on that base only)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = args.model_name_or_path
+        config.revision = args.model_revision
+    folder = Path(tempfile.mkdtemp(prefix="lora-adapter-")) / ADAPTER_DIR
+    model.save_pretrained(folder)
+    return folder
 
 
 def report(args: Settings, summary: Mapping[str, Any]) -> None:

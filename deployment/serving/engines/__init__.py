@@ -10,6 +10,9 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Mapping
+
+    from deployment.serving.adapters import Adapter
     from deployment.serving.engines.base import Engine
     from deployment.serving.model_dir import ModelLocation
 
@@ -32,13 +35,14 @@ def choose(name: str) -> str:
 
 
 def load_engine(name: str, location: "ModelLocation", model_id: str, *, trust_remote_code: bool = False,
-                accept_longrope_coupling: bool = False) -> "Engine":
-    """Load the chosen engine (`vllm` or `transformers`) on the model."""
+                accept_longrope_coupling: bool = False, adapters: "Mapping[str, Adapter] | None" = None) -> "Engine":
+    """Load the chosen engine (`vllm` or `transformers`) on the model; LoRA adapters on vLLM only (the command
+    line refuses them for transformers before anything loads)."""
     options = {"trust_remote_code": trust_remote_code, "accept_longrope_coupling": accept_longrope_coupling}
     if name == "vllm":
         from deployment.serving.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(location, model_id, **options)
+        return VllmEngine(location, model_id, adapters=adapters, **options)
     from deployment.serving.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(location, model_id, **options)

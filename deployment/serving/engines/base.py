@@ -33,6 +33,7 @@ class Sampling:
     temperature: float  # 0: greedy
     top_p: float
     stop: tuple[str, ...] = ()
+    adapter: str | None = None  # the LoRA adapter that answers (adapters.py); None: the base model
 
 
 @dataclass

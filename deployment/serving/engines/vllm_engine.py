@@ -9,14 +9,15 @@ The same settings size both engines (limits.py): PHI_SERVE_CONTEXT_TOKENS is vLL
 (without it vLLM sizes its KV cache for the model's whole 131,072-token context) and
 PHI_SERVE_MAX_SEQUENCES its `max_num_seqs`. On a GPU vLLM takes `GPU_MEMORY_UTILIZATION` of the memory
 and fills what the weights leave with KV blocks; on a CPU it gets exactly the cache the limits sized.
-LoRA adapters (the adapters issue) plug in at `_engine_args` (enable_lora) and `generate` (lora_request).
+LoRA adapters (deployment/serving/adapters.py): `enable_lora` with `max_lora_rank` and `max_loras` sized from
+the adapters' own configs, and each request's adapter as its `LoRARequest` (the request's `model` picks it).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from deployment.serving.engines.base import Chunk, EngineError, Sampling, Stats
 from deployment.serving.engines.loading import cpu_cache_budget, remote_code, stop_token_ids
@@ -24,6 +25,7 @@ from deployment.serving.limits import GPU_MAX_SEQUENCES, Limits, context_cap, kv
 from deployment.serving.prompt import encode_chat
 
 if TYPE_CHECKING:  # pragma: no cover
+    from deployment.serving.adapters import Adapter
     from deployment.serving.model_dir import ModelLocation
 
 logger = logging.getLogger("deployment.serving.engines")
@@ -36,7 +38,7 @@ class VllmEngine:
     """vLLM's AsyncLLM, started once (its engine core runs in a child process), shared by every request."""
 
     def __init__(self, location: "ModelLocation", model_id: str, *, trust_remote_code: bool = False,
-                 accept_longrope_coupling: bool = False) -> None:
+                 accept_longrope_coupling: bool = False, adapters: Mapping[str, "Adapter"] | None = None) -> None:
         import torch
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -56,6 +58,8 @@ class VllmEngine:
         self.stop_ids = stop_token_ids(SimpleNamespace(generation_config=generation, config=config), self.tokenizer)
         self.dtype = self._dtype(location)
         self.limits = self._limits(config, accept_longrope_coupling)
+        self.adapters = dict(adapters or {})
+        self._lora = _lora_requests(self.adapters)
         self._llm = AsyncLLM.from_engine_args(self._engine_args(remote))
         self._aborts: set[asyncio.Task] = set()
         self.stats = Stats()
@@ -91,6 +95,7 @@ class VllmEngine:
         cpu = self.device == "cpu"
         limits = self.limits
         return AsyncEngineArgs(
+            **_lora_args(self.adapters),
             model=str(self.location.weights_dir), tokenizer=str(self.location.tokenizer_dir),
             dtype=self.dtype, trust_remote_code=remote, seed=0,
             max_model_len=limits.context_tokens, max_num_seqs=limits.max_sequences,
@@ -107,6 +112,8 @@ class VllmEngine:
             f"{self.location.describe()} on vLLM ({self.device}, {self.dtype}); context {limits.context_tokens} "
             f"tokens (max_model_len), max_tokens cap {limits.max_tokens_cap}, {limits.max_sequences} concurrent "
             f"sequences (max_num_seqs), stop tokens {self.stop_ids}"
+            + (f"; LoRA adapters {', '.join(f'{n} (rank {a.rank})' for n, a in self.adapters.items())}"
+               if self.adapters else "")
         )
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
@@ -126,6 +133,13 @@ class VllmEngine:
             stop_token_ids=self.stop_ids, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
         )
 
+    def _lora_request(self, adapter: str | None) -> Any:
+        if adapter is None:
+            return None
+        if adapter not in self._lora:  # the app names only adapters it was started with (ModelNames)
+            raise EngineError(f"adapter {adapter!r} is not loaded in this engine")
+        return self._lora[adapter]
+
     async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]:
         """Stream one reply; vLLM queues beyond max_num_seqs itself and aborts the request if the caller goes."""
         from vllm.inputs import TokensPrompt
@@ -138,7 +152,7 @@ class VllmEngine:
         self.stats.waiting = max(0, self.stats.in_flight - self.limits.max_sequences)
         tokens = 0
         stream = self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), self._sampling_params(sampling),
-                                    request_id=request_id)
+                                    request_id=request_id, lora_request=self._lora_request(sampling.adapter))
         done = False
         try:
             async for output in stream:
@@ -177,3 +191,21 @@ class VllmEngine:
 def _weights_bytes(location: "ModelLocation") -> int:
     return sum(path.stat().st_size for path in location.weights_dir.glob("*.safetensors"))
 
+
+def _lora_args(adapters: Mapping[str, "Adapter"]) -> dict[str, Any]:
+    """vLLM's LoRA settings: off without adapters; else sized from the adapters' own ranks (adapters.sized_for)."""
+    if not adapters:
+        return {}
+    from deployment.serving.adapters import sized_for
+
+    max_rank, max_loras = sized_for(adapters)
+    return {"enable_lora": True, "max_lora_rank": max_rank, "max_loras": max_loras}
+
+
+def _lora_requests(adapters: Mapping[str, "Adapter"]) -> dict[str, Any]:
+    """NAME -> its LoRARequest (ids from 1, as vLLM requires); vLLM loads each at its first request."""
+    if not adapters:
+        return {}
+    from vllm.lora.request import LoRARequest
+
+    return {name: LoRARequest(name, number, str(adapter.path)) for number, (name, adapter) in enumerate(adapters.items(), 1)}

@@ -12,37 +12,30 @@ from fastapi.responses import StreamingResponse
 
 from deployment.serving.dialects import ChatRequest, decode_body, parse_chat_completion
 from deployment.serving.engines.base import Engine, EngineError, Sampling
-from deployment.serving.errors import openai_error
 from deployment.serving.generation import SSE_DONE, complete_while_connected, prepare, sse
-from deployment.serving.state import EngineDep, Server, ServerDep
+from deployment.serving.state import EngineDep, ServerDep
 
 logger = logging.getLogger("deployment.serve")
 router = APIRouter(prefix="/v1")
 
 
-def _model_card(state: Server) -> dict:
-    return {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "finetune-phi"}
-
-
 @router.get("/models")
 async def models(state: ServerDep, _engine: EngineDep) -> dict:
-    return {"object": "list", "data": [_model_card(state)]}
+    return {"object": "list", "data": state.names.cards(state.created)}
 
 
 @router.get("/models/{model_id:path}")
 async def model(model_id: str, state: ServerDep, _engine: EngineDep) -> Any:
-    if model_id != state.model_id:
-        return openai_error(404, f"model {model_id[:100]!r} is not served here; this server serves "
-                                 f"{state.model_id!r}", "invalid_request_error", "model_not_found")
-    return _model_card(state)
+    return state.names.card(model_id, state.created)
 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, state: ServerDep,
                            engine: EngineDep) -> Any:
     chat = parse_chat_completion(decode_body(await request.body()), engine.limits.max_tokens_cap)
-    ids, sampling = await prepare(engine, chat)
-    reply = _Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id, len(ids))
+    adapter = state.names.pick(chat.model)
+    ids, sampling = await prepare(engine, chat, adapter)
+    reply = _Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.names.answering(adapter), len(ids))
     if not chat.stream:
         text, finish_reason, completion_tokens = await complete_while_connected(
             request.receive, engine, ids, sampling, reply.request_id)

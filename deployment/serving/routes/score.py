@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from deployment.serving.dialects import decode_body, parse_score, score_reply
 from deployment.serving.generation import complete_while_connected, prepare
-from deployment.serving.state import EngineDep
+from deployment.serving.state import EngineDep, ServerDep
 
 logger = logging.getLogger("deployment.serve")
 router = APIRouter()
@@ -22,9 +22,9 @@ router = APIRouter()
 
 @router.post("/")
 @router.post("/score")
-async def score(request: Request, engine: EngineDep) -> Any:
+async def score(request: Request, state: ServerDep, engine: EngineDep) -> Any:
     chat = parse_score(decode_body(await request.body()), engine.limits.max_tokens_cap)
-    ids, sampling = await prepare(engine, chat)
+    ids, sampling = await prepare(engine, chat, state.names.for_score())
     text, finish_reason, completion_tokens = await complete_while_connected(
         request.receive, engine, ids, sampling, f"score-{uuid.uuid4().hex}")
     logger.info("score: shape=%s prompt_tokens=%d completion_tokens=%d finish=%s", chat.shape, len(ids),
