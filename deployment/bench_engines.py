@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 from deployment.bench_scoring import REPO_ROOT, _free_port, _stop, _wait, machine
 
 QUESTION = "Tell me about the history of computing"
@@ -137,7 +137,7 @@ def table(results: dict) -> str:
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deployment.bench_engines", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m deployment.bench_engines", description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=("tiny", *SHAPES), default="tiny", help="the model (default: tiny)")
     parser.add_argument("--model-dir", type=Path, help="serve this model instead of building one")
     parser.add_argument("--engines", default="transformers,vllm", help="comma-separated (default transformers,vllm)")
