@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 from common.cli import ArgumentParser, UserError, run_cli, say
-from deployment.bench_scoring import REPO_ROOT, _free_port, _stop, _wait, machine
+from common import processes
+from deployment.bench_scoring import REPO_ROOT, START_TIMEOUT_S, machine
 
 QUESTION = "Tell me about the history of computing"
 LONGROPE_PAIRS = {"phi-3.5-mini": 48, "phi-4-mini": 48}  # rotated dimension pairs: 96/2, and 128 x 0.75 / 2
@@ -69,15 +70,11 @@ def build_shape(name: str, out: Path, tokenizer_from: Path) -> Path:
 
 
 def _start(engine: str, model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
-    port, log = _free_port(), scratch / f"{engine}-server.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deployment.serve", "--engine", engine, "--model-dir", str(model_dir),
-             "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    _wait(process, base + "/health", log)
+    port, log = processes.free_port(), scratch / f"{engine}-server.log"
+    process, _ = processes.start([sys.executable, "-m", "deployment.serve", "--engine", engine, "--model-dir",
+                                  str(model_dir), "--port", str(port)], log, cwd=REPO_ROOT)
+    base = f"http://{processes.HOST}:{port}"
+    processes.wait_healthy(process, base + "/health", log, timeout=START_TIMEOUT_S, what=f"the {engine} server")
     return process, base
 
 
@@ -177,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"measuring {engine}: concurrency {args.levels}, {args.max_tokens} tokens per reply")
                 results["engines"][engine] = measure(base, args.levels, args.requests, args.max_tokens)
             finally:
-                _stop(process)
+                processes.stop_group(process)
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))
