@@ -6,9 +6,10 @@ Azure ML compute runs driver 535 (CUDA 12.x) as of mid-2026. PyPI's torch 2.11.0
 CUDA 13 builds (driver >= 580): on Azure ML they import fine and then see no GPU.
 
 The facts come from the wheel's own metadata (Requires-Dist), recorded from PyPI in
-tests/fixtures/torch_metadata/ (refresh with its refresh.py), since it cannot be read offline.
-Training (training.environment) and serving (deployment.environment) check their conda files
-with `environment_driver_problem`.
+common/torch_metadata/ beside this module (refresh with its refresh.py), since it cannot be read
+offline; the environment builders read it on every machine, so it is package data, not a test fixture.
+Training (training.environment) and serving (deployment.environment) call `require_gpu_torch`
+on their pins when they build an environment, so a wrong pin fails before anything is uploaded.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ MIN_DRIVER_BY_CUDA_MAJOR: Mapping[int, int] = {11: 450, 12: 525, 13: 580}
 """NVIDIA's CUDA compatibility table (Linux): the oldest driver branch that runs any toolkit of that
 major release through minor-version compatibility (11.x: 450.80.02, 12.x: 525.60.13, 13.x: 580)."""
 
-SNAPSHOT_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch_metadata"
+SNAPSHOT_DIR = Path(__file__).resolve().parent / "torch_metadata"
 TARGET_MARKERS = {"platform_system": "Linux", "platform_machine": "x86_64", "sys_platform": "linux",
                   "python_version": "3.11", "python_full_version": "3.11.0", "os_name": "posix"}
 """The Azure ML node: Linux x86-64, the project's Python."""
@@ -93,7 +94,25 @@ def torch_version(requirements: Iterable[str]) -> str | None:
 def environment_driver_problem(conda_file: Mapping[str, Any], driver: int = AZURE_ML_DRIVER,
                                snapshot_dir: Path = SNAPSHOT_DIR) -> str | None:
     """Why this environment's torch would not see the GPU on a node with `driver`, or None when it would."""
-    version = torch_version(pip_requirements(conda_file))
+    return driver_problem(pip_requirements(conda_file), driver, snapshot_dir)
+
+
+def require_gpu_torch(requirements: Iterable[str], what: str) -> None:
+    """UserError when the torch these pip requirements install would see no GPU on Azure ML (or cannot be checked)."""
+    from common.cli import UserError
+
+    try:
+        problem = driver_problem(requirements)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"cannot check the torch of {what}: {err}") from None
+    if problem:
+        raise UserError(f"{what}: {problem}")
+
+
+def driver_problem(requirements: Iterable[str], driver: int = AZURE_ML_DRIVER,
+                   snapshot_dir: Path = SNAPSHOT_DIR) -> str | None:
+    """Why the torch these pip requirements pin would not see the GPU on a node with `driver`, or None."""
+    version = torch_version(requirements)
     if version is None:
         return None
     needed = min_driver(torch_requires(version, snapshot_dir))

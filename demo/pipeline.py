@@ -12,21 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from common import processes, runs
 from common.cli import UserError, say
-from training import local_runs
+from deployment.flow_check import held_out_questions, parse_flow_answer
 from training.tiny_model import DEFAULT_LIKE, LIKES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STEP_INTERRUPT_GRACE_S = 30.0
-"""After Ctrl-C, how long a step may take to clean up before it is killed."""
 
 
 def _demo_recipe_flags() -> tuple[str, ...]:
@@ -48,6 +46,13 @@ class Budget:
     max_steps: int = -1
     questions: int = 2
     extra_train_flags: tuple[str, ...] = DEMO_TRAIN_FLAGS
+    greedy_chat: bool = False
+    """False: the flow samples, as a user's chat does. True (the tests): the connection asks for greedy
+    replies of ANSWER_MAX_TOKENS, so the flow's answer is reproducible and equals the openai client's."""
+
+
+ANSWER_MAX_TOKENS = 64
+"""The length of the openai client's answer, and of the flow's when `greedy_chat`."""
 
 
 def train_command(python: str, model: str, data_dir: Path, budget: Budget) -> list[str]:
@@ -70,78 +75,22 @@ class DemoResult:
     """(question, the answer through the official `openai` client on /v1/chat/completions)"""
 
 
-class StepFailed(UserError):
-    pass
-
-
 def _run_step(name: str, command: list[str], logs: Path, result: DemoResult, env: dict[str, str]) -> str:
-    """Run one step as a subprocess, logging to a file; return its stdout."""
-    say(f"==> {name}: {' '.join(_shorten(c) for c in command)}")
-    log_path = logs / f"{name}.log"
-    started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL
-        )
-        try:
-            stdout, _ = process.communicate()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the step too (same process group). Let it finish its own cleanup (deploy
-            # stops the server it started) instead of killing it 0.25 s later as subprocess.run does,
-            # which left a half-started local server running with no record for teardown to find.
-            try:
-                stdout, _ = process.communicate(timeout=STEP_INTERRUPT_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                stdout, _ = process.communicate()
-            log.write("\n--- stdout ---\n" + (stdout or ""))
-            raise
-        log.write("\n--- stdout ---\n" + stdout)
-    elapsed = time.perf_counter() - started
-    result.timings[name] = elapsed
-    if process.returncode != 0:
-        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
-        raise StepFailed(f"step '{name}' failed (exit {process.returncode}) after {elapsed:.1f}s; log {log_path}:\n{tail}")
-    say(f"<== {name}: done in {elapsed:.1f}s")
-    return stdout
+    """Run one step (common.processes.run_step), logged to logs/<name>.log and timed; returns its stdout."""
+    try:
+        done = processes.run_step(name, command, logs / f"{name}.log", cwd=REPO_ROOT, env=env)
+    except processes.StepFailed as failed:
+        result.timings[name] = failed.seconds
+        raise
+    result.timings[name] = done.seconds
+    return done.stdout
 
 
-def _shorten(arg: str) -> str:
-    arg = arg.replace(sys.executable, "python").replace(str(REPO_ROOT) + os.sep, "")
-    return f'"{arg}"' if " " in arg else arg
-
-
-def held_out_questions(test_file: Path, count: int) -> list[tuple[str, str]]:
-    """The first `count` single-question chats of the held-out split, with their reference answers."""
-    picked: list[tuple[str, str]] = []
-    with open(test_file, encoding="utf-8") as rows:
-        for line in rows:
-            messages = json.loads(line)["messages"]
-            turns = [m for m in messages if m["role"] != "system"]
-            if len(turns) == 2 and turns[0]["role"] == "user" and len(turns[0]["content"]) <= 120:
-                picked.append((turns[0]["content"], turns[1]["content"]))
-            if len(picked) == count:
-                break
-    if not picked:
-        raise UserError(f"{test_file} holds no short single-turn chat to ask the model.")
-    return picked
-
-
-def parse_flow_answer(stdout: str) -> str:
-    """The `answer` of the last JSON object `pf flow test` printed."""
-    for match in reversed(list(re.finditer(r"^\{.*?^\}", stdout, flags=re.S | re.M))):
-        try:
-            return str(json.loads(match.group(0))["answer"])
-        except (json.JSONDecodeError, KeyError):
-            continue
-    raise UserError(f"`pf flow test` printed no answer:\n{stdout[-1000:]}")
-
-
-def _deploy_eval_table(runs: Path) -> str | None:
+def _deploy_eval_table() -> str | None:
     """The table of the scores deploy's evaluation gate just wrote (runs/eval/), if any."""
     from deployment.scoring import Scores, table
 
-    written = sorted((runs / "eval").glob("*-new-*.json"), key=lambda p: p.stat().st_mtime)
+    written = sorted(runs.eval_dir().glob("*-new-*.json"), key=lambda p: p.stat().st_mtime)
     return table([Scores.from_json(json.loads(written[-1].read_text(encoding="utf-8")))]) if written else None
 
 
@@ -156,8 +105,19 @@ def ask_with_openai_client(question: str) -> str:
         raise UserError("no local endpoint is recorded: the deploy step did not finish")
     client = OpenAI(base_url=f"http://{HOST}:{record.port}/v1", api_key="local-endpoint-checks-no-key", max_retries=1)
     reply = client.chat.completions.create(model="phi", messages=[{"role": "user", "content": question}],
-                                           max_tokens=64, temperature=0)
+                                           max_tokens=ANSWER_MAX_TOKENS, temperature=0)
     return reply.choices[0].message.content or ""
+
+
+def greedy_connection_command(python: str) -> list[str]:
+    """Point phi_endpoint at the running local endpoint again, asking for greedy replies (`Budget.greedy_chat`)."""
+    from deployment.local import HOST, read_record
+
+    record = read_record()
+    if record is None:
+        raise UserError("no local endpoint is recorded: the deploy step did not finish")
+    return [python, "-m", "deployment.connection", "set", "--endpoint", f"http://{HOST}:{record.port}", "--api", "openai",
+            "--temperature", "0", "--max-tokens", str(ANSWER_MAX_TOKENS)]
 
 
 def run_demo(
@@ -173,18 +133,15 @@ def run_demo(
     """
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    if env.get("FINETUNE_PHI_RUNS"):
-        os.environ["FINETUNE_PHI_RUNS"] = env["FINETUNE_PHI_RUNS"]
-    runs = local_runs.runs_dir()
-    data_dir = runs / "data"
-    logs = runs / "demo" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    if env.get(runs.ENV_VAR):
+        os.environ[runs.ENV_VAR] = env[runs.ENV_VAR]
+    data_dir, logs = runs.data_dir(), runs.logs_dir(runs.demo_dir())
     # The demo's Prompt flow state (the phi_endpoint connection it writes, then deletes, and the
     # keyring file that encrypts it) stays under runs/: in ~/.promptflow it would replace, and at
     # teardown delete, the connection to a real Azure endpoint.
-    pf_home = runs / "demo" / "promptflow"
+    pf_home = runs.promptflow_home(runs.demo_dir())
     env["PF_HOME_DIRECTORY"] = str(pf_home)
-    env["XDG_DATA_HOME"] = str(runs / "demo" / "xdg-data")
+    env["XDG_DATA_HOME"] = str(runs.keyring_dir(runs.demo_dir()))
     python = sys.executable
     pf = str(Path(python).with_name("pf"))
     result = DemoResult()
@@ -195,17 +152,20 @@ def run_demo(
         _run_step("data", [python, "-m", "training.data", "--source", "sample", "--out", str(data_dir)], logs, result, env)
         model = "tiny"  # the default twin, built by the local target on first use
         if like != DEFAULT_LIKE:
-            model = str(runs / "models" / f"tiny-{like}")
+            model = str(runs.models_dir() / f"tiny-{like}")
             _run_step("twin", [python, "-m", "training.tiny_model", "--out", model, "--like", like], logs, result, env)
         job_name = _run_step("train", train_command(python, model, data_dir, budget), logs, result, env).strip().splitlines()[-1]
-        summary = json.loads((local_runs.job_dir(job_name) / "model" / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((runs.job_dir(job_name) / "model" / "summary.json").read_text(encoding="utf-8"))
         result.eval_loss_before, result.eval_loss_after = summary["eval_loss_before"], summary["eval_loss_after"]
         say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
         _run_step("deploy", [python, "-m", "deployment.deploy", "--target", "local"], logs, result, env)
-        result.eval_table = _deploy_eval_table(runs)
+        result.eval_table = _deploy_eval_table()
+        if budget.greedy_chat:
+            _run_step("greedy-connection", greedy_connection_command(python), logs, result,
+                      {**env, "PHI_ENDPOINT_KEY": secrets.token_urlsafe(16)})  # the local server checks no key
         if on_deployed is not None:
             on_deployed()
-        for number, (question, reference) in enumerate(held_out_questions(data_dir / "test.jsonl", budget.questions), 1):
+        for number, (question, reference) in enumerate(held_out_questions(runs.default_eval_file(), budget.questions), 1):
             out = _run_step(f"chat-{number}", [pf, "flow", "test", "--flow", "flows/chat", "--inputs", f"question={question}"],
                             logs, result, env)
             answer = parse_flow_answer(out)
@@ -218,7 +178,7 @@ def run_demo(
     finally:
         try:
             _run_step("teardown", [python, "-m", "deployment.teardown", "--target", "local"], logs, result, env)
-        except StepFailed as err:
+        except processes.StepFailed as err:
             say(str(err))
     result.timings["total"] = time.perf_counter() - started
     return result

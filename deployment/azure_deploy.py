@@ -1,41 +1,41 @@
-"""Blue/green deployment to a managed online endpoint, gated by evaluation, with rollback.
+"""The Azure target of the rollout: blue/green deployments on a managed online endpoint.
 
-register the model -> endpoint (create if missing; never delete it) -> serving environment
-(reused when unchanged) -> a new deployment beside the live one -> smoke test it directly
-(`azureml-model-deployment` header, the Prompt flow's own client) -> evaluate it and the live
-one on the same held-out conversations (deployment/gate.py) -> 100% traffic to it -> delete
-the old one -> write the Prompt flow connection.
+deployment/rollout.py runs the procedure (start new, smoke test, gate, promote, retire, connection);
+`AzureTarget` supplies the platform's calls: register the model -> endpoint (create if missing; never
+delete it) -> serving environment (reused when unchanged) -> a new deployment beside the live one
+(the free blue/green slot), reached directly through the `azureml-model-deployment` header ->
+100% traffic to it -> the old one deleted. A failure from the new deployment's creation until
+traffic moves, or the gate's refusal, deletes the new deployment and leaves traffic where it was.
 
-From the new deployment's creation until traffic moves, every step runs inside
-`rollback.guard(...)` (deployment/rollback.py): a failure, or the gate's refusal, leaves
-traffic where it was and deletes the new deployment (it bills per hour). The endpoint key is
-fetched with the SDK and handed only to the clients and the connection writer: never printed,
-logged or returned. azure-core retries 408/429/5xx itself; nothing here wraps calls in retries.
+The endpoint key is fetched with the SDK and handed only to the clients and the connection:
+never printed, logged or returned. azure-core retries 408/429/5xx itself; nothing here wraps
+calls in retries.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from common.azure import azure_errors
+from common.azure import azure_errors, wait
 from common.cli import UserError, first_line, say, step
 from deployment import definitions
+from deployment.connection import PhiConnection, save
 from deployment.environment import serving_environment
 from deployment.expiry import DELETE_AFTER, expiry_tags
 from deployment.registration import ModelChoice, RegisteredModel, resolve_model
 from deployment.rollback import Rollback
+from deployment.rollout import Deployment, GateSettings, Retired, Writer, rollout
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deployment.scoring import EvalSet
     from deployment.gate import Verdict
+    from deployment.scoring import EvalSet, Scores
     from infra.outputs import StackOutputs
 
 LOG_LINES = 50
-SMOKE_QUESTION = "Reply with one short sentence: what are you?"
-SMOKE_MAX_TOKENS = 32
 SCORES_ASSET = "phi3-eval-scores"
 """The data asset holding per-conversation scores (one version per evaluated deployment)."""
 
@@ -82,28 +82,10 @@ class Slots:
 
 
 def _default_client(endpoint: str, key: str, deployment: str) -> Any:
-    """The flow's client on the new deployment, through the OpenAI API its server speaks."""
+    """The flow's client on one deployment, through the OpenAI API its server speaks."""
     from deployment.scoring import client_for
 
     return client_for(endpoint, key, deployment, api="openai")
-
-
-def _default_write_connection(endpoint: str, key: str, deployment: str) -> None:
-    """`phi_endpoint` as the flow calls our server: the endpoint's base URL and `api: openai`."""
-    from deployment.connection import write_phi_connection
-    from deployment.scoring import base_url
-
-    write_phi_connection(endpoint=base_url(endpoint), key=key, deployment=deployment, api="openai")
-
-
-def wait(poller: Any, what: str, *, interval: float = 30.0) -> Any:
-    """Block on an SDK poller, printing a line every `interval` seconds so long waits show progress."""
-    started = time.monotonic()
-    while not poller.done():
-        poller.wait(timeout=interval)
-        if not poller.done():
-            say(f"    {what}: still running after {time.monotonic() - started:.0f}s")
-    return poller.result()
 
 
 def _delete_command(endpoint: str, name: str) -> str:
@@ -202,150 +184,110 @@ def choose_slot(traffic: dict[str, int], existing: list[str]) -> str:
     return (unused or free)[0]
 
 
-# -- the steps -------------------------------------------------------------------------------------
+# -- the target ------------------------------------------------------------------------------------
 
 
-class _Deploy:
-    """One run of deploy_to_azure: its inputs and what the steps found, so each step is a short method."""
+class AzureTarget:
+    """The rollout's steps on a managed online endpoint (deployment/rollout.py's Target)."""
 
     def __init__(self, ml_client: Any, outputs: "StackOutputs", plan: DeployPlan, *,
                  client: Callable[[str, str, str], Any], poll_interval: float) -> None:
         self.ml, self.outputs, self.plan = ml_client, outputs, plan
-        self.client, self.poll = client, poll_interval
+        self.make_client, self.poll = client, poll_interval
         self.ep_name = definitions.check_endpoint_name(plan.endpoint_name)
-        self.key: str | None = None
+        self.scope = f"azure/{outputs.workspace_name}/{self.ep_name}"
+        self.key_hint = f"key from `az ml online-endpoint get-credentials -n {self.ep_name}`"
+        self.key = ""
         self.scoring_uri = ""
 
-    def load_eval_set(self) -> "EvalSet":
-        from deployment.scoring import DEFAULT_LIMIT, load_eval_set
+    def hold(self) -> contextlib.nullcontext:
+        return contextlib.nullcontext()  # Azure's own operations serialize concurrent updates
 
-        return load_eval_set(self.plan.eval_file, self.plan.eval_limit or DEFAULT_LIMIT)
+    def prepare(self) -> None:
+        with step("register the model"):
+            self.model = resolve_model(self.ml, self.plan.choice)
+        with step(f"endpoint {self.ep_name}"):
+            endpoint, self.created = self._endpoint()
+            self.slots = self._slots(endpoint)
+        with step("serving environment"):
+            self.env = self._environment()
 
-    def endpoint(self) -> tuple[Any, bool]:
-        """The endpoint, created (key auth, the stack's UAI) when missing; never deleted."""
-        from azure.core.exceptions import ResourceNotFoundError
+    @property
+    def start_title(self) -> str:
+        return f"deployment {self.slots.new} on {self.plan.instance_type}"
 
-        ops = self.ml.online_endpoints
-        with azure_errors(f"looking up endpoint {self.ep_name}"):
-            try:
-                endpoint = ops.get(name=self.ep_name)
-            except ResourceNotFoundError:
-                endpoint = None
-        if endpoint is not None:
-            _check_existing_endpoint(endpoint, self.outputs)
-            say(f"    endpoint {self.ep_name} exists: adding a deployment beside the live one (it is never deleted)")
-            return endpoint, False
-        say(f"    creating endpoint {self.ep_name} (key auth, identity {_endpoint_identity(self.outputs)[1]}); "
-            "about 1-2 minutes")
-        entity = definitions.build_endpoint(self.ep_name, self.outputs)
-        entity.tags.update(expiry_tags(self.plan.expires_at))
-        with azure_errors(f"creating endpoint {self.ep_name}"):
-            wait(ops.begin_create_or_update(entity), f"creating endpoint {self.ep_name}", interval=self.poll)
-            return ops.get(name=self.ep_name), True
-
-    def slots(self, endpoint: Any) -> Slots:
-        traffic = {name: int(share or 0) for name, share in (endpoint.traffic or {}).items()}
-        with azure_errors(f"listing the deployments of {self.ep_name}"):
-            existing = [d.name for d in self.ml.online_deployments.list(endpoint_name=self.ep_name)]
-        slots = Slots(choose_slot(traffic, existing), [n for n, p in traffic.items() if p > 0], existing, traffic)
-        say(f"    live: {slots.traffic_text() if slots.live else 'nothing'}; new deployment: {slots.new}")
-        return slots
-
-    def environment(self) -> Any:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        env = serving_environment(self.plan.instance_type)
-        with azure_errors(f"registering environment {env.name}:{env.version}"):
-            try:
-                self.ml.environments.get(name=env.name, version=env.version)
-                say(f"    {env.name}:{env.version} exists (same pins, same image): reusing it")
-            except ResourceNotFoundError:
-                self.ml.environments.create_or_update(env.to_entity())
-                say(f"    registered {env.name}:{env.version}; its image is built on first use (10-20 minutes)")
-        return env
-
-    def rollback(self, slots: Slots) -> Rollback:
+    def rollback(self) -> Rollback:
+        new = self.slots.new
         return Rollback(
-            name=f"deployment {slots.new} on endpoint {self.ep_name}",
-            undo=lambda: _delete_deployment(self.ml, self.ep_name, slots.new, interval=self.poll),
-            manual=_delete_command(self.ep_name, slots.new),
-            kept=f"Traffic was not moved ({slots.traffic_text()}).",
-            evidence=lambda: _log_tail(self.ml, self.ep_name, slots.new),
+            name=f"deployment {new} on endpoint {self.ep_name}",
+            undo=lambda: _delete_deployment(self.ml, self.ep_name, new, interval=self.poll),
+            manual=_delete_command(self.ep_name, new),
+            kept=f"Traffic was not moved ({self.slots.traffic_text()}).",
+            evidence=lambda: _log_tail(self.ml, self.ep_name, new),
             hint=lambda detail: _hint(detail, self.plan.instance_type),
         )
 
-    def create_deployment(self, slots: Slots, model: RegisteredModel, env: Any) -> None:
+    def start_new(self, rollback: Rollback) -> Deployment:
+        """Create the deployment in the free slot, then read the scoring URI and the key (redacted from then on)."""
+        new = self.slots.new
         deployment = definitions.build_deployment(
-            name=slots.new, endpoint_name=self.ep_name, model=model.reference, environment=env.reference,
+            name=new, endpoint_name=self.ep_name, model=self.model.reference, environment=self.env.reference,
             instance_type=self.plan.instance_type, outputs=self.outputs,
         )
         deployment.tags.update(expiry_tags(self.plan.expires_at))
         info = definitions.instance_info(self.plan.instance_type)
         say(f"    bills{f' about ${info.usd_per_hour:.2f}/h' if info else ' per hour'} from now until deleted; "
             "image build + model load take 10-30 minutes")
-        wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {slots.new}", interval=self.poll)
-
-    def connect(self, rollback: Rollback) -> None:
-        """The scoring URI and the key (handed to the rollback, which redacts it from then on)."""
-        endpoint = self.ml.online_endpoints.get(name=self.ep_name)
-        self.scoring_uri = str(endpoint.scoring_uri)
+        wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {new}", interval=self.poll)
+        self.scoring_uri = str(self.ml.online_endpoints.get(name=self.ep_name).scoring_uri)
         self.key = self.ml.online_endpoints.get_keys(name=self.ep_name).primary_key
         rollback.secret = self.key
         if not self.key:
             raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
+        return Deployment(new, f"new {new}", self.model.reference, new, environment=self.env.reference)
 
-    def smoke_test(self, name: str) -> str:
-        reply = self.client(self.scoring_uri, self.key or "", name).chat(SMOKE_QUESTION, max_tokens=SMOKE_MAX_TOKENS)
-        answer = (reply.text or "").strip()
-        if not answer:
-            raise UserError("the deployment answered with an empty reply")
-        return answer
+    def client(self, deployment: Deployment) -> Any:
+        return self.make_client(self.scoring_uri, self.key, deployment.ref)
 
-    def evaluate(self, slots: Slots, model: RegisteredModel, eval_set: "EvalSet") -> "Verdict":
-        """Score the new deployment and the live one (or reuse the live one's valid scores), then decide."""
-        from deployment import gate
-        from deployment.scoring import score_deployment
+    def live(self) -> Deployment | None:
+        name = self.slots.main_live
+        if name is None:
+            return None
+        current = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
+        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}),
+                          environment=str(current.environment or ""))
 
-        def scores(name: str, label: str, model_ref: str) -> Any:
-            return score_deployment(self.client(self.scoring_uri, self.key or "", name), eval_set,
-                                    label=label, model=model_ref)
+    def gate_estimate(self, eval_set: "EvalSet") -> str:
+        """The gate's expected time and cost on this instance type (a CPU instance takes far longer than an A100)."""
+        from deployment import gate_cost
 
-        scope = f"azure/{self.outputs.workspace_name}/{self.ep_name}"
-        started = time.perf_counter()
-        new = scores(slots.new, f"new {slots.new}", model.reference)
-        live = None
-        if slots.main_live:
-            current = self.ml.online_deployments.get(name=slots.main_live, endpoint_name=self.ep_name)
-            live_model, label = str(current.model), f"live {slots.main_live}"
-            live, reused = gate.live_scores(scope, dict(current.tags or {}), live_model, eval_set, label,
-                                            lambda: scores(slots.main_live, label, live_model), self.read_scores)
-            if not reused:
-                gate.remember(scope, live)
-                self.tag(slots.main_live, gate.tags_for(live, self.store_scores(live, slots.main_live)))
-        verdict = gate.decide(new, live, force=self.plan.force, margin=self.plan.margin)
-        say(f"    evaluation took {time.perf_counter() - started:.0f}s")
-        if verdict.promote:
-            gate.remember(scope, new)
-            self.tag(slots.new, gate.tags_for(new, self.store_scores(new, slots.new)))
-        else:
-            self.store_scores(new, slots.new)  # kept for the record: the deployment itself is deleted
-        return verdict
+        return gate_cost.estimate(self.plan.instance_type, eval_set).sentence()
 
-    def store_scores(self, scores: Any, deployment: str) -> str:
+    def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
+        """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""
+        try:
+            current = self.ml.online_deployments.get(name=deployment.ref, endpoint_name=self.ep_name)
+            current.tags = {**(current.tags or {}), **tags}
+            wait(self.ml.online_deployments.begin_create_or_update(current), f"tagging {deployment.ref}",
+                 interval=self.poll)
+        except Exception as err:
+            say(f"    warning: could not tag deployment {deployment.ref} with its scores: {first_line(err)}")
+
+    def keep_scores(self, scores: "Scores", deployment: Deployment, cached: Path | None) -> str:
         """Per-conversation scores as a workspace data asset (best effort); returns NAME:VERSION or ''."""
         import tempfile
 
         from azure.ai.ml.constants import AssetTypes
         from azure.ai.ml.entities import Data
 
-        from deployment import gate
+        from deployment.gate import scores_text
 
-        version = f"{self.ep_name}-{deployment}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-        folder = Path(tempfile.mkdtemp(prefix="eval-scores-"))
-        path = folder / f"{deployment}.json"
-        path.write_text(gate.scores_text(scores), encoding="utf-8")
+        name = deployment.ref
+        version = f"{self.ep_name}-{name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        path = Path(tempfile.mkdtemp(prefix="eval-scores-")) / f"{name}.json"
+        path.write_text(scores_text(scores), encoding="utf-8")
         asset = Data(name=SCORES_ASSET, version=version, type=AssetTypes.URI_FILE, path=str(path),
-                     description=f"evaluation of {deployment} on endpoint {self.ep_name}", tags=dict(definitions.CREATED_BY))
+                     description=f"evaluation of {name} on endpoint {self.ep_name}", tags=dict(definitions.CREATED_BY))
         try:
             self.ml.data.create_or_update(asset)
         except Exception as err:  # the scores are also under runs/eval/: a failed upload only costs the record
@@ -353,8 +295,8 @@ class _Deploy:
             return ""
         return f"{SCORES_ASSET}:{version}"
 
-    def read_scores(self, ref: str) -> str:
-        """The content of a scores data asset NAME:VERSION (what store_scores wrote), downloaded from its datastore.
+    def fetch_scores(self, ref: str) -> str:
+        """The content of a scores data asset NAME:VERSION (what keep_scores wrote), downloaded from its datastore.
 
         The SDK has no public download for data assets; this is the call its own `jobs.download` makes.
         """
@@ -371,69 +313,93 @@ class _Deploy:
                 raise ValueError(f"data asset {ref} holds {len(files)} files, not one scores file")
             return files[0].read_text(encoding="utf-8")
 
-    def tag(self, name: str, tags: dict[str, str]) -> None:
-        """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""
-        try:
-            deployment = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
-            deployment.tags = {**(deployment.tags or {}), **tags}
-            wait(self.ml.online_deployments.begin_create_or_update(deployment), f"tagging {name}", interval=self.poll)
-        except Exception as err:
-            say(f"    warning: could not tag deployment {name} with its scores: {first_line(err)}")
-
-    def move_traffic(self, slots: Slots, rollback: Rollback, created: bool) -> None:
+    def promote(self, new: Deployment, rollback: Rollback) -> None:
         """100% to the new deployment; if Azure's answer is unclear, read the traffic back before undoing."""
         endpoint = self.ml.online_endpoints.get(name=self.ep_name)
-        if self.plan.expires_at is not None and (created or DELETE_AFTER in (endpoint.tags or {})):
-            endpoint.tags = {**(endpoint.tags or {}), **expiry_tags(self.plan.expires_at)}
-        elif self.plan.expires_at is not None:
+        expires_at = self.plan.expires_at
+        if expires_at is not None and (self.created or DELETE_AFTER in (endpoint.tags or {})):
+            endpoint.tags = {**(endpoint.tags or {}), **expiry_tags(expires_at)}
+        elif expires_at is not None:
             say(f"    endpoint {self.ep_name} has no expiry (created without --expires-in): it keeps none")
-        endpoint.traffic = {slots.new: 100}
+        endpoint.traffic = {new.ref: 100}
         try:
             wait(self.ml.online_endpoints.begin_create_or_update(endpoint), "moving traffic", interval=self.poll)
         except Exception as err:
-            now = _current_traffic(self.ml, self.ep_name)
-            if now is None:
-                raise UserError(
-                    f"moving traffic to {slots.new} failed ({first_line(err)}) and the endpoint's traffic could not be "
-                    f"read back, so both deployments were kept. Check the endpoint {self.ep_name} in Azure ML studio, then "
-                    f"re-run the deploy or delete {slots.new} with {_delete_command(self.ep_name, slots.new)}."
-                ) from None
-            if int(now.get(slots.new, 0) or 0) > 0:
-                raise UserError(
-                    f"moving traffic to {slots.new} reported an error ({first_line(err)}), but {slots.new} now takes "
-                    f"traffic ({now}); the old deployment(s) {', '.join(slots.live) or '-'} were kept. Check the "
-                    "endpoint in Azure ML studio."
-                ) from None
-            raise rollback.fail("moving traffic", first_line(err)) from None
+            raise self._unclear_switch(new.ref, rollback, first_line(err)) from None
 
-    def delete_old(self, slots: Slots) -> tuple[list[str], list[str]]:
-        """The previous deployments (live or idle slots); returns (replaced, could not be deleted)."""
-        old = [n for n in dict.fromkeys(slots.live + [s for s in definitions.SLOTS if s in slots.existing]) if n != slots.new]
-        leftovers = [name for name in old if not _delete_deployment(self.ml, self.ep_name, name, interval=self.poll)]
-        return old, leftovers
+    def _unclear_switch(self, new: str, rollback: Rollback, detail: str) -> UserError:
+        now = _current_traffic(self.ml, self.ep_name)
+        if now is None:
+            return UserError(
+                f"moving traffic to {new} failed ({detail}) and the endpoint's traffic could not be read back, so "
+                f"both deployments were kept. Check the endpoint {self.ep_name} in Azure ML studio, then re-run the "
+                f"deploy or delete {new} with {_delete_command(self.ep_name, new)}.")
+        if int(now.get(new, 0) or 0) > 0:
+            return UserError(
+                f"moving traffic to {new} reported an error ({detail}), but {new} now takes traffic ({now}); the old "
+                f"deployment(s) {', '.join(self.slots.live) or '-'} were kept. Check the endpoint in Azure ML studio.")
+        return rollback.fail("moving traffic", detail)
 
-    def write_connections(self, new: str, leftovers: list[str], writers: list[tuple[str, Callable[..., None]]]) -> None:
-        """The Prompt flow connection(s); a failure says the deployment is live (never a traceback)."""
-        for which, write in writers:
+    def retiring(self, new: Deployment) -> list[str]:
+        """The previous deployments (live or idle slots)."""
+        slots = self.slots
+        return [n for n in dict.fromkeys(slots.live + [s for s in definitions.SLOTS if s in slots.existing])
+                if n != new.ref]
+
+    def retire(self, old: list[str]) -> Retired:
+        leftovers = tuple(name for name in old if not _delete_deployment(self.ml, self.ep_name, name, interval=self.poll))
+        return Retired(tuple(old), leftovers, "; ".join(_delete_command(self.ep_name, n) for n in leftovers))
+
+    def connection(self, new: Deployment) -> PhiConnection:
+        return PhiConnection.for_server(self.scoring_uri, self.key, new.ref)
+
+    def where(self, new: Deployment) -> str:
+        return f"deployment {new.ref} is live on {self.scoring_uri} with 100% of the traffic"
+
+    # -- prepare's parts ---------------------------------------------------------------------------
+
+    def _endpoint(self) -> tuple[Any, bool]:
+        """The endpoint, created (key auth, the stack's UAI) when missing; never deleted."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ops, roles = self.ml.online_endpoints, self.outputs.role_assignments_created_on
+        with azure_errors(f"looking up endpoint {self.ep_name}", roles):
             try:
-                write(self.scoring_uri, self.key, new)
-            except Exception as err:
-                detail = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {first_line(err)}"
-                detail = detail.replace(self.key, "<hidden>") if self.key else detail
-                raise UserError(
-                    f"deployment {new} is live on {self.scoring_uri} with 100% of the traffic, but {which} was not "
-                    f"written: {detail.rstrip()} Fix that and run deploy again (it reuses the registered model and "
-                    f"the environment), or write the local connection alone with `python -m deployment.connection set "
-                    f"--endpoint {self.scoring_uri} --deployment {new}` (key from "
-                    f"`az ml online-endpoint get-credentials -n {self.ep_name}`).{_still_bill(self.ep_name, leftovers)}"
-                ) from None
+                endpoint = ops.get(name=self.ep_name)
+            except ResourceNotFoundError:
+                endpoint = None
+        if endpoint is not None:
+            _check_existing_endpoint(endpoint, self.outputs)
+            say(f"    endpoint {self.ep_name} exists: adding a deployment beside the live one (it is never deleted)")
+            return endpoint, False
+        say(f"    creating endpoint {self.ep_name} (key auth, identity {_endpoint_identity(self.outputs)[1]}); "
+            "about 1-2 minutes")
+        entity = definitions.build_endpoint(self.ep_name, self.outputs)
+        entity.tags.update(expiry_tags(self.plan.expires_at))
+        with azure_errors(f"creating endpoint {self.ep_name}", roles):
+            wait(ops.begin_create_or_update(entity), f"creating endpoint {self.ep_name}", interval=self.poll)
+            return ops.get(name=self.ep_name), True
 
+    def _slots(self, endpoint: Any) -> Slots:
+        traffic = {name: int(share or 0) for name, share in (endpoint.traffic or {}).items()}
+        with azure_errors(f"listing the deployments of {self.ep_name}"):
+            existing = [d.name for d in self.ml.online_deployments.list(endpoint_name=self.ep_name)]
+        slots = Slots(choose_slot(traffic, existing), [n for n, p in traffic.items() if p > 0], existing, traffic)
+        say(f"    live: {slots.traffic_text() if slots.live else 'nothing'}; new deployment: {slots.new}")
+        return slots
 
-def _still_bill(endpoint: str, leftovers: list[str]) -> str:
-    if not leftovers:
-        return ""
-    return (f" Also, the old deployment(s) {', '.join(leftovers)} could not be deleted and still bill per hour: "
-            + "; ".join(_delete_command(endpoint, n) for n in leftovers) + ".")
+    def _environment(self) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        env = serving_environment(self.plan.instance_type)
+        with azure_errors(f"registering environment {env.name}:{env.version}", self.outputs.role_assignments_created_on):
+            try:
+                self.ml.environments.get(name=env.name, version=env.version)
+                say(f"    {env.name}:{env.version} exists (same pins, same image): reusing it")
+            except ResourceNotFoundError:
+                self.ml.environments.create_or_update(env.to_entity())
+                say(f"    registered {env.name}:{env.version}; its image is built on first use (10-20 minutes)")
+        return env
 
 
 def deploy_to_azure(
@@ -442,53 +408,23 @@ def deploy_to_azure(
     plan: DeployPlan,
     *,
     smoke_client: Callable[[str, str, str], Any] = _default_client,
-    write_connection: Callable[[str, str, str], None] = _default_write_connection,
-    foundry_writer: Callable[[str, str, str], None] | None = None,
+    write_connection: Callable[[PhiConnection], None] = save,
+    foundry_writer: Callable[[PhiConnection], None] | None = None,
     poll_interval: float = 30.0,
 ) -> DeployResult:
-    """The whole gated blue/green deployment; see the module docstring for the order and the rollback.
+    """The gated blue/green rollout (deployment/rollout.py) on Azure.
 
-    `smoke_client(url, key, deployment)` builds the client of the smoke test and the evaluation.
+    `smoke_client(url, key, deployment)` builds the client of the smoke test and the evaluation;
+    the writers get the one connection the rollout builds.
     """
-    run = _Deploy(ml_client, outputs, plan, client=smoke_client, poll_interval=poll_interval)
-    eval_set = run.load_eval_set()  # a missing eval file fails before anything is created
-    with step("register the model"):
-        model = resolve_model(ml_client, plan.choice)
-    with step(f"endpoint {run.ep_name}"):
-        endpoint, created = run.endpoint()
-        slots = run.slots(endpoint)
-    with step("serving environment"):
-        env = run.environment()
-    rollback = run.rollback(slots)
-    with step(f"deployment {slots.new} on {plan.instance_type}"), rollback.guard("creation"):
-        run.create_deployment(slots, model, env)
-    with step(f"smoke test {slots.new} (azureml-model-deployment: {slots.new})"), rollback.guard("the smoke test"):
-        run.connect(rollback)
-        answer = run.smoke_test(slots.new)
-        say(f"    answered: {rollback.redact(answer)[:160]!r}")
-    with step(f"evaluate {slots.new}" + (f" against {slots.main_live}" if slots.main_live else " (first deployment: baseline)")):
-        with rollback.guard("the evaluation"):
-            verdict = run.evaluate(slots, model, eval_set)
-        if not verdict.promote:
-            raise rollback.refuse(verdict)
-    with step(f"traffic: 100% to {slots.new}"):
-        run.move_traffic(slots, rollback, created)
-    replaced, leftovers = [], []
-    if [n for n in slots.live + slots.existing if n != slots.new]:
-        with step("delete the old deployment(s)"):
-            replaced, leftovers = run.delete_old(slots)
-    with step("write the Prompt flow connection phi_endpoint"):
-        writers = [("the connection", write_connection)]
-        if foundry_writer is not None:
-            writers.append(("the Foundry project connection (the local one was written)", foundry_writer))
-        run.write_connections(slots.new, leftovers, writers)
-    if leftovers:
-        raise UserError(
-            f"deployment {slots.new} is live on {run.scoring_uri} and the connection is written, but the old "
-            f"deployment(s) {', '.join(leftovers)} could not be deleted and still bill per hour: delete them with "
-            + "; ".join(_delete_command(run.ep_name, n) for n in leftovers)
-        )
-    return DeployResult(run.ep_name, slots.new, run.scoring_uri, model, created, tuple(replaced), answer, verdict)
+    target = AzureTarget(ml_client, outputs, plan, client=smoke_client, poll_interval=poll_interval)
+    writers: list[Writer] = [("the connection", write_connection)]
+    if foundry_writer is not None:
+        writers.append(("the Foundry project connection (the local one was written)", foundry_writer))
+    settings = GateSettings(plan.eval_file, plan.eval_limit, plan.force, plan.margin)
+    done = rollout(target, settings, writers)
+    return DeployResult(target.ep_name, done.new.ref, target.scoring_uri, target.model, target.created,
+                        done.retired.replaced, done.smoke_answer, done.verdict)
 
 
 def _current_traffic(ml_client: Any, endpoint: str) -> dict[str, int] | None:

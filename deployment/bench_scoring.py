@@ -7,7 +7,7 @@ latency p50/p95, then the wall time of `--burst` requests (default 32) sent one 
 the same requests 16 at a time.
 
 Servers (`--server`):
-  new  `python -m deployment.serve` (continuous batching; deployment/engine.py)
+  new  `python -m deployment.serve` (continuous batching; deployment/serving/engines/)
   old  the previous deployment/score.py (`generate` behind a lock) under the Azure ML inference
        server it was written for, taken from git history (BASELINE_COMMIT) into a temp folder:
        needs `git` and azureml-inference-server-http (not pinned any more: `pip install
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,8 +31,9 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from common import processes
 from common.cli import UserError, run_cli, say
 
 QUESTION = "Who founded Microsoft, and when?"
@@ -62,37 +62,19 @@ def _post(url: str, body: dict) -> tuple[float, dict]:
     return time.perf_counter() - started, answer
 
 
-def _free_port() -> int:
-    from deployment.local import _free_port
-
-    return _free_port()
-
-
-def _wait(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(f"the server exited with code {process.returncode}; its log: {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    _stop(process)
-    raise UserError(f"the server did not answer within {START_TIMEOUT_S:.0f}s; its log: {log}")
-
-
-def _start_new(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
-    port, log = _free_port(), scratch / "new-server.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=REPO_ROOT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    _wait(process, base + "/health", log)
+def _start(command: list[str], health: str, log: Path, cwd: Path, env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """Start a server (common.processes: its own session, output to `log`), wait until `health` answers;
+    returns the process and its /score URL."""
+    port = processes.free_port()
+    process, _ = processes.start([*command, str(port)], log, cwd=cwd, env=env)
+    base = f"http://{processes.HOST}:{port}"
+    processes.wait_healthy(process, base + health, log, timeout=START_TIMEOUT_S, what="the server")
     return process, base + "/score"
+
+
+def _start_new(model_dir: Path, scratch: Path) -> tuple[Any, str]:
+    return _start([sys.executable, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port"], "/health",
+                  scratch / "new-server.log", REPO_ROOT)
 
 
 OLD_SERVER_PIN = "azureml-inference-server-http==1.4.1"
@@ -104,7 +86,7 @@ def _old_server_installed() -> bool:
     return importlib.util.find_spec("azureml_inference_server_http") is not None
 
 
-def _start_old(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
+def _start_old(model_dir: Path, scratch: Path) -> tuple[Any, str]:
     if not _old_server_installed():
         raise UserError(f"the old server runs under {OLD_SERVER_PIN}, no longer a dependency: "
                         f"`.venv/bin/pip install {OLD_SERVER_PIN}` to compare, or pass --server new")
@@ -116,28 +98,14 @@ def _start_old(model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
     except (OSError, subprocess.CalledProcessError) as err:
         raise UserError(f"cannot read the old score.py from git ({BASELINE_COMMIT}): {err}; run from a clone") from None
     score.write_bytes(source)
-    port, log = _free_port(), scratch / "old-server.log"
     env = {**os.environ, "AML_APP_INSIGHTS_ENABLED": "false",
            "GUNICORN_CMD_ARGS": (os.environ.get("GUNICORN_CMD_ARGS", "") + " --no-control-socket").strip()}
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-c", OLD_SERVER, str(score), str(model_dir), str(port)],
-            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=score.parent, env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
-    _wait(process, base + "/", log)
-    return process, base + "/score"
+    return _start([sys.executable, "-c", OLD_SERVER, str(score), str(model_dir)], "/", scratch / "old-server.log",
+                  score.parent, env)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def _stop(process: Any) -> None:
+    processes.stop_group(process, timeout=30.0)
 
 
 def _body(i: int, max_tokens: int) -> dict:

@@ -26,13 +26,88 @@ import getpass
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import Sequence
-from urllib.parse import urlparse
 
 from common.cli import UserError, first_line, run_cli
-from flows.chat.phi_client import APIS, REQUEST_FORMATS, openai_url  # stdlib + requests: light
+from flows.chat.endpoint_urls import base_url, check_http_url, openai_chat_url  # stdlib: light
+from flows.chat.phi_client import APIS, REQUEST_FORMATS  # stdlib + requests: light
 
 CONNECTION_NAME = "phi_endpoint"
+
+
+@dataclass(frozen=True)
+class PhiConnection:
+    """What the chat flow needs to reach an endpoint (docs/ARCHITECTURE.md section 6): the one model
+    that deploy builds once and hands to every writer (the local Prompt flow store, the Foundry
+    project), so they all store the same fields. The URL rules are flows/chat/endpoint_urls.py's.
+
+    A new kind of endpoint or connection (another base URL, another Foundry connection category)
+    is a new constructor or field here, and every writer gets it.
+    """
+
+    endpoint: str
+    """The scoring URL, or with `api` the server's base URL."""
+    key: str = field(repr=False)
+    deployment: str | None = None
+    """Sent as the `azureml-model-deployment` header: pins one deployment behind an Azure endpoint."""
+    api: str | None = None
+    """`openai`: the endpoint speaks the OpenAI chat-completions API; None: the tutorials' /score dialects."""
+    request_format: str = "contract"
+    max_tokens: int | None = None
+    temperature: float | None = None
+    name: str = CONNECTION_NAME
+
+    @classmethod
+    def for_server(cls, scoring_url: str, key: str, deployment: str | None = None, *,
+                   speaks_openai: bool = True) -> "PhiConnection":
+        """An endpoint running this project's server (its OpenAI route under the base URL), or, when it
+        does not speak it, any endpoint by its scoring URL."""
+        if speaks_openai:
+            return cls(base_url(scoring_url), key, deployment, api="openai")
+        return cls(scoring_url, key, deployment)
+
+    def configs(self) -> dict[str, str]:
+        """The non-secret configs (strings, as Prompt flow stores them); UserError when a field is wrong.
+
+        With `api` no `request_format` is written (it applies to /score only).
+        """
+        try:
+            check_http_url(self.endpoint)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        if self.request_format not in REQUEST_FORMATS:
+            raise UserError(f"request_format must be one of {', '.join(REQUEST_FORMATS)}, got {self.request_format!r}")
+        if self.api is not None and self.api not in APIS:
+            raise UserError(f"api must be one of {', '.join(APIS)} or unset (a /score endpoint), got {self.api!r}")
+        configs = {"endpoint": self.endpoint}
+        if self.api:
+            if self.request_format != "contract":
+                raise UserError(f"request_format={self.request_format!r} applies to /score endpoints only, "
+                                f"not with api={self.api!r}")
+            try:
+                openai_chat_url(self.endpoint)
+            except ValueError as err:
+                raise UserError(str(err)) from None
+            configs["api"] = self.api
+        else:
+            configs["request_format"] = self.request_format
+        optional = {"deployment": self.deployment, "max_tokens": None if self.max_tokens is None else str(int(self.max_tokens)),
+                    "temperature": None if self.temperature is None else str(float(self.temperature))}
+        return configs | {k: v for k, v in optional.items() if v}
+
+    def set_command(self) -> str:
+        """The command line that writes this connection by hand (the key from $PHI_ENDPOINT_KEY or a hidden prompt)."""
+        flags = {"--endpoint": self.endpoint, "--deployment": self.deployment, "--api": self.api,
+                 "--request-format": None if self.request_format == "contract" else self.request_format,
+                 "--max-tokens": self.max_tokens, "--temperature": self.temperature}
+        return " ".join(["python -m deployment.connection set",
+                         *(f"{flag} {value}" for flag, value in flags.items() if value is not None)])
+
+    def secrets(self) -> dict[str, str]:
+        if not self.key:
+            raise UserError(f"the endpoint key is empty; nothing was written to the {self.name} connection")
+        return {"key": self.key}
 
 
 def connection_configs(
@@ -44,35 +119,19 @@ def connection_configs(
     temperature: float | None = None,
     api: str | None = None,
 ) -> dict[str, str]:
-    """The connection's non-secret configs (strings, as Prompt flow stores them).
+    """The configs PhiConnection stores for these fields (no key needed to check them)."""
+    return PhiConnection(endpoint, "", deployment, api, request_format, max_tokens, temperature).configs()
 
-    With `api="openai"` the endpoint is the server's base URL and no `request_format` is written
-    (it applies to /score only); without it the configs are what they always were.
-    """
-    parsed = urlparse(endpoint or "")
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UserError(f"the endpoint must be an http(s) URL, got {endpoint!r}")
-    if request_format not in REQUEST_FORMATS:
-        raise UserError(f"request_format must be one of {', '.join(REQUEST_FORMATS)}, got {request_format!r}")
-    if api is not None and api not in APIS:
-        raise UserError(f"api must be one of {', '.join(APIS)} or unset (a /score endpoint), got {api!r}")
-    if api:
-        if request_format != "contract":
-            raise UserError(f"request_format={request_format!r} applies to /score endpoints only, not with api={api!r}")
-        try:
-            openai_url(endpoint)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-        configs = {"endpoint": endpoint, "api": api}
-    else:
-        configs = {"endpoint": endpoint, "request_format": request_format}
-    if deployment:
-        configs["deployment"] = deployment
-    if max_tokens is not None:
-        configs["max_tokens"] = str(int(max_tokens))
-    if temperature is not None:
-        configs["temperature"] = str(float(temperature))
-    return configs
+
+def save(connection: PhiConnection) -> None:
+    """Create or replace the connection in the local Prompt flow store (idempotent; the key is a secret)."""
+    configs, secrets = connection.configs(), connection.secrets()
+    with _promptflow_errors(f"write the Prompt flow connection {connection.name!r}"):
+        from promptflow.client import PFClient
+        from promptflow.entities import CustomConnection
+
+        entity = CustomConnection(name=connection.name, configs=configs, secrets=secrets)
+        PFClient().connections.create_or_update(entity, with_secrets=False)
 
 
 def write_phi_connection(
@@ -86,21 +145,8 @@ def write_phi_connection(
     api: str | None = None,
     name: str = CONNECTION_NAME,
 ) -> None:
-    """Create or replace the custom connection `phi_endpoint` (idempotent; the key is a secret).
-
-    `api="openai"`: `endpoint` is this project's server's base URL (docs/ARCHITECTURE.md section 6).
-    """
-    if not key:
-        raise UserError("the endpoint key is empty; nothing was written to the phi_endpoint connection")
-    configs = connection_configs(
-        endpoint, deployment, request_format, max_tokens=max_tokens, temperature=temperature, api=api
-    )
-    with _promptflow_errors(f"write the Prompt flow connection {name!r}"):
-        from promptflow.client import PFClient
-        from promptflow.entities import CustomConnection
-
-        connection = CustomConnection(name=name, configs=configs, secrets={"key": key})
-        PFClient().connections.create_or_update(connection, with_secrets=False)
+    """`save` of the PhiConnection with these fields (the `set` command's and the tests' form)."""
+    save(PhiConnection(endpoint, key, deployment, api, request_format, max_tokens, temperature, name))
 
 
 def delete_phi_connection(name: str = CONNECTION_NAME) -> bool:

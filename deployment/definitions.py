@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from common.cli import UserError
 from common.vm_sizes import KNOWN_SIZES, VmSize
-from deployment.engine import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
+from deployment.serving.limits import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
 from deployment.serve import ENV_MODEL_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +38,7 @@ LIVENESS_INITIAL_DELAY_S = 600
 LIVENESS_FAILURE_THRESHOLD = 30
 PROBE_PERIOD_S = 10
 PROBE_TIMEOUT_S = 10
-# Requests. The engine decodes up to ENGINE_MAX_SEQUENCES at once (deployment/engine.py sizes it
+# Requests. The engine decodes up to ENGINE_MAX_SEQUENCES at once (deployment/serving/limits.py sizes it
 # for an A100 80 GB); the endpoint lets exactly that many in per instance and answers 429 beyond,
 # so no request waits inside the container longer than one reply takes. One reply of the server's
 # largest max_tokens (2048) at ~20 tokens/s per stream in a full batch takes ~100 s: the timeout
@@ -60,9 +60,6 @@ def instance_info(sku: str) -> VmSize | None:
 
 def default_endpoint_name(outputs: "StackOutputs") -> str:
     """Endpoint names are unique per region: derive a stable one from the workspace's identity."""
-    explicit = outputs.extra.get("endpoint_name")
-    if explicit:
-        return str(explicit)
     scope = f"{outputs.subscription_id}/{outputs.resource_group_name}/{outputs.workspace_name}".lower()
     return f"phi3-chat-{hashlib.sha256(scope.encode()).hexdigest()[:8]}"
 

@@ -1,10 +1,11 @@
 """python -m deployment.deploy: the fine-tuned model behind a managed online endpoint (or locally).
 
-target azure (default): register the model -> endpoint with the stack's UAI -> new blue/green
-deployment -> smoke test -> evaluation gate (new vs live on held-out conversations) -> 100%
-traffic -> old deployment deleted -> Prompt flow connection (deployment/azure_deploy.py).
-target local: `deployment.serve` in the background on 127.0.0.1, the same gate (deployment/local.py).
-`--dry-run` prints the endpoint and deployment definitions as YAML, touching no credential or network.
+Both targets run the one rollout (deployment/rollout.py): start the new deployment beside the
+live one -> smoke test -> evaluation gate (new vs live on held-out conversations) -> promote ->
+retire the old one -> Prompt flow connection. target azure (default): blue/green deployments on a
+managed online endpoint with the stack's UAI (deployment/azure_deploy.py). target local:
+`deployment.serve` in the background on 127.0.0.1 (deployment/local.py). `--dry-run` prints the
+endpoint and deployment definitions as YAML, touching no credential or network.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from infra.outputs import add_stack_arguments
+from common.azure import quiet_sdk
 from common.cli import UserError, run_cli, say
-
-DEFAULT_INSTANCE_TYPE = "Standard_NC24ads_A100_v4"  # = deployment.definitions.DEFAULT_INSTANCE_TYPE (no SDK import here)
+from deployment.definitions import DEFAULT_INSTANCE_TYPE
+from infra.outputs import add_stack_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     gate = parser.add_argument_group("evaluation gate (docs/DEPLOY.md)")
     gate.add_argument("--eval-file", type=Path,
                       help="held-out conversations, JSONL of `messages` rows (default: runs/data/test.jsonl)")
-    gate.add_argument("--eval-limit", type=int, help="conversations to score (default: 32)")
-    gate.add_argument("--eval-margin", type=float,
-                      help="token-F1 drop (absolute) tolerated beside the statistical test (default: 0.02)")
+    gate.add_argument("--eval-limit", type=int, help="conversations and instruction prompts to score, each (default: 200)")
+    gate.add_argument("--eval-margin", type=float, metavar="POINTS",
+                      help="delta of the gate's test, in points (F1 points for correctness; 1 point = 0.01) (default: 1)")
     gate.add_argument("--force", action="store_true",
-                      help="move traffic even when the new deployment scores worse than the live one")
+                      help="move traffic even when the gate refuses (worse than the live one, or inconclusive)")
     parser.add_argument("--expires-in", metavar="DURATION",
                         help="target azure: tag what this deploy creates to expire (30m, 2h, 1d); "
                         "`python -m deployment.teardown --expired` deletes it afterwards. Default: never expires")
@@ -84,13 +85,6 @@ def _expires_at(args: argparse.Namespace) -> datetime | None:
     from deployment.expiry import parse_duration
 
     return datetime.now(timezone.utc) + parse_duration(args.expires_in) if args.expires_in else None
-
-
-def quiet_sdk() -> None:
-    """azure-ai-ml logs a warning per experimental class it touches; noise for the user of this CLI."""
-    import logging
-
-    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -200,11 +194,8 @@ def _local(args: argparse.Namespace) -> int:
     endpoint = deploy_local(model_dir=Path(args.model_dir) if args.model_dir else None, port=args.port,
                             eval_file=args.eval_file, eval_limit=args.eval_limit, force=args.force,
                             margin=args.eval_margin)
-    url = getattr(endpoint, "scoring_uri", None) or getattr(endpoint, "url", None) or str(endpoint)
-    print(f"local endpoint: {url}")
-    pid = getattr(endpoint, "pid", None)
-    if pid:
-        print(f"server pid:     {pid}")
+    print(f"local endpoint: {endpoint.url}")
+    print(f"server pid:     {endpoint.pid}")
     print('chat:           pf flow test --flow flows/chat --inputs question="Who founded Microsoft?"')
     print("stop it:        python -m deployment.teardown --target local")
     return 0

@@ -1,12 +1,13 @@
-"""The serving environment: a custom container that runs `python -m deployment.serve`, the same server as locally.
+"""The serving environment: a custom container that runs the project's server, the same one as locally.
 
-The image is built by Azure ML from a build context this module stages (content-addressed):
-  Dockerfile        a dated Azure ML base image, a Python 3.11 env, the pins, the server code,
-                    CMD `python -m deployment.serve --model-dir $AZUREML_MODEL_DIR --host 0.0.0.0 --port 8000`
+The image is built by Azure ML from a build context this module stages (content-addressed): the
+server package deployment/serving/ as it is (its Dockerfile, its modules; deployment/serving/__init__.py
+lists them) plus
   requirements.txt  pyproject.toml's `serve` extra through `common.pins.cloud_pins` (torch 2.10.0, the
                     newest PyPI CUDA 12 build, which Azure ML's driver 535 runs; never the local CUDA 13
                     torch 2.13.0) plus the base dependencies
-  app/              the server's modules (deployment/serve.py and what it imports), nothing else
+  constraints.txt   requirements-cloud.lock's pins of everything those pull in (common/cloud_lock.py)
+The package imports nothing from the rest of the repository, so there is no list of files to keep.
 
 `inference_config` tells the managed online endpoint where the container listens: liveness `/live`,
 readiness `/health` (200 once the model is loaded), scoring route `/` on port 8000. The endpoint
@@ -27,31 +28,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import cloud_lock, runs
+from common.cuda_driver import require_gpu_torch
 from common.pins import PYPROJECT, cloud_pins, content_version
+from deployment.definitions import CREATED_BY
 
 ENVIRONMENT_NAME = "phi3-serve"
-BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20250601.v1"
-"""Azure ML's maintained Ubuntu 22.04 base (conda included) at a dated tag (`YYYYMMDD.vN`), so a new
-base changes the environment's hash. CPU and GPU instances use the same image: the pip torch wheel
-brings its own CUDA 12.8 runtime and the node supplies the driver. Move the date forward deliberately."""
-PORT = 8000
+PORT = 8000  # the Dockerfile's EXPOSE and --port (a test checks they agree)
 LIVENESS_PATH = "/live"
 READINESS_PATH = "/health"
 SCORING_PATH = "/"
 """The scoring route's root: the endpoint appends the caller's path, so /score and /v1/... both arrive."""
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVER_FILES = (
-    "common/__init__.py",
-    "common/cli.py",
-    "deployment/__init__.py",
-    "deployment/serve.py",
-    "deployment/openai_api.py",
-    "deployment/engine.py",
-    "deployment/dialects.py",
-    "deployment/model_dir.py",
-)
-"""Everything `python -m deployment.serve` imports from this repository (a test checks the list)."""
-SERVE_PYTHON = "/opt/serve/bin/python"
+SERVING_PACKAGE = Path(__file__).resolve().parent / "serving"
+"""The server package: the image's build context as it is (plus requirements.txt)."""
+CONTEXT_SUFFIXES = (".py",)
+"""What of the package goes into the image besides its Dockerfile (never __pycache__ or editor files)."""
+
+
+def package_files(package: Path = SERVING_PACKAGE) -> dict[str, bytes]:
+    """The server package's modules and Dockerfile, path (relative to the package) -> content."""
+    files = {"Dockerfile": (package / "Dockerfile").read_bytes()}
+    for path in sorted(package.rglob("*")):
+        if path.suffix in CONTEXT_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
+            files[path.relative_to(package).as_posix()] = path.read_bytes()
+    return files
+
+
+def base_image(dockerfile: bytes) -> str:
+    """The image a Dockerfile builds on (its first FROM line)."""
+    for line in dockerfile.decode().splitlines():
+        if line.startswith("FROM "):
+            return line.split()[1]
+    raise ValueError("the Dockerfile has no FROM line")
 
 
 def base_pins(pyproject: Path = PYPROJECT) -> list[str]:
@@ -61,35 +69,21 @@ def base_pins(pyproject: Path = PYPROJECT) -> list[str]:
 
 
 def serve_requirements(pyproject: Path = PYPROJECT) -> list[str]:
-    """What the container installs: the `serve` extra with the cloud torch, plus the base dependencies."""
-    return cloud_pins("serve", pyproject) + base_pins(pyproject)
+    """What the container installs: the `serve` extra with the cloud torch, plus the base dependencies.
 
-
-def dockerfile() -> str:
-    return f"""\
-FROM {BASE_IMAGE}
-# Python 3.11 (the project's) beside the image's own; the pins install with pip from PyPI.
-RUN conda create -y -q -p /opt/serve python=3.11 pip && conda clean -a -y
-COPY requirements.txt /tmp/requirements.txt
-RUN {SERVE_PYTHON} -m pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
-COPY app/ /app/
-WORKDIR /app
-ENV PYTHONPATH=/app PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
-EXPOSE {PORT}
-# Azure ML sets AZUREML_MODEL_DIR to the mounted model (azureml-models/<name>/<version>).
-CMD ["/bin/sh", "-c", "exec {SERVE_PYTHON} -m deployment.serve --model-dir \\"$AZUREML_MODEL_DIR\\" --host 0.0.0.0 --port {PORT}"]
-"""
+    Refused when that torch would see no GPU on Azure ML's driver (common.cuda_driver).
+    """
+    requirements = cloud_pins("serve", pyproject) + base_pins(pyproject)
+    require_gpu_torch(requirements, f"the serving environment {ENVIRONMENT_NAME}")
+    return requirements
 
 
 def build_context_files(pyproject: Path = PYPROJECT) -> dict[str, bytes]:
-    """The build context, path -> content."""
-    files = {
-        "Dockerfile": dockerfile().encode(),
-        "requirements.txt": ("\n".join(serve_requirements(pyproject)) + "\n").encode(),
-    }
-    for relative in SERVER_FILES:
-        files[f"app/{relative}"] = (REPO_ROOT / relative).read_bytes()
-    return files
+    """The build context, path -> content: the server package and its requirements."""
+    requirements = serve_requirements(pyproject)
+    constraints = cloud_lock.constraints("serve", requirements)
+    return {**package_files(), "requirements.txt": ("\n".join(requirements) + "\n").encode(),
+            "constraints.txt": ("\n".join(constraints) + "\n").encode()}
 
 
 def inference_config() -> dict[str, Any]:
@@ -130,17 +124,15 @@ class ServingEnvironment:
         from azure.ai.ml.entities import BuildContext, Environment
 
         if stage_root is None:
-            from training.local_runs import runs_dir
-
-            stage_root = runs_dir() / "deploy"
+            stage_root = runs.deploy_stage_dir()
         stage_root.mkdir(parents=True, exist_ok=True)
         return Environment(
             name=self.name,
             version=self.version,
             build=BuildContext(path=str(self.stage(stage_root))),
             inference_config=inference_config(),
-            description="finetune-phi serving: python -m deployment.serve (OpenAI API + /score, continuous batching)",
-            tags={"created-by": "finetune-phi"},
+            description="finetune-phi serving: python -m deployment.serving (OpenAI API + /score, continuous batching)",
+            tags=dict(CREATED_BY),
         )
 
 

@@ -23,20 +23,21 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from common import processes
+from common import runs as run_paths
 from common.cli import UserError, run_cli, say
+from common.files import write_atomic
 from common.vm_sizes import known_vm
-from training import local_runs
+from deployment.flow_check import held_out_questions, parse_flow_answer
+from infra.outputs import ENV_VAR, EXAMPLE_FILE, add_stack_arguments, load_stack_outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_OUTPUTS = REPO_ROOT / "docs" / "examples" / "stack-outputs.json"
 
 DEFAULT_STACK = "smoke"
 SMOKE_VM_SIZE = "Standard_E4s_v3"
@@ -89,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("steps", nargs="*", type=_step, metavar="STEP",
                         help=f"run only these steps, teardown and report last ({', '.join(COMMANDS)}; default: all of them, "
                              "with teardown even when a step fails, then report)")
-    parser.add_argument("--stack", default=DEFAULT_STACK, help=f"Pulumi stack with a CPU cluster (default: {DEFAULT_STACK})")
-    parser.add_argument("--outputs-file", type=Path, default=None,
-                        help="stack outputs JSON (`pulumi stack output --json > FILE`); also $STACK_OUTPUTS_FILE")
+    add_stack_arguments(parser, default_stack=DEFAULT_STACK)  # a stack with a CPU cluster
     parser.add_argument("--expires-in", default=DEFAULT_EXPIRES_IN,
                         help=f"expiry deploy tags the endpoint with (default: {DEFAULT_EXPIRES_IN})")
     parser.add_argument("--question", default=None, help="what to ask through the flow (default: a held-out question)")
@@ -125,12 +124,7 @@ def commands(plan: Plan, python: str = sys.executable) -> dict[str, list[str]]:
 
 def shown(command: Sequence[str]) -> str:
     """A command line as a person would type it in the repository root."""
-    def short(arg: str) -> str:
-        arg = arg.replace(str(Path(sys.executable).with_name("pf")), "pf").replace(sys.executable, "python")
-        arg = arg.replace(str(REPO_ROOT) + os.sep, "")
-        return f'"{arg}"' if " " in arg else arg
-
-    return " ".join(short(part) for part in command)
+    return processes.shown(command, REPO_ROOT)
 
 
 # ---------------------------------------------------------------- state between steps
@@ -145,8 +139,7 @@ class State:
         self.data.setdefault("steps", {})
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
     def begin(self, step: str) -> None:
         self.data["steps"][step] = {"start": time.time()}
@@ -164,41 +157,9 @@ class State:
 # ---------------------------------------------------------------- running one step
 
 
-def _relay(source: IO[str], sinks: Sequence[IO[str]], keep: list[str] | None = None) -> None:
-    for line in source:
-        for sink in sinks:
-            sink.write(line)
-            sink.flush()
-        if keep is not None:
-            keep.append(line)
-
-
 def run_step(name: str, command: Sequence[str], logs: Path, env: dict[str, str]) -> str:
     """Run one command: its output shows live and goes to logs/<name>.log; returns its stdout."""
-    say(f"==> {name}: {shown(command)}")
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{name}.log"
-    started = time.perf_counter()
-    stdout: list[str] = []
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write(f"$ {shown(command)}\n")
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        relays = [threading.Thread(target=_relay, args=(process.stdout, (sys.stdout, log), stdout)),
-                  threading.Thread(target=_relay, args=(process.stderr, (sys.stderr, log)))]
-        for relay in relays:
-            relay.start()
-        try:
-            process.wait()
-        finally:  # Ctrl-C reaches the child too (same process group); let it finish its own cleanup
-            for relay in relays:
-                relay.join()
-            process.wait()
-    elapsed = time.perf_counter() - started
-    if process.returncode != 0:
-        raise UserError(f"step '{name}' failed (exit {process.returncode}) after {elapsed:.0f}s; its log: {log_path}")
-    say(f"<== {name}: done in {elapsed:.0f}s")
-    return "".join(stdout)
+    return processes.run_step(name, command, logs / f"{name}.log", cwd=REPO_ROOT, env=env, live=True).stdout
 
 
 # ---------------------------------------------------------------- the stack
@@ -208,32 +169,27 @@ def _dry_run_outputs(runs: Path) -> Path:
     """The example outputs as a smoke stack would export them (its cluster is the CPU size)."""
     from infra.naming import compute_name
 
-    outputs = json.loads(EXAMPLE_OUTPUTS.read_text(encoding="utf-8"))
+    outputs = json.loads(EXAMPLE_FILE.read_text(encoding="utf-8"))
     outputs.update(compute_vm_size=SMOKE_VM_SIZE, compute_name=compute_name(SMOKE_VM_SIZE, "Dedicated"))
     path = runs / "example-stack-outputs.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(outputs, indent=2) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(outputs, indent=2) + "\n")
     return path
 
 
 def stack_args(args: argparse.Namespace, runs: Path, env: dict[str, str]) -> tuple[str, ...]:
     """How every step names the stack. A dry run without outputs or a Pulumi CLI uses the example outputs."""
-    from infra.outputs import ENV_VAR
-
     if args.outputs_file:
         return ("--outputs-file", str(args.outputs_file))
     if env.get(ENV_VAR) or not args.dry_run or shutil.which("pulumi", path=env.get("PATH")):
         return ("--stack", args.stack)
     path = _dry_run_outputs(runs)
-    say(f"note: no stack outputs and no Pulumi CLI: the dry run uses {shown([str(EXAMPLE_OUTPUTS)])} "
+    say(f"note: no stack outputs and no Pulumi CLI: the dry run uses {shown([str(EXAMPLE_FILE)])} "
         f"as a smoke stack would export it (compute_vm_size {SMOKE_VM_SIZE}), written to {path}")
     return ("--outputs-file", str(path))
 
 
 def check_cpu_cluster(stack: tuple[str, ...], env: dict[str, str]) -> str:
     """The stack's cluster size; refuse a GPU cluster: the smoke path must need no GPU quota."""
-    from infra.outputs import load_stack_outputs
-
     outputs_file = stack[1] if stack[0] == "--outputs-file" else None
     outputs = load_stack_outputs(outputs_file, None if outputs_file else stack[1], env=env)
     size = known_vm(outputs.compute_vm_size)
@@ -257,15 +213,12 @@ def step_env(runs: Path) -> dict[str, str]:
 
     In ~/.promptflow the smoke endpoint's connection would replace the one to a real endpoint.
     """
-    env = dict(os.environ)
-    env.update(PYTHONUNBUFFERED="1", PF_HOME_DIRECTORY=str(runs / "promptflow"), XDG_DATA_HOME=str(runs / "xdg-data"))
-    return env
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PF_HOME_DIRECTORY": str(run_paths.promptflow_home(runs)),
+            "XDG_DATA_HOME": str(run_paths.keyring_dir(runs))}
 
 
 def _question(plan: Plan) -> str:
     """The asked question, else the first short held-out one of the sample data."""
-    from demo.pipeline import held_out_questions
-
     return plan.question or held_out_questions(plan.data_dir / "test.jsonl", 1)[0][0]
 
 
@@ -274,8 +227,8 @@ CommandLines = Callable[[Plan], dict[str, list[str]]]
 
 def _pf_settings(plan: Plan, env: dict[str, str], command_lines: CommandLines) -> None:
     """Once per smoke folder: no tracing service, no telemetry (what `make setup` does for ~/.promptflow)."""
-    if not (plan.runs / "promptflow" / "pf.yaml").is_file():
-        run_step("pf-settings", command_lines(plan)["pf-settings"], plan.runs / "logs", env)
+    if not (run_paths.promptflow_home(plan.runs) / "pf.yaml").is_file():
+        run_step("pf-settings", command_lines(plan)["pf-settings"], run_paths.logs_dir(plan.runs), env)
 
 
 def job_name(submit_stdout: str) -> str | None:
@@ -303,12 +256,10 @@ def run_one(step: str, plan: Plan, state: State, env: dict[str, str], command_li
             plan = replace(plan, question=_question(plan))
         if plan.dry_run:  # one YAML stream: each command's definitions are documents of their own
             print(f"--- # {step}: {shown(command_lines(plan)[step])}", flush=True)
-        out = run_step(step, command_lines(plan)[step], plan.runs / "logs", env)
+        out = run_step(step, command_lines(plan)[step], run_paths.logs_dir(plan.runs), env)
         if step == "submit" and not plan.dry_run:
             state.data["job"] = job_name(out)
         if step == "chat":
-            from demo.pipeline import parse_flow_answer
-
             say(f"    Q: {plan.question}\n    A: {parse_flow_answer(out)}")
         ok = True
     finally:
@@ -351,7 +302,7 @@ def _duration(seconds: float) -> str:
 
 def run(args: argparse.Namespace, command_lines: CommandLines = commands) -> int:
     """The asked steps in order; teardown (when asked: always by default) runs whatever failed before it."""
-    runs = local_runs.runs_dir() / "smoke"
+    runs = run_paths.smoke_dir()
     env = step_env(runs)
     stack = stack_args(args, runs, env)
     plan = Plan(stack_args=stack, runs=runs, expires_in=args.expires_in, question=args.question, dry_run=args.dry_run)

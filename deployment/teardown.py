@@ -16,10 +16,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-from infra.outputs import add_stack_arguments
 from common.cli import UserError, first_line, run_cli, say, step
-
-CREATED_BY = ("created-by", "finetune-phi")  # = deployment.definitions.CREATED_BY (no SDK import here)
+from deployment.definitions import CREATED_BY
+from infra.outputs import add_stack_arguments
 
 STILL_BILLS = (
     "Still billing until `pulumi destroy`: the workspace's storage account, container registry, key vault "
@@ -75,7 +74,7 @@ class TeardownReport:
 
 def _is_ours(resource: Any) -> bool:
     """Endpoints and deployments that deploy created carry the created-by tag."""
-    return (resource.tags or {}).get(CREATED_BY[0]) == CREATED_BY[1]
+    return all((resource.tags or {}).get(key) == value for key, value in CREATED_BY.items())
 
 
 def _our_deployments(ml_client: Any, endpoint_names: Sequence[str]) -> dict[str, list[str]]:
@@ -171,7 +170,7 @@ def _plan(targets: list[str], report: TeardownReport, workspace_name: str, purgi
 def _delete_endpoints(ml_client: Any, targets: list[str], report: TeardownReport, poll_interval: float) -> None:
     from azure.core.exceptions import ResourceNotFoundError
 
-    from deployment.azure_deploy import wait
+    from common.azure import wait
 
     for name in targets:
         with step(f"delete endpoint {name} (a few minutes)"):
@@ -202,7 +201,7 @@ def _purge(ml_client: Any, workspace_name: str, foundry_workspaces: Sequence[str
     from azure.core.exceptions import ResourceNotFoundError
 
     from common.azure import azure_errors
-    from deployment.azure_deploy import wait
+    from common.azure import wait
 
     if report.failed:
         raise UserError(
@@ -310,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--expired deletes only this tool's expired endpoints: it does not combine with "
                         "--all or --purge-workspace.")
     from common import azure as azure_edge
-    from deployment.deploy import quiet_sdk
+    from common.azure import quiet_sdk
     from infra.outputs import load_stack_outputs
 
     quiet_sdk()

@@ -16,11 +16,11 @@ from typing import Mapping
 import pulumi
 from pulumi_azure_native import authorization, managedidentity
 
+from common.github_oidc import AUDIENCE
 from infra import roles
 from infra.identity import Grant, assign_roles, create_identity
 
 ISSUER = "https://token.actions.githubusercontent.com"
-AUDIENCE = "api://AzureADTokenExchange"
 ENVIRONMENT = "azure"
 
 

@@ -2,7 +2,8 @@
 
 Two identities, so that the public scoring container holds no write rights (docs/INFRA.md):
 - the training identity, attached to the cluster: jobs run as it, with the tutorials' roles
-  (Contributor on the resource group, Storage Blob Data Reader, AcrPull);
+  (Contributor, on the workspace unless config contributorOnResourceGroup puts it on the resource
+  group as the tutorials do; Storage Blob Data Reader; AcrPull);
 - the endpoint identity, which online deployments run as: only AcrPull on the registry, Storage
   Blob Data Reader on the storage and AzureML Metrics Writer on the workspace.
 Every assignment has principal type ServicePrincipal and a deterministic name.
@@ -45,12 +46,21 @@ def create_identity(
 
 
 def training_grants(
-    resource_group_id: pulumi.Input[str], storage_id: pulumi.Input[str], registry_id: pulumi.Input[str]
+    workspace_id: pulumi.Input[str], storage_id: pulumi.Input[str], registry_id: pulumi.Input[str],
+    resource_group_id: pulumi.Input[str] | None = None,
 ) -> list[Grant]:
-    """The cluster's jobs: the tutorials' three roles (Contributor covers Metrics Writer)."""
+    """The cluster's jobs: the tutorials' three roles (Contributor covers Metrics Writer).
+
+    Any job submitter can take tokens as this identity, so Contributor is on the workspace; with
+    `resource_group_id` (config contributorOnResourceGroup) it is on the resource group, as in the tutorials.
+    """
+    contributor = (Grant("uai-contributor-rg", roles.CONTRIBUTOR, resource_group_id,
+                         "jobs on the cluster manage runs, outputs and models (the tutorials' scope, by config)")
+                   if resource_group_id is not None else
+                   Grant("uai-contributor-workspace", roles.CONTRIBUTOR, workspace_id,
+                         "jobs on the cluster manage runs, outputs and models in the workspace"))
     return [
-        Grant("uai-contributor-rg", roles.CONTRIBUTOR, resource_group_id,
-              "jobs on the cluster manage runs, outputs and models in the workspace"),
+        contributor,
         Grant("uai-blob-reader-storage", roles.STORAGE_BLOB_DATA_READER, storage_id,
               "jobs read identity-based data inputs from the workspace storage"),
         Grant("uai-acrpull-registry", roles.ACR_PULL, registry_id,

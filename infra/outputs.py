@@ -26,6 +26,8 @@ from common.cli import UserError
 ENV_VAR = "STACK_OUTPUTS_FILE"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 """Where Pulumi.yaml lives: `pulumi stack output` runs there, so the commands work from any directory."""
+EXAMPLE_FILE = PROJECT_DIR / "docs" / "examples" / "stack-outputs.json"
+"""A complete example of the outputs (every key a stack exports): for dry runs and benchmarks without a stack."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,7 @@ class StackOutputs:
     role_assignments_created_on: dt.datetime | None = None
     """When the newest of the stack's role assignments was created (UTC): they take minutes to apply."""
     source: str = "unknown"
-    """Where the outputs were read from (a file path or `pulumi stack output`)."""
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Every output beyond the required contract, as read (the optional ones above included, for
-    callers that still look them up here; prefer the typed fields)."""
+    """Where the outputs were read from (a file path or `pulumi stack output`). Outputs no field names are ignored."""
 
     @classmethod
     def from_mapping(
@@ -98,8 +97,7 @@ class StackOutputs:
             ) from None
         values = {key: str(data[key]) for key in REQUIRED_KEYS if key != "compute_max_nodes"}
         optional = {key: _optional(data, key, source, up_command) for key in OPTIONAL_KEYS}
-        extra = {key: value for key, value in data.items() if key not in REQUIRED_KEYS}
-        return cls(**values, **optional, compute_max_nodes=max_nodes, source=source, extra=extra)
+        return cls(**values, **optional, compute_max_nodes=max_nodes, source=source)
 
     def as_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in REQUIRED_KEYS}
@@ -107,10 +105,9 @@ class StackOutputs:
 
 REQUIRED_KEYS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(StackOutputs) if f.default is dataclasses.MISSING
-    and f.default_factory is dataclasses.MISSING
 )
 OPTIONAL_KEYS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(StackOutputs) if f.name not in REQUIRED_KEYS + ("source", "extra")
+    f.name for f in dataclasses.fields(StackOutputs) if f.name not in REQUIRED_KEYS + ("source",)
 )
 _ARM_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?$")
 
@@ -151,10 +148,12 @@ class StackOutputsError(UserError):
     """The stack outputs cannot be found or are incomplete."""
 
 
-def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+def add_stack_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default_stack: str | None = None) -> None:
     """`--stack` and `--outputs-file`, the two ways every command finds the stack outputs (the loader below)."""
-    parser.add_argument("--stack", help="Pulumi stack to read the outputs of (default: the selected stack)")
-    parser.add_argument("--outputs-file", help="JSON file of stack outputs (`pulumi stack output --json > FILE`)")
+    parser.add_argument("--stack", default=default_stack,
+                        help=f"Pulumi stack to read the outputs of (default: {default_stack or 'the selected stack'})")
+    parser.add_argument("--outputs-file",
+                        help=f"JSON file of stack outputs (`pulumi stack output --json > FILE`); also ${ENV_VAR}")
 
 
 def load_stack_outputs(

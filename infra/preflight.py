@@ -229,10 +229,11 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def default_credential() -> Any:
-    from azure.identity import DefaultAzureCredential
+def default_credential(outputs: "StackOutputs | None") -> Any:
+    """common.azure's credential (in GitHub Actions: a fresh OIDC token per exchange), in the stack's tenant."""
+    from common.azure import azure_credential
 
-    return DefaultAzureCredential()
+    return azure_credential(outputs.tenant_id if outputs else "")
 
 
 def require(
@@ -246,15 +247,12 @@ def require(
     env: Mapping[str, str] | None = None,
 ) -> Verdict | None:
     """submit's and deploy's preflight: wait for fresh roles, then refuse with one message if a right is missing."""
-    from common.azure import remember_role_assignments
-
-    remember_role_assignments(outputs.role_assignments_created_on)
     if (os.environ if env is None else env).get(ENV_SWITCH, "").lower() in ("off", "0", "false", "no"):
         say(f"    preflight: skipped ({ENV_SWITCH}=off)")
         return None
     wait_for_roles(outputs, now=now, sleep=sleep)
     say(f"    preflight: checking your Azure permissions for {purpose}")
-    verdict = evaluate(purpose, outputs, PermissionsReader(credential or default_credential(), transport))
+    verdict = evaluate(purpose, outputs, PermissionsReader(credential or default_credential(outputs), transport))
     for line in verdict.warnings:
         say(f"    warning: {line}")
     for where in verdict.unchecked:
@@ -293,7 +291,7 @@ def main(argv: Sequence[str] | None = None, *, credential: Any = None, transport
         if purposes != ["up"] or not args.subscription:
             raise
         outputs = None  # the stack is not up yet: check the subscription
-    reader = PermissionsReader(credential or default_credential(), transport)
+    reader = PermissionsReader(credential or default_credential(outputs), transport)
     failed = []
     for purpose in purposes:
         verdict = evaluate(purpose, outputs, reader, subscription_id=args.subscription)

@@ -14,16 +14,18 @@ from infra.outputs import REQUIRED_KEYS, latest_time
 from infra.stack_config import PROJECT, load_config
 
 
-def export_outputs(outputs: dict[str, object]) -> None:
-    """Export the contract keys (all of them, or fail) and any extras; nothing secret goes in here."""
+def export_outputs(outputs: dict[str, object]) -> dict[str, object]:
+    """Export the contract keys (all of them, or fail) and any extras; nothing secret goes in here. Returns what it exported."""
     missing = [key for key in REQUIRED_KEYS if key not in outputs]
     if missing:
         raise pulumi.RunError(f"the program does not export {', '.join(missing)} (infra.outputs.REQUIRED_KEYS)")
     for key, value in outputs.items():
         pulumi.export(key, value)
+    return outputs
 
 
-def main() -> None:
+def main() -> dict[str, object]:
+    """Declare the stack's resources; returns the outputs it exports (the tests assert on them)."""
     cfg = load_config()
     stack = pulumi.get_stack()
     tags = {"project": PROJECT, "stack": stack, **cfg.tags}
@@ -41,7 +43,8 @@ def main() -> None:
     identity = create_identity("identity", names["identity"], group.name, cfg.location, tags)
     endpoint_identity = create_identity("endpoint-identity", names["endpoint_identity"], group.name, cfg.location, tags)
     assignments = assign_roles(identity.principal_id, client.subscription_id,
-                               training_grants(group.id, deps.storage.id, deps.registry.id))
+                               training_grants(workspace.id, deps.storage.id, deps.registry.id,
+                                               group.id if cfg.contributor_on_resource_group else None))
     assignments += assign_roles(endpoint_identity.principal_id, client.subscription_id,
                                 endpoint_grants(deps.storage.id, deps.registry.id, workspace.id))
     compute = create_compute(cfg, naming.compute_name(cfg.compute_vm_size, cfg.compute_priority),
@@ -69,7 +72,7 @@ def main() -> None:
     # New role assignments take minutes to apply; submit and deploy wait for them (infra/preflight.py).
     extras["role_assignments_created_on"] = pulumi.Output.all(*(a.created_on for a in assignments)).apply(latest_time)
 
-    export_outputs({
+    outputs: dict[str, object] = {
         "subscription_id": client.subscription_id,
         "tenant_id": client.tenant_id,
         "resource_group_name": group.name,
@@ -90,4 +93,5 @@ def main() -> None:
         "endpoint_uai_client_id": endpoint_identity.client_id,
         "endpoint_uai_principal_id": endpoint_identity.principal_id,
         **extras,
-    })
+    }
+    return export_outputs(outputs)

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "budgetEmails": [],
     "tags": "",
     "githubRepository": "",
+    "contributorOnResourceGroup": False,
 }
 """Every project config key and its default (the same as in Pulumi.yaml)."""
 
@@ -66,6 +67,8 @@ class InfraConfig:
     """User tags only; `program.py` adds the project and stack tags."""
     github_repository: str = DEFAULTS["githubRepository"]
     """OWNER/NAME whose GitHub Actions may sign in (OIDC) as the GitHub identity; empty: no such identity."""
+    contributor_on_resource_group: bool = DEFAULTS["contributorOnResourceGroup"]
+    """The tutorials' scope for the training identity's Contributor (the resource group) instead of the workspace."""
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -186,6 +189,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "budgetEmails": ("budget_emails", _parse_emails),
     "tags": ("tags", _parse_tags),
     "githubRepository": ("github_repository", _parse_github_repository),
+    "contributorOnResourceGroup": ("contributor_on_resource_group", _parse_bool),
 }
 assert set(_PARSERS) == set(DEFAULTS), "every config key needs a default and a parser"
 

@@ -37,6 +37,10 @@ os.environ.pop("STACK_OUTPUTS_FILE")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ("fakes.deploy_fixtures",)
+"""The deploy, rollout and teardown tests' fixtures: stack outputs, a real scoring endpoint, the MLClient fake.
+(pytest takes plugins only from this top-level conftest; tests/ is on sys.path, so `fakes` imports.)"""
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -277,9 +277,9 @@ def make_clients(outputs: Any, request: Request, ml_client: Any, registry_client
     from common.azure import make_ml_client
 
     if credential is None and (ml_client is None or (request.recipe == "registry" and registry_client is None)):
-        from azure.identity import DefaultAzureCredential
+        from common.azure import azure_credential
 
-        credential = DefaultAzureCredential()
+        credential = azure_credential(outputs.tenant_id)
     if ml_client is None:
         ml_client = make_ml_client(outputs, credential)
     if request.recipe == "registry" and registry_client is None:
@@ -448,7 +448,7 @@ def submit_job(ml_client: Any, spec: dict[str, Any], outputs: Any, experiment: s
 
     job = jobs.load(spec)
     with step(f"submitting job {spec['name']}"):
-        with azure_errors("submitting the job"):
+        with azure_errors("submitting the job", outputs.role_assignments_created_on):
             created = ml_client.jobs.create_or_update(job)
     name = created.name or spec["name"]
     url = created.studio_url or studio_url(outputs, f"runs/{name}")

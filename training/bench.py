@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 
 from common.cli import UserError, run_cli, say, step
 from common.files import write_atomic
+from training.bench_data import synthetic_rows, synthetic_words, write_jsonl  # noqa: F401 (bench.synthetic_* stay reachable)
 
 SHAPES = ("tiny", "phi-3.5-mini")
 DEFAULT_CONFIGS = {
@@ -193,47 +194,6 @@ def _human_bytes(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------- data and models
-
-
-def synthetic_words() -> list[str]:
-    """The vocabulary of the synthetic rows: the ASCII words of the bundled sample corpus."""
-    from training.sample_data import corpus_text
-
-    return sorted({w for text in corpus_text() for w in text.split() if w.isascii()})
-
-
-def synthetic_rows(n: int, mean_words: float, seed: int = 0):
-    """Ultrachat-shaped rows (prompt, prompt_id, messages) of `mean_words` words of message text on average.
-
-    The one generator of the benchmarks (training rows of a given token length, `training.data`
-    at full scale). Lengths follow a gamma distribution (shape 4: most conversations near the
-    mean, a long tail, capped at 6x the mean), turns alternate user/assistant with longer
-    assistant replies, as in ultrachat_200k. Every prompt_id is distinct.
-    """
-    import random
-
-    from training.sample_data import prompt_id
-
-    rng = random.Random(seed)
-    words = synthetic_words()
-    for i in range(n):
-        budget = max(8, int(min(rng.gammavariate(4.0, mean_words / 4.0), 6 * mean_words)))
-        turns = rng.choice((1, 2, 2, 3, 3, 4))
-        messages = []
-        for _ in range(turns):
-            share = max(4, budget // turns)
-            user = max(1, share // 5)
-            messages.append({"role": "user", "content": " ".join(rng.choices(words, k=user)) + "?"})
-            messages.append({"role": "assistant", "content": " ".join(rng.choices(words, k=share - user)) + "."})
-        prompt = messages[0]["content"]
-        yield {"prompt": prompt, "prompt_id": prompt_id(f"{i}:{prompt}"), "messages": messages}
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
 
 
 def tokens_per_word(tokenizer_dir: Path, mean_tokens: float) -> float:
@@ -696,9 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = args.suite in ("training", "all")
     if training:
         require_gpu(args.shape)
-    from training.local_runs import runs_dir
+    from common import runs
 
-    out_dir = args.out or runs_dir() / "bench"
+    out_dir = args.out or runs.bench_dir()
     stem = f"bench-{args.suite}" + (f"-{args.shape}" if training else "")
     json_path = args.json or out_dir / f"{stem}.json"
     md_path = args.markdown or json_path.with_suffix(".md")

@@ -24,31 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import say, step
-
-STACK_OUTPUTS = {
-    "subscription_id": "00000000-0000-0000-0000-000000000000",
-    "tenant_id": "00000000-0000-0000-0000-000000000000",
-    "resource_group_name": "rg-bench",
-    "location": "eastus",
-    "workspace_name": "mlw-bench",
-    "storage_account_name": "stbench",
-    "container_registry_name": "crbench",
-    "key_vault_name": "kv-bench",
-    "compute_name": "gpu-a100",
-    "compute_vm_size": "Standard_NC24ads_A100_v4",
-    "compute_max_nodes": 1,
-    "uai_name": "uai-bench",
-    "uai_resource_id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-bench/providers/"
-                       "Microsoft.ManagedIdentity/userAssignedIdentities/uai-bench",
-    "uai_client_id": "00000000-0000-0000-0000-000000000001",
-    "uai_principal_id": "00000000-0000-0000-0000-000000000002",
-    "endpoint_uai_name": "uai-bench-endpoint",
-    "endpoint_uai_resource_id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-bench/providers/"
-                                "Microsoft.ManagedIdentity/userAssignedIdentities/uai-bench-endpoint",
-    "endpoint_uai_client_id": "00000000-0000-0000-0000-000000000003",
-    "endpoint_uai_principal_id": "00000000-0000-0000-0000-000000000004",
-}
-
+from infra.outputs import EXAMPLE_FILE
 
 def timed(argv: list[str], scratch: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run a command to the end; its wall time, peak RSS (of the child and its waited-for children), exit code.
@@ -89,7 +65,7 @@ def _repeat(what: str, argv: list[str], scratch: Path, env: dict[str, str], time
 
 def synthetic_chat_rows(path: Path, rows: int, row_chars: int, seed: int = 0) -> int:
     """Write `rows` ultrachat-format rows with about `row_chars` characters of message text each; returns bytes."""
-    from training.bench import synthetic_rows, synthetic_words, write_jsonl
+    from training.bench_data import synthetic_rows, synthetic_words, write_jsonl
 
     words = synthetic_words()
     mean_word_chars = sum(len(w) + 1 for w in words) / len(words)
@@ -108,8 +84,7 @@ def run_other(scratch: Path, data_rows: int, row_chars: int, scoring_requests: i
     from training.data import prepare
 
     data = prepare("sample", scratch / "sample-data").out
-    outputs = scratch / "stack-outputs.json"
-    outputs.write_text(json.dumps(STACK_OUTPUTS), encoding="utf-8")
+    outputs = EXAMPLE_FILE  # the documented example stack (docs/examples/stack-outputs.json)
     with step("training.submit --dry-run (3 runs)"):
         row = _repeat("training.submit --dry-run", [python, "-m", "training.submit", "--dry-run", "--outputs-file",
                                                     str(outputs), "--data", str(data)], scratch, env, 3)

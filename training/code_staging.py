@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from training import local_runs
+from common import runs
 
 TRAINER_DIR = Path(__file__).resolve().parent / "trainer"
 """The trainer package (training.trainer locally), the only code a job uploads."""
@@ -38,7 +38,7 @@ def content_hash(source: Path = TRAINER_DIR) -> str:
 
 def stage_trainer(source: Path = TRAINER_DIR, root: Path | None = None) -> Path:
     """The folder to upload as the job's code (it holds `trainer/`); made once per trainer content."""
-    root = root or local_runs.runs_dir() / "staged"
+    root = root or runs.staged_dir()
     target = root / f"trainer-{content_hash(source)}"
     if (target / PACKAGE).is_dir():
         return target

@@ -7,6 +7,10 @@ driver 535 (CUDA 12.x), where that torch sees no GPU. The cloud gets torch 2.10.
 build on CUDA 12 (12.8, which 535 runs through minor-version compatibility); tests check the
 choice against the wheel's recorded metadata (common.cuda_driver).
 
+Everything else the image installs (huggingface-hub, safetensors, numpy, the CUDA 12 wheels ...) is
+pinned by requirements-cloud.lock (`make lock`, common/cloud_lock.py), so every build of one
+version installs the same packages.
+
 The version is a hash of the whole definition, so an unchanged environment is found with
 `environments.get(name, version)` and reused: Azure ML never rebuilds the image for it. The base
 image is a dated tag, so a changed base changes that hash (a `:latest` tag never would).
@@ -16,7 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common import cloud_lock
 from common.cli import say
+from common.cuda_driver import require_gpu_torch
 from common.pins import PYPROJECT, cloud_pins, conda_spec as _conda_spec, content_version, package_name
 
 ENVIRONMENT_NAME = "finetune-phi-train"
@@ -38,7 +44,12 @@ def train_pins(pyproject: Path = PYPROJECT) -> list[str]:
 
 
 def conda_spec(pyproject: Path = PYPROJECT) -> dict[str, Any]:
-    return _conda_spec(ENVIRONMENT_NAME, train_pins(pyproject))
+    """The pins plus the cloud lock's pins of everything they pull in (requirements-cloud.lock): a conda
+    file cannot point pip at a constraints file, so the locked set is listed, which pins it the same way.
+    Refused when its torch would see no GPU on Azure ML (common.cuda_driver)."""
+    pins = train_pins(pyproject)
+    require_gpu_torch(pins, f"the training environment {ENVIRONMENT_NAME}")
+    return _conda_spec(ENVIRONMENT_NAME, pins + cloud_lock.constraints("train", pins))
 
 
 def environment_spec(pyproject: Path = PYPROJECT) -> dict[str, Any]:

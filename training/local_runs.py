@@ -1,63 +1,37 @@
 """Where the offline (`--target local`) path keeps its outputs, and how later steps find them.
 
-runs/                      git-ignored
-  models/tiny/             the tiny Phi-3 built on first use (`--model tiny`)
-  mlruns/                  local MLflow tracking store
-  cache/datasets/          the datasets library's Arrow cache of the local JSON files
-  jobs/<job-name>/         one local training job: logs, checkpoints, and
-  jobs/<job-name>/model/   the named `model` output (an MLflow transformers model)
-  jobs/LATEST              the name of the last job that completed
-  serve/                   the local endpoint's pid, port and log (deployment --target local)
-
-Nothing downstream asks a person for a path: deployment reads `latest_model_dir()`.
+The paths themselves are common/runs.py's (it owns every runs/ path); this module keeps the
+names training and deployment call. Nothing downstream asks a person for a path: deployment
+reads `latest_model_dir()`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from common import runs
 from common.cli import UserError
+from common.files import write_atomic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def runs_dir() -> Path:
-    """The root of all local run outputs (FINETUNE_PHI_RUNS overrides it, e.g. in tests)."""
-    return Path(os.environ.get("FINETUNE_PHI_RUNS") or REPO_ROOT / "runs")
-
-
-def jobs_dir() -> Path:
-    return runs_dir() / "jobs"
-
-
-def tiny_model_dir() -> Path:
-    return runs_dir() / "models" / "tiny"
+REPO_ROOT = runs.REPO_ROOT
+runs_dir = runs.root
+jobs_dir = runs.jobs_dir
+job_dir = runs.job_dir
+tiny_model_dir = runs.tiny_model_dir
+serve_dir = runs.serve_dir
 
 
 def mlflow_tracking_uri() -> str:
-    return (runs_dir() / "mlruns").resolve().as_uri()
-
-
-def serve_dir() -> Path:
-    return runs_dir() / "serve"
-
-
-def job_dir(job_name: str) -> Path:
-    return jobs_dir() / job_name
+    return runs.mlruns_dir().resolve().as_uri()
 
 
 def record_latest(job_name: str) -> None:
     """Mark `job_name` as the latest completed local job (atomic replace)."""
-    pointer = jobs_dir() / "LATEST"
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(job_name + "\n", encoding="utf-8")
-    os.replace(tmp, pointer)
+    write_atomic(runs.latest_job_file(), job_name + "\n")
 
 
 def latest_model_dir() -> Path:
     """The `model` output of the latest completed local job, or a clear error saying how to make one."""
-    pointer = jobs_dir() / "LATEST"
+    pointer = runs.latest_job_file()
     hint = "Train one first: `python -m training.submit --target local --model tiny`."
     if not pointer.is_file():
         raise UserError(f"no completed local training job under {jobs_dir()}. {hint}")

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.cli import UserError, run_cli, say
+from infra.outputs import add_stack_arguments
 from training import hyperparams, local_runs, models
 from training.discovery import EXPERIMENT_NAME
+from training.jobs import DEFAULT_SHM_SIZE
 from training.trainer import settings
 
 TINY = "tiny"
@@ -54,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--target", choices=("azure", "local"), default="azure", help="run on Azure ML or on this machine (default: azure)")
     where.add_argument("--recipe", choices=("sft", "registry"), default="sft",
                        help="sft: this repo's TRL trainer as a command job; registry: Azure ML's chat_completion_pipeline (default: sft)")
-    where.add_argument("--stack", default=None, help="Pulumi stack to read outputs from (default: the selected stack)")
-    where.add_argument("--outputs-file", type=Path, default=None,
-                       help="stack outputs JSON (`pulumi stack output --json > FILE`); also $STACK_OUTPUTS_FILE")
+    add_stack_arguments(where)
     what = parser.add_argument_group("what")
     what.add_argument("--model", default=None,
                       help=f"sft: Hugging Face id (supported ones train from a pinned commit), local folder, registered "
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder with train.jsonl and test.jsonl from `python -m training.data` (default: runs/data)")
     how = parser.add_argument_group("how")
     how.add_argument("--instance-count", type=int, default=1, help="nodes to train on; PyTorch distribution when nodes x GPUs > 1 (default: 1)")
-    how.add_argument("--shm-size", default="16g", type=_shm_size, help="shared memory per node for DataLoader workers and NCCL (default: 16g)")
+    how.add_argument("--shm-size", default=DEFAULT_SHM_SIZE, type=_shm_size,
+                     help=f"shared memory per node for DataLoader workers and NCCL (default: {DEFAULT_SHM_SIZE})")
     how.add_argument("--experiment", default=EXPERIMENT_NAME,
                      help=f"Azure ML experiment (default: {EXPERIMENT_NAME}, the only one `deployment.deploy` "
                           "searches for the latest job; deploy a job from another with --job NAME)")

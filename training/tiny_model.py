@@ -95,7 +95,9 @@ PHI4_MINI_SHAPE = dict(
     num_attention_heads=6,
     num_key_value_heads=2,
     max_position_embeddings=8192,
-    original_max_position_embeddings=2048,
+    # as the real model: no smaller than the server's default context cap (4,096), so chats under the cap
+    # never switch the batch to the long factors (deployment/serving/limits.py, context_cap)
+    original_max_position_embeddings=4096,
     partial_rotary_factor=_PHI4_ROTARY,
     rope_scaling={"type": "longrope", "short_factor": [1.0] * _PHI4_ROTARY_PAIRS,
                   "long_factor": [1.0 + 0.5 * i for i in range(_PHI4_ROTARY_PAIRS)]},

@@ -28,9 +28,13 @@ from urllib.parse import urlparse
 
 import requests
 
+if __package__:  # imported from the repository (flows.chat.phi_client)
+    from .endpoint_urls import openai_chat_url
+else:  # run by Prompt flow: this folder is the working directory and on sys.path
+    from endpoint_urls import openai_chat_url
+
 REQUEST_FORMATS = ("contract", "registry", "mlflow")
 APIS = ("openai",)  # None: the tutorials' /score dialects (REQUEST_FORMATS)
-OPENAI_CHAT_PATH = "/v1/chat/completions"
 DEFAULT_PARAMS: dict[str, Any] = {"max_tokens": 256, "temperature": 0.7, "top_p": 0.9}
 # About 4 characters per token: 8000 characters leave room for the answer in a 4k-token context.
 DEFAULT_HISTORY_BUDGET_CHARS = 8000
@@ -170,17 +174,8 @@ def parse_openai_reply(body: Any) -> ChatReply | None:
     return ChatReply(content, str(reason) if reason is not None else None, body, usage)
 
 
-def openai_url(endpoint: str) -> str:
-    """`{base}/v1/chat/completions` from a server's base URL (an OpenAI-style `.../v1` base works too)."""
-    base = endpoint.rstrip("/")
-    if base.endswith("/v1"):
-        base = base[: -len("/v1")]
-    if base.endswith("/score"):
-        raise ValueError(
-            f"with api='openai' the endpoint is the server's base URL, not its scoring URL: got {endpoint!r}; "
-            f"use {base[: -len('/score')]!r}"
-        )
-    return base + OPENAI_CHAT_PATH
+openai_url = openai_chat_url
+"""`{base}/v1/chat/completions` from a server's base URL (the rules: flows/chat/endpoint_urls.py)."""
 
 
 def parse_reply(body: Any) -> ChatReply | None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from demo.pipeline import DemoResult, StepFailed, _run_step
+from common.processes import StepFailed
+from demo.pipeline import DemoResult, _run_step
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,9 +54,10 @@ def test_ctrl_c_lets_the_running_step_finish_its_cleanup(tmp_path: Path) -> None
             sys.exit(130)
     """)
     process = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO_ROOT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not ready.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # generous: only a broken child takes long, and then the assert names it
+    while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert ready.exists(), "the step never started"
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     assert process.wait(timeout=30) == 130
     assert marker.exists(), "the step was killed before it finished cleaning up"

@@ -1,37 +1,14 @@
-"""Shared fixtures for the deployment tests: the real server (`python -m deployment.serve`) on a free
-127.0.0.1 port, the model layouts Azure ML mounts, Prompt flow state kept out of $HOME.
-
-Server startup is the slow part (a few seconds each), so servers are module-scoped and shared.
+"""Prompt flow state kept out of $HOME for the deployment tests. Their deploy/teardown fixtures are the plugin
+tests/fakes/deploy_fixtures.py (registered by tests/conftest.py); the server's own fixtures are in
+tests/serving/conftest.py.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
-
-import pytest
-
-from serving_helpers import start_server, stop
-from deploy_fixtures import *  # noqa: E402,F401,F403 (the deploy/teardown tests' fixtures, shared here once)
 
 # Prompt flow keeps its connection encryption key in the keyring; keyrings.alt's file keyring
 # writes under $XDG_DATA_HOME. Keep it in the session's state folder, not in $HOME.
 os.environ.setdefault(
     "XDG_DATA_HOME", str(Path(os.environ.get("PF_HOME_DIRECTORY", "/tmp/pf")).parent / "xdg-data")
 )
-
-
-@pytest.fixture(scope="module")
-def inference_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
-    """`python -m deployment.serve` on the untrained tiny model, mounted the way Azure ML mounts a
-    registered model (AZUREML_MODEL_DIR/<name>/<version>/<folder>); yields its base URL. Untrained,
-    greedy replies never reach a stop token, so streaming and stop sequences have text to work on."""
-    root = tmp_path_factory.mktemp("azureml-models") / "finetune-phi" / "1"
-    root.mkdir(parents=True)
-    (root / "model").symlink_to(tiny_model_dir, target_is_directory=True)
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    process, base = start_server(root, log)
-    try:
-        yield base
-    finally:
-        stop(process)

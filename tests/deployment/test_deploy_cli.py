@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_fixtures import OUTPUTS
+from fakes.deploy_fixtures import OUTPUTS
 from common.cli import run_cli
 from deployment import deploy
 from fakes.ml_client import SECRET_KEY
@@ -72,20 +72,22 @@ def test_dry_run_with_a_named_model(outputs_file, runs, capsys):
 
 
 def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server, monkeypatch, capsys):
-    writes = []
+    from promptflow.client import PFClient
+
+    from deployment.connection import read_phi_connection
+
     monkeypatch.setattr("common.azure.make_ml_client", lambda outputs, credential=None: fake_client)
-    monkeypatch.setattr("deployment.connection.write_phi_connection",
-                        lambda **kw: writes.append(kw))
     fake_client.add_job("job-1")
 
     assert _run(["--outputs-file", str(outputs_file)]) == 0
     out, err = capsys.readouterr()
     assert "deployment: blue" in out and scoring_server.url in out and "teardown" in out
     assert "price:      about $3.67/h (Standard_NC24ads_A100_v4" in out and "expires:" not in out
-    assert "evaluation: first deployment: f1 1.000 (N=12) recorded as the baseline" in out
+    assert "evaluation: first deployment: correctness 100.0, instructions " in out and "(N=12) recorded as the baseline" in out
     # the flow calls our server through its OpenAI API: the endpoint's base URL and `api: openai`
     base = scoring_server.url.removesuffix("/score")
-    assert writes == [{"endpoint": base, "key": SECRET_KEY, "deployment": "blue", "api": "openai"}]
+    assert read_phi_connection() == {"endpoint": base, "api": "openai", "deployment": "blue"}  # the real store
+    assert PFClient().connections.get("phi_endpoint", with_secrets=True).secrets["key"] == SECRET_KEY
     assert {r["path"] for r in scoring_server.requests} == {"/v1/chat/completions"}
     assert SECRET_KEY not in out + err
 

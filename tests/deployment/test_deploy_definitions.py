@@ -13,9 +13,9 @@ import pytest
 from common.cli import UserError
 from common.pins import CLOUD_TORCH_PIN, cloud_pins
 from deployment import definitions
-from deployment.engine import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
-from deployment.environment import BASE_IMAGE, SERVER_FILES, base_pins, serving_environment
-from serving_helpers import REPO_ROOT
+from deployment.environment import PORT, SERVING_PACKAGE, base_image, base_pins, serving_environment
+from deployment.serving.limits import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
+from serving.helpers import REPO_ROOT
 
 def test_environment_is_the_server_container_built_from_the_cloud_pins(tmp_path):
     env = serving_environment("Standard_NC24ads_A100_v4")
@@ -26,11 +26,16 @@ def test_environment_is_the_server_container_built_from_the_cloud_pins(tmp_path)
     assert not any(r.startswith("azureml-inference-server-http") for r in requirements)
     assert {"fastapi==0.141.1", "uvicorn==0.54.0"} <= set(requirements)
     docker = env.files["Dockerfile"].decode()
-    base = docker.splitlines()[0].removeprefix("FROM ")
-    assert base == BASE_IMAGE and re.search(r":\d{8}\.v\d+$", base), "the base image must be a dated tag, not :latest"
+    base = base_image(env.files["Dockerfile"])
+    assert re.search(r":\d{8}\.v\d+$", base), "the base image must be a dated tag, not :latest"
     cmd = json.loads(docker.strip().splitlines()[-1].removeprefix("CMD "))
-    assert "-m deployment.serve --model-dir \"$AZUREML_MODEL_DIR\" --host 0.0.0.0 --port 8000" in cmd[-1]
-    assert sorted(p for p in env.files if p.startswith("app/")) == sorted(f"app/{f}" for f in SERVER_FILES)
+    assert f"-m deployment.serving --model-dir \"$AZUREML_MODEL_DIR\" --host 0.0.0.0 --port {PORT}" in cmd[-1]
+    assert f"EXPOSE {PORT}" in docker.splitlines()
+    # the context is the server package as it is: every module in it, nothing from elsewhere, no caches
+    modules = {p.relative_to(SERVING_PACKAGE).as_posix() for p in SERVING_PACKAGE.rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert set(env.files) == modules | {"Dockerfile", "requirements.txt", "constraints.txt"}  # the lock: tests/common/test_cloud_lock.py
+    assert {"cli.py", "app.py", "routes/chat.py", "engines/transformers_engine.py"} <= modules
 
     # a changed pin is a new version
     changed = tmp_path / "pyproject.toml"
@@ -58,30 +63,32 @@ def test_environment_entity_routes_and_staged_context(tmp_path):
 
 @pytest.mark.slow
 def test_the_staged_app_alone_serves_the_model(tmp_path, tiny_model_dir):
-    """The container's code is complete: the staged app/ folder, without this repository, serves."""
-    from serving_helpers import free_port, stop, wait_healthy
+    """The container's code is complete: the staged package alone, without this repository, serves, laid
+    out as the Dockerfile copies it (/app/deployment/serving, `deployment` a namespace package)."""
+    from common.processes import free_port, start, stop_group, wait_healthy
 
-    app = serving_environment("x").stage(tmp_path) / "app"
+    context = serving_environment("x").stage(tmp_path)
+    app = tmp_path / "app"
+    (app / "deployment").mkdir(parents=True)
+    (app / "deployment" / "serving").symlink_to(context, target_is_directory=True)
     port = free_port()
     log = tmp_path / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", "import sys, runpy; sys.path.insert(0, '.'); "
-             "runpy.run_module('deployment.serve', run_name='__main__')",
-             "--model-dir", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=app, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
+    process, _ = start([sys.executable, "-I", "-c", "import sys, runpy; sys.path.insert(0, '.'); "
+                        "runpy.run_module('deployment.serving', run_name='__main__')",
+                        "--model-dir", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
+                       log, cwd=app, env=env)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process, log)
+        wait_healthy(process, f"http://127.0.0.1:{port}/health", log, timeout=120.0)
     finally:
-        stop(process)
+        stop_group(process)
     where = subprocess.run(
-        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import deployment.serve, deployment.engine, "
-         "deployment.openai_api, common.cli; print(deployment.serve.__file__, deployment.engine.__file__, common.cli.__file__)"],
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import deployment.serving.cli as c, "
+         "deployment.serving.app as a, deployment.serving.engines.transformers_engine as e; "
+         "print(c.__file__, a.__file__, e.__file__, *sorted(m for m in sys.modules if m.split('.')[0] == 'common'))"],
         cwd=app, capture_output=True, text=True, env=env, timeout=60,
     ).stdout.split()
-    assert where and all(Path(f).is_relative_to(app) for f in where)  # the staged copies, not this repository's
+    assert len(where) == 3 and all(Path(f).is_relative_to(app) for f in where)  # the staged copies; no `common`
 
 
 def test_serving_torch_runs_on_azure_mls_driver():
@@ -109,7 +116,8 @@ def test_deployment_runs_the_container_with_probes_limits_and_the_endpoint_ident
     assert variables[ENV_MAX_SEQUENCES] == str(DEFAULT_MAX_SEQUENCES)
     assert doc["environment"]["inference_config"]["scoring_route"] == {"port": 8000, "path": "/"}
     printed = definitions.definitions_yaml([deployment])  # what the dry run prints: the image's recipe too
-    assert f"# FROM {BASE_IMAGE}" in printed and f"# {CLOUD_TORCH_PIN}" in printed
+    base = base_image(serving_environment("x").files["Dockerfile"])
+    assert f"# FROM {base}" in printed and f"# {CLOUD_TORCH_PIN}" in printed
     assert loaded.environment.build.path == env.build.path
 
 
@@ -128,9 +136,9 @@ def test_instance_table_matches_the_docs(repo_root):
     for info in definitions.INSTANCE_TYPES.values():
         assert info.sku in docs and f"{info.usd_per_hour:.3f}".rstrip("0") in docs
     assert definitions.instance_info(definitions.DEFAULT_INSTANCE_TYPE) is not None
-    from deployment.deploy import DEFAULT_INSTANCE_TYPE
+    from deployment.deploy import build_parser
 
-    assert DEFAULT_INSTANCE_TYPE == definitions.DEFAULT_INSTANCE_TYPE
+    assert build_parser().get_default("instance_type") == definitions.DEFAULT_INSTANCE_TYPE  # the CLI's default
 
 
 # Every SDK call deploy/teardown make, as they make it: the fake must not drift from the real MLClient.

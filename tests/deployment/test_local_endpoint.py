@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import UserError
-from serving_helpers import post
+from serving.helpers import post
 
 pytestmark = pytest.mark.slow
 

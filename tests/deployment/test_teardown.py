@@ -80,7 +80,7 @@ def test_all_and_purge_then_twice(client, cleaned, outputs, outputs_file, capsys
 def test_purge_takes_the_foundry_project_and_hub_first(client, cleaned, outputs, tmp_path, capsys):
     import json
 
-    from deploy_fixtures import OUTPUTS
+    from fakes.deploy_fixtures import OUTPUTS
 
     path = tmp_path / "with-foundry.json"
     path.write_text(json.dumps({**OUTPUTS, "foundry_project_name": "proj-phi", "foundry_hub_name": "hub-phi"}))

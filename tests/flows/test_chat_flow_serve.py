@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,9 @@ import requests
 
 from deployment.connection import write_phi_connection
 from fake_endpoint import ANSWER, KEY, Reply
-from processes import stop_group
+from common.processes import free_port, stop_group
 
 pytestmark = pytest.mark.slow  # one `pf flow serve` for the module: seconds to start
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,8 @@ import requests
 
 from common.pf_settings import OFFLINE_ENV
 from flows.chat.phi_client import EndpointError, PhiClient
-from processes import stop_group
+from common import processes
+from common.processes import free_port, stop_group
 
 QUESTION = "Who founded Microsoft?"
 KEY = "local-test-key"  # the local server checks no key; the connection needs one
@@ -74,16 +74,9 @@ def endpoint_client(base: str, **kwargs) -> PhiClient:
     return PhiClient(f"{base}/score", KEY, **kwargs)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     """A child in its own process group (so the whole tree can be stopped), output to `log`."""
-    with log.open("w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    return processes.start(cmd, log, cwd=cwd, env=env)[0]
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -293,7 +293,7 @@ def test_constructor_validation_does_not_echo_the_key() -> None:
 @pytest.mark.parametrize("request_format", ["contract", "registry", "mlflow"])
 def test_every_request_format_is_accepted_by_the_projects_scoring_script(request_format) -> None:
     """The client's payloads and deployment/dialects.py parser agree (docs/ARCHITECTURE.md section 5)."""
-    from deployment.dialects import parse_request
+    from deployment.serving.dialects import parse_request
 
     messages = build_messages("And now?", PF_HISTORY, system_prompt="Be brief.")
     parsed = parse_request(build_payload(messages, request_format, PARAMS | {"temperature": 0.5}))

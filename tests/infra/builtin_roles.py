@@ -3,8 +3,19 @@
 Recorded 2026-11 from the published definitions (learn.microsoft.com "Azure built-in roles", the
 `permissions` block of each role's JSON, as `az role definition list --name <role>` prints it),
 because offline tests cannot ask ARM. Only `permissions` matters here; conditions are left out.
-Used to prove facts, not assumptions: which identity can write what, and that every role the
-preflight names really grants the action it is named for.
+Used to prove facts, not assumptions: which identity can write what, what a job submitter can
+reach through the identities it can run as (test_reach.py), and that every role the preflight
+names really grants the action it is named for.
+
+Sources, each role's `actions` / `notActions` / `dataActions` as published (2026-12 re-checked for
+the roles the reach test relies on):
+- Owner, Contributor, Reader, User Access Administrator, Role Based Access Control Administrator:
+  https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/general
+- AzureML Data Scientist (f6c7c914-..., definition last updated 2023-06-01), AzureML Metrics Writer:
+  https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/ai-machine-learning
+- Managed Identity Operator: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/identity
+- Storage Blob Data Reader: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage
+- AcrPull: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/containers
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Run the Pulumi program the way `pulumi preview` / `pulumi up` do, against recording mocks.
 
-The Python language host configures the runtime, then calls
-`pulumi.runtime.run_in_stack(lambda: runpy.run_path("infra/", run_name="__main__"))`, with the stack
-config in the PULUMI_CONFIG environment variable (a JSON object of "namespace:key" -> string, the
-project's Pulumi.yaml defaults merged in). `run_program` does the same with `pulumi.runtime.set_mocks`
-in place of the engine, inside a fresh `contextvars.Context` so no runtime state leaks between tests.
+The Python language host runs `runpy.run_path("infra/", run_name="__main__")` with the stack config
+in the PULUMI_CONFIG environment variable (a JSON object of "namespace:key" -> string, the
+project's Pulumi.yaml defaults merged in). `run_program` does the same under Pulumi's public testing
+API only (`pulumi.runtime.set_mocks`, `@pulumi.runtime.test`), inside a fresh `contextvars.Context`
+so no runtime state leaks between tests, and reads the outputs `infra.program.main()` returns.
 
 The mocks answer like Azure would: auto-names resources that get no name (Pulumi's random suffix),
 build ARM ids, give the identity principal and client ids, and turn the compute's list of identities
@@ -25,10 +25,6 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import settings as pulumi_settings
-from pulumi.runtime import stack as pulumi_stack
-from pulumi.runtime.sync_await import _sync_await
 
 PROJECT = "finetune-phi"
 SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
@@ -80,13 +76,13 @@ class AzureMocks(pulumi.runtime.Mocks):
         self.resources: list[Registered] = []
         self.calls: list[tuple[str, dict]] = []
 
-    def call(self, args: pulumi_mocks.MockCallArgs):
+    def call(self, args: pulumi.runtime.MockCallArgs):
         self.calls.append((args.token, dict(args.args)))
         if args.token == "azure-native:authorization:getClientConfig":
             return dict(CLIENT_CONFIG)
         raise AssertionError(f"unexpected invoke {args.token}")  # an unmocked invoke would return {}
 
-    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         if args.typ not in ARM:
             raise AssertionError(f"unexpected resource type {args.typ}")
         name_key, arm_type = ARM[args.typ]
@@ -189,23 +185,26 @@ def run_program(
     env = raw_config if raw_config is not None else engine_config(repo_root, config, location)
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps(env))
     mocks = mocks or AzureMocks(preview)
-    box: dict[str, Any] = {}
+    resolved: dict[str, tuple[bool, bool, Any]] = {}
 
-    def program() -> None:
-        box["stack"] = pulumi_settings.get_root_resource()
-        runpy.run_path(str(repo_root / "infra"), run_name="__main__")
+    @pulumi.runtime.test
+    def program() -> Any:
+        exported = runpy.run_path(str(repo_root / "infra"), run_name="__main__")["outputs"]  # main()'s return
+
+        async def settle() -> None:
+            for name, value in exported.items():
+                resolved[name] = await _resolve(value)
+
+        return settle()
 
     def in_fresh_context() -> None:
         # Pulumi's mocks create futures on the current event loop; a library that ran
         # asyncio.run() earlier in the session (promptflow does) leaves the thread without one.
         asyncio.set_event_loop(asyncio.new_event_loop())
-        pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview)
-        pulumi_settings.ROOT.set(None)  # run_in_stack registers its own Stack, as under the engine
-        _sync_await(pulumi_stack.run_in_stack(program))
-        box["outputs"] = {name: _sync_await(_resolve(value)) for name, value in box["stack"].outputs.items()}
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview)
+        program()
 
     contextvars.Context().run(in_fresh_context)
-    resolved = box["outputs"]
     return Run(
         mocks,
         outputs={name: value for name, (known, _, value) in resolved.items() if known},

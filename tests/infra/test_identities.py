@@ -70,8 +70,10 @@ def test_the_endpoint_identity_can_serve_but_not_write_or_grant(default_up: Run)
     can = [action for action in WRITES_AND_GRANTS if allows(granted, action)]
     assert can == [], f"the scoring container could {can}"
     assert not allows(granted, "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write", data=True)
-    # ... while the training identity, through Contributor, could: that is why the two are split.
-    assert allows(permissions_of(default_up, "identity"), "Microsoft.Storage/storageAccounts/write")
+    # ... while the training identity, through Contributor on the workspace, could create endpoints:
+    # that is why the two are split (what its Contributor reaches: test_reach.py).
+    assert allows(permissions_of(default_up, "identity"), "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/write")
+    assert not allows(granted, "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/write")
 
 
 def test_the_endpoint_identity_is_not_the_clusters(default_up: Run) -> None:

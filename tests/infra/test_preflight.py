@@ -250,9 +250,9 @@ def test_a_403_from_the_sdk_on_a_young_stack_says_propagating(example: dict) -> 
     error = HttpResponseError(message="(AuthorizationFailed) The client does not have authorization")
     error.status_code = 403
     with pytest.raises(UserError, match=r"roles are still propagating; retry in [67] minutes"):
-        with azure_errors("pulling the image"):
+        with azure_errors("pulling the image", outputs.role_assignments_created_on):
             raise error
-    common.azure.remember_role_assignments(None)
+    # the hint comes from the outputs given, never from a module's memory of an earlier call
     with pytest.raises(UserError) as caught:
         with azure_errors("pulling the image"):
             raise error

@@ -52,7 +52,8 @@ def test_changing_a_default_in_the_recipe_changes_the_dry_run(tmp_path: Path) ->
     copy = tmp_path / "repo"
     for package in ("common", "infra", "training", "deployment"):
         shutil.copytree(REPO_ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO_ROOT / "pyproject.toml", copy / "pyproject.toml")  # the environment's pins
+    for pins in ("pyproject.toml", "requirements-cloud.lock"):  # the environment's pins and the cloud lock
+        shutil.copy(REPO_ROOT / pins, copy / pins)
     data = write_data(tmp_path / "data")
     env = {**os.environ, "PYTHONPATH": str(copy), "FINETUNE_PHI_RUNS": str(tmp_path / "runs"),
            "STACK_OUTPUTS_FILE": str(REPO_ROOT / "docs" / "examples" / "stack-outputs.json")}

@@ -167,20 +167,19 @@ def test_forwarded_flags_parse_in_the_trainer() -> None:
 
 
 def test_help_shows_trainer_defaults_without_heavy_imports() -> None:
+    # The mechanism, not a stopwatch (a loaded machine would fail a time limit at random): no heavy import.
     code = (
-        "import sys, time\n"
-        "t = time.perf_counter()\n"
+        "import sys\n"
         "from training.submit import build_parser\n"
         "text = build_parser().format_help()\n"
         "heavy = [m for m in ('azure', 'torch', 'transformers', 'trl', 'mlflow', 'promptflow') if m in sys.modules]\n"
-        "print(heavy, round(time.perf_counter() - t, 2))\n"
+        "print(heavy)\n"
         "print(text)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    first, _, text = done.stdout.partition("\n")
-    heavy, seconds = first.rsplit(" ", 1)
-    assert heavy == "[]" and float(seconds) < 1.0
+    heavy, _, text = done.stdout.partition("\n")
+    assert heavy == "[]"
     text = " ".join(text.split())
     assert "--learning-rate" in text and "(default: lora)" in text and "(default: 2048)" in text
     done = subprocess.run([sys.executable, "-m", "training.submit", "--help"], capture_output=True, text=True, timeout=60)

@@ -2,7 +2,7 @@
 
 The fact lives in the wheels' metadata: PyPI's torch 2.13.0 requires `cuda-toolkit==13.0.3` and
 `nvidia-*-cu13` (driver >= 580); torch 2.10.0 requires `nvidia-*-cu12` 12.8 (driver >= 525).
-Recorded from PyPI in tests/fixtures/torch_metadata/ (refresh.py there re-records it).
+Recorded from PyPI in common/torch_metadata/ (refresh.py there re-records it).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_snapshot_facts_cuda_majors_and_drivers() -> None:
 
 
 def test_snapshots_are_what_they_say(repo_root: Path) -> None:
-    folder = repo_root / "tests" / "fixtures" / "torch_metadata"
+    folder = repo_root / "common" / "torch_metadata"
     for path in folder.glob("torch-*.json"):
         data = json.loads(path.read_text())
         assert path.name == f"torch-{data['version']}.json" and data["name"] == "torch"

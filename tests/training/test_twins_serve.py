@@ -3,29 +3,19 @@ through the OpenAI route `/v1/chat/completions`; the server stops at the models'
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from common import processes
 from training.trainer import fine_tune as ft
 
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who founded Microsoft?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _request(url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
@@ -57,28 +47,16 @@ def served_twin(request, tiny_model_dir: Path, tiny_phi4_model_dir: Path, sample
         "--learning_rate", "1e-2", "--max_steps", "2", "--max_length", "128", "--per_device_train_batch_size", "2",
         "--per_device_eval_batch_size", "16", "--gradient_accumulation_steps", "1", "--warmup_ratio", "0",
         "--log_model_artifacts", "false"]))
-    port = _free_port()
+    port = processes.free_port()
     log = out.parent / "server.log"
-    with open(log, "wb") as handle:
-        server = subprocess.Popen([sys.executable, "-m", "deployment.serve", "--model-dir", str(out), "--port", str(port)],
-                                  stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                                  start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server, _ = processes.start([sys.executable, "-m", "deployment.serve", "--model-dir", str(out), "--port", str(port)],
+                                log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if _request(base + "/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+        processes.wait_healthy(server, base + "/health", log, timeout=300.0)
         yield twin, out, base
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+        processes.stop_group(server)
 
 
 def test_the_trained_twin_answers_through_the_openai_route(served_twin) -> None:
@@ -104,7 +82,7 @@ def test_the_server_stops_at_the_twins_end_token(served_twin) -> None:
     """The server's stop set is the trained model's generation_config: <|end|> and <|endoftext|>, both twins."""
     from transformers import AutoModelForCausalLM
 
-    from deployment.engine import stop_token_ids
+    from deployment.serving.engines.transformers_engine import stop_token_ids
 
     twin, out, _ = served_twin
     model = AutoModelForCausalLM.from_pretrained(out / "model")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from deployment.model_dir import ModelLocation, locate_model
-from serving_helpers import build_hftransformers_tree
+from deployment.serving.model_dir import ModelLocation, locate_model
+from serving.helpers import build_hftransformers_tree
 
 
 def _mlflow_layout(folder: Path) -> Path:

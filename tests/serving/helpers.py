@@ -1,24 +1,22 @@
-"""Helpers shared by the serving tests (imported as `serving_helpers`; pytest puts this folder on sys.path)."""
+"""Helpers shared by the serving tests, and by the deployment tests that start the server (`serving.helpers`).
+
+Starting, waiting for and stopping servers is common/processes.py's, as for the project's own code."""
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from common.processes import free_port, start, wait_healthy
+from common.processes import stop_group as stop
+
+__all__ = ["free_port", "post", "start_server", "stop", "wait_healthy", "build_hftransformers_tree"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def post(url: str, body: bytes | str | dict, timeout: float = 60.0) -> tuple[int, dict]:
@@ -32,49 +30,13 @@ def post(url: str, body: bytes | str | dict, timeout: float = 60.0) -> tuple[int
         return err.code, json.loads(err.read() or b"{}")
 
 
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"server did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server started with start_new_session=True, workers included."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-
-
 def start_server(model_dir: Path, log: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """`python -m deployment.serve` on a free port in its own session; returns it and its base URL once healthy."""
     port = free_port()
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port", str(port), *args],
-            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
+    process, _ = start([sys.executable, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port", str(port), *args],
+                       log, cwd=log.parent, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base + "/health", process, log)
-    except BaseException:
-        stop(process)
-        raise
+    wait_healthy(process, base + "/health", log, timeout=120.0)  # stops the server when it fails
     return process, base
 
 

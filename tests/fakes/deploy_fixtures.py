@@ -1,4 +1,4 @@
-"""Fixtures for the Azure deploy/teardown tests (imported by those test modules).
+"""Fixtures for the deploy, rollout and teardown tests (a pytest plugin: tests/conftest.py registers it).
 
 - `outputs_file` / `outputs`: a complete stack-outputs JSON (docs/ARCHITECTURE.md section 3).
 - `scoring_server`: a real HTTP endpoint on 127.0.0.1 standing in for the deployment's /score;
@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+from deployment.connection import PhiConnection
 from fakes.ml_client import SECRET_KEY, Call, FakeMLClient
 from infra.outputs import REQUIRED_KEYS, StackOutputs
 
@@ -168,8 +169,9 @@ def connection_writes() -> list[dict]:
 def write_connection(connection_writes: list[dict], fake_client: FakeMLClient):
     """Records what would go into the Prompt flow connection store (the key included, for the assertion)."""
 
-    def write(endpoint: str, key: str, deployment: str) -> None:
-        fake_client.calls.append(Call("connection", "write", {"endpoint": endpoint, "deployment": deployment}))
-        connection_writes.append({"endpoint": endpoint, "key": key, "deployment": deployment})
+    def write(connection: PhiConnection) -> None:
+        fake_client.calls.append(Call("connection", "write", {"endpoint": connection.endpoint, "deployment": connection.deployment}))
+        connection_writes.append({"endpoint": connection.endpoint, "key": connection.key,
+                                  "deployment": connection.deployment, "configs": connection.configs()})
 
     return write

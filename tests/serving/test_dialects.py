@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from deployment.dialects import (
+from deployment.serving.dialects import (
     DEFAULT_MAX_TOKENS,
     RequestError,
     parse_chat_completion,

@@ -1,20 +1,19 @@
-"""deployment/engine.py: limits sized from the published model shapes, stop tokens from the model's own
-generation config, and the real continuous-batching engine on the tiny model (in process)."""
+"""deployment/serving/limits.py and engines/transformers_engine.py: limits sized from the published model
+shapes, stop tokens from the model's own generation config, and the real continuous-batching engine on
+the tiny model (in process)."""
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 
-from deployment.engine import (
-    DEFAULT_MAX_SEQUENCES,
-    GPU_CACHE_FRACTION,
-    Sampling,
-    kv_bytes_per_token,
-    size_limits,
-    stop_token_ids,
+from deployment.serving.engines.transformers_engine import stop_token_ids
+from deployment.serving.engines.base import Sampling
+from deployment.serving.limits import (
+    admission_bound, context_cap, kv_bytes_per_token, longrope_original_context, size_limits,
 )
 
 GIB = 1 << 30
@@ -38,17 +37,6 @@ def test_kv_cache_per_token_of_the_published_shapes() -> None:
     assert kv_bytes_per_token(_phi3_config(**PHI4_MINI), 2) == 128 * 1024  # 8 KV heads of 128
 
 
-@pytest.mark.slow
-def test_limits_on_an_a100_80gb() -> None:
-    """Phi-3.5-mini in bf16 (7.6 GB) on 80 GiB: 38 full 4k sequences fit; the default bound of 32 applies."""
-    budget = int((80 * GIB - 7.6e9) * GPU_CACHE_FRACTION)
-    per_token = kv_bytes_per_token(_phi3_config(**PHI35_MINI), 2)
-    assert budget // (per_token * 4096) == 38
-    limits = size_limits(model_context=131072, kv_per_token=per_token, cache_budget_bytes=budget)
-    assert (limits.context_tokens, limits.max_tokens_cap, limits.max_sequences) == (4096, 2048, DEFAULT_MAX_SEQUENCES)
-    assert limits.kv_blocks == DEFAULT_MAX_SEQUENCES * 4096 // limits.page_size  # every admitted sequence fits
-
-
 def test_limits_shrink_with_memory_and_context() -> None:
     per_token = 384 * 1024
     small = size_limits(model_context=131072, kv_per_token=per_token, cache_budget_bytes=5 * GIB)
@@ -59,6 +47,35 @@ def test_limits_shrink_with_memory_and_context() -> None:
     custom = size_limits(model_context=131072, kv_per_token=1024, cache_budget_bytes=GIB, context_tokens=1000,
                          max_tokens_cap=100, max_sequences=5)
     assert (custom.context_tokens, custom.max_tokens_cap, custom.max_sequences, custom.kv_blocks) == (1000, 100, 5, 20)
+    assert custom.max_requests == 10  # what an endpoint with max_concurrent_requests_per_instance 5 admits
+    assert admission_bound(5) == 10 and admission_bound(32, instance_count=3) == 192
+
+
+def test_longrope_caps_the_context_at_its_original_positions() -> None:
+    """Past original_max_position_embeddings LongRoPE switches the whole batch's factors: capped, unless accepted."""
+    longrope = _phi3_config(**PHI4_MINI, original_max_position_embeddings=4096, partial_rotary_factor=0.75,
+                            rope_scaling={"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48})
+    assert longrope_original_context(longrope) == 4096
+    assert context_cap(longrope) == 4096
+    assert context_cap(longrope, accept_longrope_coupling=True) == 131072
+    plain = _phi3_config(**{**PHI35_MINI, "max_position_embeddings": 2048})
+    assert longrope_original_context(plain) is None and context_cap(plain) == 2048
+
+
+def test_greedy_is_the_argmax_even_on_ties() -> None:
+    """top-k=1 keeps every tied top logit and then draws among them; the greedy processor keeps the first."""
+    import torch
+
+    from deployment.serving.engines.transformers_engine import greedy_argmax_processor
+
+    greedy = greedy_argmax_processor()
+    scores = torch.tensor([[0.5, 2.0, 2.0, -1.0], [0.5, 2.0, 2.0, -1.0]])
+    flags = torch.tensor([1, 0], dtype=torch.int32)  # the first row asks for greedy, the second samples
+    out = greedy(scores.clone(), flags)
+    assert out[0].tolist() == [float("-inf"), 0.0, float("-inf"), float("-inf")]
+    assert torch.equal(out[1], scores[1])
+    draws = {int(torch.multinomial(out[0].softmax(-1), 1)) for _ in range(200)}
+    assert draws == {1}
 
 
 @pytest.mark.slow  # builds the tiny model (about 5 s)
@@ -76,8 +93,8 @@ def test_stop_tokens_come_from_the_models_generation_config(tiny_model_dir: Path
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path):
-    from deployment.engine import TransformersEngine
-    from deployment.model_dir import locate_model
+    from deployment.serving.engines.transformers_engine import TransformersEngine
+    from deployment.serving.model_dir import locate_model
 
     engine = TransformersEngine(locate_model(tiny_model_dir), "tiny")
     yield engine
@@ -85,7 +102,7 @@ def engine(tiny_model_dir: Path):
 
 
 async def _reply(engine, ids, sampling):
-    return [chunk async for chunk in engine.generate(ids, sampling)]
+    return [chunk async for chunk in engine.generate(ids, sampling, uuid.uuid4().hex)]
 
 
 @pytest.mark.slow
@@ -113,7 +130,7 @@ def test_a_caller_that_leaves_frees_its_slot(engine) -> None:
     ids = engine.encode([{"role": "user", "content": "Tell me a long story"}])
 
     async def leave_early():
-        stream = engine.generate(ids, Sampling(200, 0.0, 1.0))
+        stream = engine.generate(ids, Sampling(200, 0.0, 1.0), "leaves-early")
         await stream.__anext__()
         assert engine.stats.in_flight == 1
         await stream.aclose()  # the HTTP client went away

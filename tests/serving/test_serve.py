@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving_helpers import build_hftransformers_tree, free_port, post, start_server, stop
+from serving.helpers import build_hftransformers_tree, free_port, post, start_server, stop
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""deployment/openai_api.py in process (Starlette's test client): the states a live server rarely shows on
+"""deployment/serving/app.py in process (Starlette's test client): the states a live server rarely shows on
 demand: still loading, the engine failing a request, the logs. The engine is the real one on the tiny model."""
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deployment.openai_api import Server, create_app
+from deployment.serving.app import create_app
+from deployment.serving.state import Server
 
 USER = [{"role": "user", "content": "Who founded Microsoft?"}]
+LOCAL = "http://127.0.0.1"  # the Host the app answers to on a loopback bind
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path):
-    from deployment.engine import TransformersEngine
-    from deployment.model_dir import locate_model
+    from deployment.serving.engines.transformers_engine import TransformersEngine
+    from deployment.serving.model_dir import locate_model
 
     engine = TransformersEngine(locate_model(tiny_model_dir), "tiny")
     yield engine
@@ -24,7 +26,7 @@ def engine(tiny_model_dir: Path):
 
 
 def test_while_loading_only_liveness_answers() -> None:
-    client = TestClient(create_app(Server("phi")))
+    client = TestClient(create_app(Server("phi")), base_url=LOCAL)
     assert client.get("/live").status_code == 200
     for method, path, body in [("GET", "/health", None), ("GET", "/v1/models", None),
                                ("POST", "/v1/chat/completions", {"messages": USER}), ("POST", "/score", {"messages": USER})]:
@@ -37,7 +39,7 @@ def test_while_loading_only_liveness_answers() -> None:
 def test_a_failed_load_is_reported_as_503() -> None:
     server = Server("phi")
     server.load_error = "the model failed to load: OSError: no weights"
-    response = TestClient(create_app(server)).get("/health")
+    response = TestClient(create_app(server), base_url=LOCAL).get("/health")
     assert response.status_code == 503 and "failed to load" in response.json()["error"]
 
 
@@ -45,7 +47,7 @@ def test_a_failed_load_is_reported_as_503() -> None:
 def test_an_engine_failure_is_a_short_500_and_a_log_line(engine, monkeypatch, caplog) -> None:
     server = Server("tiny")
     server.engine = engine
-    client = TestClient(create_app(server), raise_server_exceptions=False)
+    client = TestClient(create_app(server), base_url=LOCAL, raise_server_exceptions=False)
     assert client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code == 200
     monkeypatch.setattr(engine._manager, "add_request", lambda *a, **k: None)  # the manager refuses work
     with caplog.at_level(logging.INFO, logger="deployment.serve"):
@@ -64,7 +66,7 @@ def test_an_engine_failure_is_a_short_500_and_a_log_line(engine, monkeypatch, ca
 def test_unknown_model_id_is_404_in_openai_shape(engine) -> None:
     server = Server("tiny")
     server.engine = engine
-    client = TestClient(create_app(server))
+    client = TestClient(create_app(server), base_url=LOCAL)
     assert client.get("/v1/models/tiny").json()["id"] == "tiny"
     missing = client.get("/v1/models/gpt-4")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
@@ -75,7 +77,7 @@ def test_unknown_model_id_is_404_in_openai_shape(engine) -> None:
 def test_a_dead_generation_loop_fails_liveness(engine, monkeypatch) -> None:
     server = Server("tiny")
     server.engine = engine
-    client = TestClient(create_app(server))
+    client = TestClient(create_app(server), base_url=LOCAL)
     assert client.get("/live").status_code == 200
     monkeypatch.setattr(engine._manager.background_thread_status, "fatal_error", RuntimeError("CUDA error"))
     live = client.get("/live")
@@ -90,7 +92,7 @@ def test_a_conversation_the_chat_template_refuses_is_a_400(engine, monkeypatch) 
     monkeypatch.setattr(engine.tokenizer, "chat_template", refusing)
     server = Server("tiny")
     server.engine = engine
-    client = TestClient(create_app(server), raise_server_exceptions=False)
+    client = TestClient(create_app(server), base_url=LOCAL, raise_server_exceptions=False)
     for path in ("/v1/chat/completions", "/score"):
         response = client.post(path, json={"messages": USER, "max_tokens": 2})
         assert response.status_code == 400, path
@@ -108,9 +110,9 @@ def test_requests_are_decoded_together(engine, monkeypatch) -> None:
 
     server = Server("tiny")
     server.engine = engine
-    http = TestClient(create_app(server)).__enter__()  # one event loop for all requests, as under uvicorn
+    http = TestClient(create_app(server), base_url=LOCAL).__enter__()  # one event loop for all requests, as under uvicorn
     try:
-        _decoded_together(engine, monkeypatch, OpenAI(base_url="http://testserver/v1", api_key="unused",
+        _decoded_together(engine, monkeypatch, OpenAI(base_url=LOCAL + "/v1", api_key="unused",
                                                       max_retries=0, http_client=http))
     finally:
         server.engine = None  # the module's engine outlives this app: its shutdown must not close it

@@ -1,0 +1,1 @@
+"""The server's routes, one router per concern; deployment/serving/app.py includes exactly these."""
