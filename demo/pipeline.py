@@ -27,25 +27,16 @@ from training.tiny_model import DEFAULT_LIKE, LIKES
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _demo_recipe_flags() -> tuple[str, ...]:
-    """The trainer's `demo` recipe (training/trainer/recipes/demo.yaml) as training.submit flags."""
-    from training.trainer import settings
-
-    return tuple(settings.as_argv(settings.read_recipe("demo"), dashed=True))
-
-
-DEMO_TRAIN_FLAGS = _demo_recipe_flags()
-
-
 @dataclass(frozen=True)
 class Budget:
     """How much the demo trains; the end-to-end test uses a smaller one."""
 
     epochs: float | None = None
-    """None: the demo recipe's."""
+    """None: the demo preset's."""
     max_steps: int = -1
     questions: int = 2
-    extra_train_flags: tuple[str, ...] = DEMO_TRAIN_FLAGS
+    preset: str = "demo"
+    """The trainer's preset (training/trainer/presets/demo.yaml): `training.submit --config demo`."""
     greedy_chat: bool = False
     """False: the flow samples, as a user's chat does. True (the tests): the connection asks for greedy
     replies of ANSWER_MAX_TOKENS, so the flow's answer is reproducible and equals the openai client's."""
@@ -56,9 +47,9 @@ ANSWER_MAX_TOKENS = 64
 
 
 def train_command(python: str, model: str, data_dir: Path, budget: Budget) -> list[str]:
-    """The demo's fine-tune: `training.submit --target local` with the demo recipe and `budget`."""
+    """The demo's fine-tune: `training.submit --target local --config demo`, with `budget` on top."""
     return [python, "-m", "training.submit", "--target", "local", "--model", model, "--data", str(data_dir),
-            *budget.extra_train_flags, "--max-steps", str(budget.max_steps),
+            "--config", budget.preset, "--max-steps", str(budget.max_steps),
             *(["--epochs", str(budget.epochs)] if budget.epochs is not None else [])]
 
 
@@ -187,7 +178,7 @@ def run_demo(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=Budget.epochs,
-                        help="training epochs (default: the trainer's demo recipe, training/trainer/recipes/demo.yaml)")
+                        help="training epochs (default: the trainer's demo preset, training/trainer/presets/demo.yaml)")
     parser.add_argument("--max-steps", type=int, default=Budget.max_steps, help="stop training after N steps")
     parser.add_argument("--questions", type=int, default=Budget.questions, help="held-out questions to ask")
     parser.add_argument("--like", choices=sorted(LIKES), default=DEFAULT_LIKE,

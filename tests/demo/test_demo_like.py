@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.pipeline import DEMO_TRAIN_FLAGS, Budget, run_demo
+from demo.pipeline import Budget, run_demo
 from deployment import local
 from training import local_runs
 
@@ -41,7 +41,7 @@ def test_make_demo_passes_like_only_when_set(repo_root: Path) -> None:
 def test_demo_runs_on_the_phi4_mini_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = tmp_path / "runs"
     monkeypatch.setenv("FINETUNE_PHI_RUNS", str(runs))
-    budget = Budget(epochs=6, questions=1, extra_train_flags=DEMO_TRAIN_FLAGS, greedy_chat=True)  # reproducible answers
+    budget = Budget(epochs=6, questions=1, greedy_chat=True)  # reproducible answers
     result = run_demo(budget, env=dict(os.environ), like="phi-4-mini")
 
     assert {"twin", "data", "train", "deploy", "chat-1", "teardown"} <= set(result.timings)
