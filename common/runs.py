@@ -6,7 +6,7 @@ runs/                        (FINETUNE_PHI_RUNS overrides it, e.g. in tests)
   mlruns/                    local MLflow tracking store
   cache/datasets/            the datasets library's Arrow cache of the local JSON files
   staged/                    trainer code staged for an Azure ML job
-  jobs/<job-name>/model/     a local training job and its `model` output (an MLflow model)
+  jobs/<key>/                a local training run (training.run_key): train.log, checkpoints/, model/ (MLflow)
   jobs/LATEST                the name of the last job that completed
   serve/                     the local endpoint: endpoint.json, server.log, eval-tags.json, .lock
   eval/                      every evaluation's replies and scores; eval/scores/ the gate's cache

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from common.cli import UserError, first_line, run_cli
-from flows.chat.endpoint_urls import base_url, check_http_url, openai_chat_url  # stdlib: light
+from flows.chat.endpoint_urls import check_http_url, openai_chat_url  # stdlib: light
 from flows.chat.phi_client import APIS, REQUEST_FORMATS  # stdlib + requests: light
 
 CONNECTION_NAME = "phi_endpoint"
@@ -47,7 +47,8 @@ class PhiConnection:
     """
 
     endpoint: str
-    """The scoring URL, or with `api` the server's base URL."""
+    """The scoring URL, or with `api` the URL under which `/v1/chat/completions` answers (the host, or the
+    scoring URL where only paths after it are forwarded)."""
     key: str = field(repr=False)
     deployment: str | None = None
     """Sent as the `azureml-model-deployment` header: pins one deployment behind an Azure endpoint."""
@@ -59,13 +60,17 @@ class PhiConnection:
     name: str = CONNECTION_NAME
 
     @classmethod
-    def for_server(cls, scoring_url: str, key: str, deployment: str | None = None, *,
-                   speaks_openai: bool = True) -> "PhiConnection":
-        """An endpoint running this project's server (its OpenAI route under the base URL), or, when it
-        does not speak it, any endpoint by its scoring URL."""
-        if speaks_openai:
-            return cls(base_url(scoring_url), key, deployment, api="openai")
-        return cls(scoring_url, key, deployment)
+    def probed(cls, scoring_url: str, key: str, deployment: str | None = None) -> "PhiConnection":
+        """Where the endpoint's OpenAI API answers, asked (deployment/endpoint_probe.py), not assumed: `endpoint`
+        is the URL under which `/v1/chat/completions` answers (`https://HOST` or `https://HOST/score`) with
+        `api: openai`; when neither answers, the scoring URL in the tutorials' /score dialect. Says which, in
+        one line."""
+        from common.cli import say
+        from deployment.endpoint_probe import probe
+
+        route = probe(scoring_url, key, deployment)
+        say(f"    {route.line()}")
+        return cls(route.endpoint, key, deployment, api=route.api)
 
     def configs(self) -> dict[str, str]:
         """The non-secret configs (strings, as Prompt flow stores them); UserError when a field is wrong.

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from common.cli import UserError
 from common.vm_sizes import KNOWN_SIZES, VmSize
-from deployment.serving.limits import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
 from deployment.serve import ENV_MODEL_NAME
+from deployment.sizing import serving_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
@@ -38,14 +38,9 @@ LIVENESS_INITIAL_DELAY_S = 600
 LIVENESS_FAILURE_THRESHOLD = 30
 PROBE_PERIOD_S = 10
 PROBE_TIMEOUT_S = 10
-# Requests. The engine decodes up to ENGINE_MAX_SEQUENCES at once (deployment/serving/limits.py sizes it
-# for an A100 80 GB); the endpoint lets exactly that many in per instance and answers 429 beyond,
-# so no request waits inside the container longer than one reply takes. One reply of the server's
-# largest max_tokens (2048) at ~20 tokens/s per stream in a full batch takes ~100 s: the timeout
-# is Azure's maximum, 180 s.
-ENGINE_MAX_SEQUENCES = DEFAULT_MAX_SEQUENCES
-MAX_CONCURRENT_REQUESTS = ENGINE_MAX_SEQUENCES
-REQUEST_TIMEOUT_MS = 180_000
+# Requests: max_concurrent_requests_per_instance, the request timeout and the container's engine caps
+# are sized per (instance type, base model) in deployment/sizing.py (vLLM on GPU types).
+DEFAULT_BASE_MODEL = "phi-3.5-mini"  # the fine-tune's base when deploy is not told (training.models.DEFAULT_SFT_MODEL)
 
 
 INSTANCE_TYPES: dict[str, VmSize] = {key: size for key, size in KNOWN_SIZES.items() if size.serving_note}
@@ -98,9 +93,14 @@ def build_deployment(
     environment: Any,
     instance_type: str,
     outputs: "StackOutputs",
+    instance_count: int = 1,
+    base_model: str = DEFAULT_BASE_MODEL,
 ) -> "ManagedOnlineDeployment":
-    """One deployment slot: the server's container (deployment/environment.py), probes, request limits."""
+    """One deployment slot: the server's container (deployment/environment.py), probes, request limits
+    and engine caps sized for (instance type, base model), `instance_count` instances."""
     from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
+
+    size = serving_size(instance_type, base_model)
 
     return ManagedOnlineDeployment(
         name=name,
@@ -108,7 +108,7 @@ def build_deployment(
         model=model,
         environment=environment,
         instance_type=instance_type,
-        instance_count=1,
+        instance_count=check_instance_count(instance_count),
         readiness_probe=ProbeSettings(
             initial_delay=READINESS_INITIAL_DELAY_S, period=PROBE_PERIOD_S, timeout=PROBE_TIMEOUT_S,
             failure_threshold=READINESS_FAILURE_THRESHOLD, success_threshold=1,
@@ -118,17 +118,24 @@ def build_deployment(
             failure_threshold=LIVENESS_FAILURE_THRESHOLD, success_threshold=1,
         ),
         request_settings=OnlineRequestSettings(
-            request_timeout_ms=REQUEST_TIMEOUT_MS,
-            max_concurrent_requests_per_instance=MAX_CONCURRENT_REQUESTS,
+            request_timeout_ms=size.request_timeout_ms,
+            max_concurrent_requests_per_instance=size.max_concurrent_requests,
         ),
         environment_variables={
             # The container signs in (if it ever does) as the endpoint's identity.
             "AZURE_CLIENT_ID": outputs.endpoint_uai_client_id,
             ENV_MODEL_NAME: MODEL_NAME,  # the id /v1/models reports
-            ENV_MAX_SEQUENCES: str(ENGINE_MAX_SEQUENCES),  # the engine's bound = the endpoint's concurrency
+            # engine, context (vLLM's max_model_len), max_tokens, sequences (max_num_seqs), requests held
+            **size.environment(instance_count),
         },
         tags=dict(CREATED_BY),
     )
+
+
+def check_instance_count(count: int) -> int:
+    if count < 1:
+        raise UserError(f"--instance-count must be at least 1, got {count}")
+    return count
 
 
 def _plain(value: Any) -> Any:
@@ -175,6 +182,7 @@ def _build_context_comment(entity: Any) -> str:
     if folder is None or not (folder / "Dockerfile").is_file():
         return ""
     lines = [f"build context {folder} (Azure ML builds the deployment's image from it):"]
-    for name in ("Dockerfile", "requirements.txt"):
-        lines += [f"--- {name}"] + (folder / name).read_text(encoding="utf-8").splitlines()
+    for name in ("Dockerfile", "requirements.txt"):  # the vLLM image has no requirements.txt: it brings its own
+        if (folder / name).is_file():
+            lines += [f"--- {name}"] + (folder / name).read_text(encoding="utf-8").splitlines()
     return "".join(f"# {line}\n" for line in lines)

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_INSTANCE_TYPE,
         help=f"VM size of the deployment (default: {DEFAULT_INSTANCE_TYPE}; needs 24+ vCPUs of A100 quota, see docs/DEPLOY.md)",
     )
+    # -- serving scale (the vLLM issue): instances, and the base model the engine's caps are sized for
+    parser.add_argument("--instance-count", type=int, default=1, metavar="N",
+                        help="instances behind the endpoint (default 1); each bills; blue/green needs quota for 2N "
+                             "while the new deployment starts beside the live one")
+    parser.add_argument("--base-model", default="phi-3.5-mini", choices=("phi-3.5-mini", "phi-4-mini"),
+                        help="the fine-tune's base model, for sizing concurrency, timeout and vLLM's caps per "
+                             "instance type (default phi-3.5-mini; deployment/sizing.py)")
     parser.add_argument("--endpoint-name", help="endpoint name (default: phi3-chat-<hash of the workspace>)")
     parser.add_argument("--port", type=int, help="target local: port on 127.0.0.1 (default: a free one)")
     parser.add_argument(
@@ -69,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.instance_count < 1:
+        raise UserError(f"--instance-count must be at least 1, got {args.instance_count}")
     if args.target == "local":
         bad = [flag for flag, value in (("--job", args.job), ("--model", args.model), ("--dry-run", args.dry_run),
                                         ("--foundry-connection", args.foundry_connection),
                                         ("--endpoint-name", args.endpoint_name),
-                                        ("--expires-in", args.expires_in)) if value]
+                                        ("--expires-in", args.expires_in),
+                                        ("--instance-count", args.instance_count != 1)) if value]
         if bad:
             raise UserError(f"{', '.join(bad)} apply to --target azure only; --target local takes --model-dir and --port.")
     elif args.model_dir or args.port:
@@ -115,12 +125,18 @@ def _dry_run(args: argparse.Namespace) -> int:
         environment=serving_environment(args.instance_type).to_entity(),
         instance_type=args.instance_type,
         outputs=outputs,
+        instance_count=args.instance_count,
+        base_model=args.base_model,
     )
     from deployment.expiry import expiry_tags
 
     for entity in (endpoint, deployment):
         entity.tags.update(expiry_tags(_expires_at(args)))
     sys.stdout.write(definitions.definitions_yaml([endpoint, deployment]))
+    from deployment.sizing import serving_size
+
+    say(f"sizing: {serving_size(args.instance_type, args.base_model).describe()}")
+    say(f"price: {_price(args.instance_type, args.instance_count)}")
     say("dry run: nothing was created (blue is the first slot; later deploys alternate blue/green)")
     return 0
 
@@ -141,7 +157,9 @@ def _azure(args: argparse.Namespace) -> int:
     if args.foundry_connection:
         from deployment.foundry import foundry_writer
 
-        foundry = foundry_writer(outputs, azure_edge.make_ml_client)
+        stack = [f"{flag} {value}" for flag, value in (("--stack", args.stack), ("--outputs-file", args.outputs_file),
+                                                      ("--endpoint-name", args.endpoint_name)) if value]
+        foundry = foundry_writer(outputs, azure_edge.make_ml_client, " ".join(["python -m deployment.foundry", *stack]))
     plan = DeployPlan(
         endpoint_name=args.endpoint_name or definitions.default_endpoint_name(outputs),
         instance_type=args.instance_type,
@@ -152,15 +170,17 @@ def _azure(args: argparse.Namespace) -> int:
         force=args.force,
         margin=args.eval_margin,
         expires_at=_expires_at(args),
+        instance_count=args.instance_count,
+        base_model=args.base_model,
     )
     ml_client = azure_edge.make_ml_client(outputs)
     from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
 
-    require(outputs, "deploy")
+    require(outputs, "deploy", foundry=args.foundry_connection)
     result = deploy_to_azure(ml_client, outputs, plan, foundry_writer=foundry)
     print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")
-    print(f"deployment: {result.deployment_name} on {args.instance_type}, 100% of traffic")
-    print(f"price:      {_price(args.instance_type)}")
+    print(f"deployment: {result.deployment_name} on {args.instance_count} x {args.instance_type}, 100% of traffic")
+    print(f"price:      {_price(args.instance_type, args.instance_count)}")
     print(f"model:      {result.model.name}:{result.model.version}"
           + (f" (from job {result.model.source_job})" if result.model.source_job else ""))
     print(f"scoring:    {result.scoring_uri}")
@@ -171,21 +191,23 @@ def _azure(args: argparse.Namespace) -> int:
     print("connection: Prompt flow connection phi_endpoint written (key stored as its secret)")
     print('chat:       pf flow test --flow flows/chat --inputs question="Who founded Microsoft?"')
     if plan.expires_at is not None:
-        from deployment.expiry import stamp
+        from deployment.expiry import deleter_notice
 
-        print(f"expires:    {stamp(plan.expires_at)} (then `python -m deployment.teardown --expired --yes` deletes it)")
+        print(f"expires:    {deleter_notice(plan.expires_at)}")
     print("stop billing: python -m deployment.teardown --yes")
     return 0
 
 
-def _price(instance_type: str) -> str:
-    """The hourly list price of one instance of what deploy started (common/vm_sizes.py)."""
+def _price(instance_type: str, count: int = 1) -> str:
+    """The hourly list price of the `count` instances deploy started (common/vm_sizes.py)."""
     from common.vm_sizes import known_vm
 
     size = known_vm(instance_type)
     if size is None or size.usd_per_hour is None:
         return f"unknown for {instance_type} (not in common/vm_sizes.py): check the Azure pricing page; it bills per hour"
-    return f"about ${size.usd_per_hour:.2f}/h ({size.name}, list price East US) from now until teardown"
+    each = f" ({count} x ${size.usd_per_hour:.2f}/h)" if count > 1 else ""
+    return (f"about ${count * size.usd_per_hour:.2f}/h{each} ({size.name}, list price East US) from now until "
+            "teardown")
 
 
 def _local(args: argparse.Namespace) -> int:

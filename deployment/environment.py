@@ -1,12 +1,14 @@
 """The serving environment: a custom container that runs the project's server, the same one as locally.
 
-The image is built by Azure ML from a build context this module stages (content-addressed): the
-server package deployment/serving/ as it is (its Dockerfile, its modules; deployment/serving/__init__.py
-lists them) plus
-  requirements.txt  pyproject.toml's `serve` extra through `common.pins.cloud_pins` (torch 2.10.0, the
-                    newest PyPI CUDA 12 build, which Azure ML's driver 535 runs; never the local CUDA 13
-                    torch 2.13.0) plus the base dependencies
-  constraints.txt   requirements-cloud.lock's pins of everything those pull in (common/cloud_lock.py)
+Two images, one server. Azure ML builds each from a build context this module stages
+(content-addressed): the server package deployment/serving/ as it is (its modules;
+deployment/serving/__init__.py lists them) with one of its Dockerfiles:
+- GPU instance types (`phi3-serve-vllm`): Dockerfile.vllm, vLLM's official image pinned at a CUDA 12
+  (`-cu129`) tag, checked against Azure ML's driver 535 here (common/cuda_driver.py); the engine is vLLM.
+- CPU instance types (`phi3-serve`): Dockerfile, a dated Azure ML base image plus requirements.txt:
+  pyproject.toml's `serve` extra through `common.pins.cloud_pins` (torch 2.10.0, PyPI's newest CUDA 12
+  build; never the local CUDA 13 torch 2.13.0) and the base dependencies, with constraints.txt
+  (requirements-cloud.lock's pins of everything those pull in, common/cloud_lock.py); the transformers engine.
 The package imports nothing from the rest of the repository, so there is no list of files to keep.
 
 `inference_config` tells the managed online endpoint where the container listens: liveness `/live`,
@@ -29,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from common import cloud_lock, runs
+from common.cli import UserError
 from common.cuda_driver import require_gpu_torch
 from common.pins import PYPROJECT, cloud_pins, content_version
 from deployment.definitions import CREATED_BY
 
-ENVIRONMENT_NAME = "phi3-serve"
+ENVIRONMENT_NAME = "phi3-serve"  # CPU instance types: the transformers engine
+VLLM_ENVIRONMENT_NAME = "phi3-serve-vllm"  # GPU instance types: vLLM's image (Dockerfile.vllm)
+DOCKERFILES = {"transformers": "Dockerfile", "vllm": "Dockerfile.vllm"}
 PORT = 8000  # the Dockerfile's EXPOSE and --port (a test checks they agree)
 LIVENESS_PATH = "/live"
 READINESS_PATH = "/health"
@@ -45,9 +50,9 @@ CONTEXT_SUFFIXES = (".py",)
 """What of the package goes into the image besides its Dockerfile (never __pycache__ or editor files)."""
 
 
-def package_files(package: Path = SERVING_PACKAGE) -> dict[str, bytes]:
-    """The server package's modules and Dockerfile, path (relative to the package) -> content."""
-    files = {"Dockerfile": (package / "Dockerfile").read_bytes()}
+def package_files(dockerfile: str = "Dockerfile", package: Path = SERVING_PACKAGE) -> dict[str, bytes]:
+    """The server package's modules and one of its Dockerfiles (as `Dockerfile`), path -> content."""
+    files = {"Dockerfile": (package / dockerfile).read_bytes()}
     for path in sorted(package.rglob("*")):
         if path.suffix in CONTEXT_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
             files[path.relative_to(package).as_posix()] = path.read_bytes()
@@ -79,11 +84,41 @@ def serve_requirements(pyproject: Path = PYPROJECT) -> list[str]:
 
 
 def build_context_files(pyproject: Path = PYPROJECT) -> dict[str, bytes]:
-    """The build context, path -> content: the server package and its requirements."""
+    """The CPU image's build context, path -> content: the server package, its requirements and constraints."""
     requirements = serve_requirements(pyproject)
     constraints = cloud_lock.constraints("serve", requirements)
     return {**package_files(), "requirements.txt": ("\n".join(requirements) + "\n").encode(),
             "constraints.txt": ("\n".join(constraints) + "\n").encode()}
+
+
+def vllm_context_files(package: Path = SERVING_PACKAGE) -> dict[str, bytes]:
+    """The GPU image's build context: the server package on vLLM's image, whose CUDA must suit Azure ML's
+    driver (checked here, where the image is defined, before anything is registered or billed)."""
+    from common.cuda_driver import image_driver_problem
+
+    files = package_files(DOCKERFILES["vllm"], package)
+    problem = image_driver_problem(base_image(files["Dockerfile"]))
+    if problem:
+        raise UserError(f"the GPU serving image ({package / DOCKERFILES['vllm']}) cannot run on Azure ML: {problem}")
+    return files
+
+
+def engine_for(instance_type: str) -> str:
+    """vLLM on GPU instance types, transformers' continuous batching on CPU ones (deployment/sizing.py)."""
+    from deployment.sizing import GPU_SPECS
+
+    return "vllm" if instance_type.lower() in GPU_SPECS else "transformers"
+
+
+def image_build_hint(instance_type: str) -> str:
+    """What to check when Azure ML could not build the serving image (deploy appends it to the error)."""
+    if engine_for(instance_type) != "vllm":
+        return "check the environment's build log in Azure ML studio."
+    image = base_image(package_files(DOCKERFILES["vllm"])["Dockerfile"])
+    return (f"check the environment's build log in Azure ML studio. If it cannot pull {image}: that tag was "
+            "pinned without reaching Docker Hub; pick an existing vX.Y.Z-cu129 tag of vllm/vllm-openai (a CUDA 12 "
+            "build), put it in deployment/serving/Dockerfile.vllm and common/cuda_driver.py IMAGE_CUDA_MAJOR, "
+            "and deploy again (docs/DEPLOY.md, \"The vLLM image\").")
 
 
 def inference_config() -> dict[str, Any]:
@@ -101,6 +136,10 @@ class ServingEnvironment:
     name: str
     version: str
     files: dict[str, bytes]
+
+    @property
+    def engine(self) -> str:
+        return "vllm" if self.name == VLLM_ENVIRONMENT_NAME else "transformers"
 
     @property
     def reference(self) -> str:
@@ -131,13 +170,16 @@ class ServingEnvironment:
             version=self.version,
             build=BuildContext(path=str(self.stage(stage_root))),
             inference_config=inference_config(),
-            description="finetune-phi serving: python -m deployment.serving (OpenAI API + /score, continuous batching)",
+            description=f"finetune-phi serving: python -m deployment.serving ({self.engine} engine; OpenAI API + /score)",
             tags=dict(CREATED_BY),
         )
 
 
 def serving_environment(instance_type: str = "", pyproject: Path = PYPROJECT) -> ServingEnvironment:
-    """The environment (the same image for CPU and GPU instance types), versioned by content hash."""
-    files = build_context_files(pyproject)
+    """The environment for `instance_type` (vLLM's image on GPU types, the CPU image else), versioned by content hash."""
+    if engine_for(instance_type) == "vllm":
+        name, files = VLLM_ENVIRONMENT_NAME, vllm_context_files()
+    else:
+        name, files = ENVIRONMENT_NAME, build_context_files(pyproject)
     digest = {path: hashlib.sha256(data).hexdigest() for path, data in sorted(files.items())}
-    return ServingEnvironment(name=ENVIRONMENT_NAME, version=content_version(digest), files=files)
+    return ServingEnvironment(name=name, version=content_version(digest), files=files)

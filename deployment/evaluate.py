@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 
 from common.cli import UserError, run_cli, say
 from deployment.metrics import DEFAULT_MARGIN
-from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_for, load_eval_set, score_deployment, speaks_openai, table, write_json
+from deployment.connection import PhiConnection
+from deployment.scoring import CONCURRENCY, DEFAULT_LIMIT, client_on, load_eval_set, score_deployment, table, write_json
 from infra.outputs import add_stack_arguments
 
 KEY_ENV = {"a": "EVAL_KEY_A", "b": "EVAL_KEY_B"}
@@ -89,8 +90,7 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, str, str, str]:
     if record is None or not is_our_server(record.pid, record.port):
         raise UserError("no local endpoint is running: start one with `python -m deployment.deploy --target local`.")
     # The local server checks no key; the flow's client needs one.
-    api = "openai" if speaks_openai(record.url) else None
-    return client_for(record.url, secrets.token_urlsafe(16), api=api), "local", str(record.model_dir), ""
+    return client_on(PhiConnection.probed(record.url, secrets.token_urlsafe(16))), "local", str(record.model_dir), ""
 
 
 def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str, str]:
@@ -111,7 +111,7 @@ def _azure_target(args: argparse.Namespace) -> tuple[Any, str, str, str]:
             raise UserError(f"endpoint {name} has no deployment: deploy one with `python -m deployment.deploy`.")
         found = ml_client.online_deployments.get(name=deployment, endpoint_name=name)
         key = ml_client.online_endpoints.get_keys(name=name).primary_key
-    client = client_for(str(endpoint.scoring_uri), key, deployment, api="openai")
+    client = client_on(PhiConnection.probed(str(endpoint.scoring_uri), key, deployment))  # where its /v1 answers
     return client, f"{name}/{deployment}", str(found.model), str(found.environment or "")
 
 
@@ -134,7 +134,7 @@ def _side(url: str, side: str, model: str | None, deployment: str | None) -> Any
 
     if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
         raise UserError(f"--compare {side.upper()}: {url!r} is not an http(s) URL; pass the endpoint's base URL (.../v1)")
-    return client_for(url, os.environ.get(KEY_ENV[side]) or NO_KEY, deployment, api="openai", model=model)
+    return client_on(PhiConnection(url, os.environ.get(KEY_ENV[side]) or NO_KEY, deployment, api="openai"), model)
 
 
 def compare_endpoints(args: argparse.Namespace) -> int:
@@ -153,8 +153,8 @@ def compare_endpoints(args: argparse.Namespace) -> int:
     if args.judge:
         from deployment import judge
 
-        judge_client = client_for(args.judge, os.environ.get(judge.KEY_ENV) or NO_KEY, api="openai",
-                                  model=args.judge_model)
+        judge_client = client_on(PhiConnection(args.judge, os.environ.get(judge.KEY_ENV) or NO_KEY, api="openai"),
+                                 args.judge_model)
         say(f"    {judge.pairwise(judge_client, new, live, concurrency=args.concurrency).sentence()}")
     print(f"{verdict.outcome}: {verdict.summary()}")
     return verdict.exit_code

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from common.cli import UserError, say
-from flows.chat.endpoint_urls import base_url, models_url  # the URL rules, shipped with the flow
 
 if TYPE_CHECKING:  # pragma: no cover
+    from deployment.connection import PhiConnection
     from deployment.instructions import InstructionPrompt
 
 DEFAULT_LIMIT = 200
@@ -190,31 +190,15 @@ class Scores:
                    list(data.get("instructions", [])), str(data.get("environment", "")))
 
 
-def speaks_openai(scoring_url: str) -> bool:
-    """True when the server answers the OpenAI routes of docs/ARCHITECTURE.md section 5 (`GET /v1/models`);
-    a server with the tutorials' `/score` only (or the Azure ML inference server) does not."""
-    import urllib.error
-    import urllib.request
+def client_on(connection: "PhiConnection", model: str | None = None) -> Any:
+    """The flow's own client, called as the connection says (`deployment` pins one behind an Azure endpoint).
 
-    try:
-        with urllib.request.urlopen(models_url(scoring_url), timeout=10.0) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def client_for(url: str, key: str, deployment: str | None = None, *, api: str | None = None,
-               model: str | None = None) -> Any:
-    """The flow's own client on a deployment (`deployment` pins one behind an Azure endpoint).
-
-    `url` is the scoring URL; with `api="openai"` the client calls `{base}/v1/chat/completions`,
-    as the flow does when the connection says so (a base URL ending in `/v1` works too). `model`,
-    when given, is sent as the request's `model` (servers that serve several models need it).
+    `model`, when given, is sent as the request's `model` (servers that serve several models need it).
     """
     from flows.chat.phi_client import PhiClient
 
-    endpoint = base_url(url) if api == "openai" else url
-    client = PhiClient(endpoint, key, deployment, timeout=TIMEOUT_S, max_retries=3, backoff=1.0, api=api)
+    client = PhiClient(connection.endpoint, connection.key, connection.deployment, timeout=TIMEOUT_S, max_retries=3,
+                       backoff=1.0, api=connection.api)
     return _WithModel(client, model) if model else client
 
 

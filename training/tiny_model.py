@@ -3,15 +3,18 @@
 Two twins, one per supported model (`--like`):
 
 - `phi-3.5-mini` (default) stands in for `microsoft/Phi-3.5-mini-instruct`: `Phi3ForCausalLM`
-  (hidden 64, 2 layers, 4 heads, no GQA, full rotary, untied embeddings) and the Phi-3 chat
+  (hidden 64, 2 layers, 2 heads, no GQA, full rotary, untied embeddings) and the Phi-3 chat
   format (`<|user|>\\n...<|end|>\\n<|assistant|>\\n`), its template already carrying
   `{% generation %}` markers (TRL's phi3 training template shape).
 - `phi-4-mini` stands in for `microsoft/Phi-4-mini-instruct`, whose published config.json and
   tokenizer files differ where code tuned to Phi-3.5 breaks: grouped-query attention (24 query /
-  8 KV heads there, 6 / 2 here), `partial_rotary_factor` 0.75 with longrope scaling (to 131,072
+  8 KV heads there, 3 / 1 here), `partial_rotary_factor` 0.75 with longrope scaling (to 131,072
   there, 8,192 here), input/output embeddings tied, Phi-4-mini's own chat template verbatim (no
   newlines, no `{% generation %}` markers: the trainer supplies its training variant), its
   special-token strings (the tool tokens too) and `<|endoftext|>` as bos/eos/pad.
+
+Both twins have head_dim 32, which vLLM's CPU attention accepts (16 is refused; 32 and 64 work),
+so the vLLM engine's tests serve them too.
 
 Both: a byte-level BPE (vocab ~1k) trained on the spot on the bundled sample conversations, and a
 generation config that stops at `<|end|>` and `<|endoftext|>`. The ids come from the twin's own
@@ -78,22 +81,22 @@ MODEL_SHAPE = dict(  # the Phi-3.5-mini twin's shape
     hidden_size=64,
     intermediate_size=256,
     num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
+    num_attention_heads=2,  # head_dim 32: vLLM's CPU attention refuses 16
+    num_key_value_heads=2,
     max_position_embeddings=2048,
     original_max_position_embeddings=2048,
 )
 
 # Phi-4-mini: 24 query heads share 8 KV heads (3:1), a quarter of each head's dimensions carry no
 # rotary position (0.75), longrope stretches 4,096 trained positions to 131,072 (x32; here x4).
-_PHI4_HEAD_DIM, _PHI4_ROTARY = 16, 0.75
+_PHI4_HEAD_DIM, _PHI4_ROTARY = 32, 0.75  # head_dim 32: vLLM's CPU attention refuses 16
 _PHI4_ROTARY_PAIRS = int(_PHI4_HEAD_DIM * _PHI4_ROTARY) // 2  # longrope takes one factor per rotated pair
 PHI4_MINI_SHAPE = dict(
     hidden_size=96,
     intermediate_size=256,
     num_hidden_layers=2,
-    num_attention_heads=6,
-    num_key_value_heads=2,
+    num_attention_heads=3,
+    num_key_value_heads=1,
     max_position_embeddings=8192,
     # as the real model: no smaller than the server's default context cap (4,096), so chats under the cap
     # never switch the batch to the long factors (deployment/serving/limits.py, context_cap)

@@ -18,11 +18,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from deployment.serving.engines import ENGINES, choose, vllm_installed
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
 ENV_MODEL_NAME = "PHI_SERVE_MODEL_NAME"
 ENV_API_KEY = "PHI_SERVE_API_KEY"
-NOISY_LOGGERS = ("transformers", "httpx", "ContinuousBatchingLogger")
+ENV_ENGINE = "PHI_SERVE_ENGINE"
+NOISY_LOGGERS = ("transformers", "httpx", "ContinuousBatchingLogger", "vllm")
+VLLM_MISSING = ("--engine vllm: vLLM is not installed in this Python ({python}). Locally it lives in its own "
+                "environment: build it with `make vllm`, then run the same command again")
 logger = logging.getLogger("deployment.serve")
 
 
@@ -47,6 +52,10 @@ def build_parser(prog: str = "python -m deployment.serve") -> argparse.ArgumentP
     add_security_arguments(parser)
     parser.add_argument("--model-name", default=os.environ.get(ENV_MODEL_NAME),
                         help=f"the model id /v1/models reports (default: ${ENV_MODEL_NAME}, else the folder's name)")
+    parser.add_argument("--engine", choices=ENGINES, default=os.environ.get(ENV_ENGINE) or "auto",
+                        help="auto (default; or $PHI_SERVE_ENGINE): vLLM on a CUDA GPU where vLLM is installed, "
+                             "else transformers' continuous batching; vllm locally runs vLLM's CPU build (`make vllm`)")
+    # LoRA adapters (--adapter NAME=DIR, repeatable) join here: the adapters issue, on the vLLM engine.
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow running Python code shipped in the model folder, for an architecture "
                              "transformers does not ship (never needed for Phi-3/Phi-4)")
@@ -127,7 +136,7 @@ def serve(location, args: argparse.Namespace, model_name: str) -> int:
     import uvicorn
 
     from deployment.serving.app import create_app
-    from deployment.serving.engines.transformers_engine import TransformersEngine
+    from deployment.serving.engines import load_engine
     from deployment.serving.protocol import uvicorn_settings
     from deployment.serving.state import Server
 
@@ -138,8 +147,8 @@ def serve(location, args: argparse.Namespace, model_name: str) -> int:
         nonlocal exit_code
         started = time.perf_counter()
         try:
-            engine = TransformersEngine(location, model_name, trust_remote_code=args.trust_remote_code,
-                                        accept_longrope_coupling=args.accept_longrope_coupling)
+            engine = load_engine(args.engine, location, model_name, trust_remote_code=args.trust_remote_code,
+                                 accept_longrope_coupling=args.accept_longrope_coupling)
         except Exception as err:  # noqa: BLE001 - one message, then stop the server
             server.load_error = f"the model failed to load: {type(err).__name__}: {str(err)[:300]}"
             logger.error("error: %s", server.load_error)
@@ -163,13 +172,18 @@ def start(argv: Sequence[str] | None, prog: str) -> int:
     check_key(args.host, args.api_key, args.keyless_behind_gateway)
     model_dir, location = find_model(args.model_dir)
     check_port_free(args.host, args.port)
+    engine = choose(args.engine)
+    if engine == "vllm" and not vllm_installed():
+        raise StartupError(VLLM_MISSING.format(python=sys.executable))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's own INFO lines would drown ours
     name = args.model_name or default_model_name(model_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    args.engine = engine  # auto, resolved
     gate = "a key required" if args.api_key else "no key"
-    print(f"serving the {location.describe()} as {name!r} at http://{args.host}:{args.port} with {gate} "
-          "(/v1/chat/completions, /score, /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
+    print(f"serving the {location.describe()} as {name!r} on the {engine} engine at http://{args.host}:{args.port} "
+          f"with {gate} (/v1/chat/completions, /score, /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
     return serve(location, args, name)
 
 

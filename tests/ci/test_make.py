@@ -35,3 +35,14 @@ def test_test_lints_then_runs_everything_and_lists_the_slowest() -> None:
 def test_azure_smoke_runs_the_smoke_module_on_the_smoke_stack() -> None:
     assert planned("azure-smoke", "DRY_RUN=1")[-1] == ".venv/bin/python -m deployment.smoke --stack smoke --dry-run"
     assert planned("azure-smoke", "STACK=mine")[-1] == ".venv/bin/python -m deployment.smoke --stack mine"
+
+
+def test_test_builds_the_vllm_venv_then_requires_it() -> None:
+    """`make test` (so CI on a fresh clone) builds .venv-vllm from its lock before the suite, and the suite
+    then fails, rather than skips, vLLM's tests when that environment is missing."""
+    lines = planned("-B", "test")  # -B: as on a fresh clone, where no stamp exists yet
+    pytest = position(lines, "-m pytest")
+    assert position(lines, "-r requirements-vllm.lock") < pytest
+    assert position(lines, "--no-index torch==2.13.0+cpu") < position(lines, "-r requirements-vllm.lock")
+    assert "download.pytorch.org/whl/cpu" in lines[position(lines, "--no-index torch==2.13.0+cpu")]  # the fallback
+    assert lines[pytest].startswith("FINETUNE_PHI_REQUIRE_VLLM=1 ")

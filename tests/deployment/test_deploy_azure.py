@@ -9,6 +9,7 @@ import pytest
 
 from common.cli import UserError
 from deployment import definitions
+from deployment.sizing import serving_size
 from deployment.azure_deploy import DeployPlan, choose_slot, deploy_to_azure
 from deployment.registration import ModelChoice
 from fakes.ml_client import CONTAINER_LOG, SECRET_KEY, SECOND_KEY, FakeMLClient
@@ -60,10 +61,12 @@ def test_first_deploy_runs_in_blue_green_order(fake_client, outputs, runs, write
     # deployment: the server's container environment, probes, request settings, the endpoint identity
     dep = c.calls[c.index("online_deployments.begin_create_or_update")].args["doc"]
     assert dep["instance_type"] == "Standard_NC24ads_A100_v4" and dep["model"] == "azureml:phi3-finetuned:1"
-    assert dep["environment"].startswith("azureml:phi3-serve:")
+    assert dep["environment"].startswith("azureml:phi3-serve-vllm:")  # a GPU instance type: vLLM's image
     assert "code_configuration" not in dep
     assert dep["readiness_probe"]["initial_delay"] <= 30 and dep["liveness_probe"]["initial_delay"] >= 500
-    assert dep["request_settings"]["request_timeout_ms"] == 180000
+    size = serving_size("Standard_NC24ads_A100_v4", "phi-3.5-mini")  # sized per (instance type, base model)
+    assert dep["request_settings"]["request_timeout_ms"] == size.request_timeout_ms <= 180000
+    assert dep["request_settings"]["max_concurrent_requests_per_instance"] == size.max_sequences
     assert dep["environment_variables"]["AZURE_CLIENT_ID"] == outputs.endpoint_uai_client_id
     # smoke test went to the new deployment with the fetched key
     assert scoring_server.requests and all(r["authorized"] and r["deployment"] == "blue" for r in scoring_server.requests)

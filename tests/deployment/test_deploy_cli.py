@@ -100,7 +100,7 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     assert fake_client.endpoints[next(iter(fake_client.endpoints))].traffic == {"blue": 100}
 
 
-def test_expires_in_is_printed_with_the_teardown_command(outputs_file, runs, fake_client, scoring_server, monkeypatch,
+def test_expires_in_is_printed_with_what_deletes_it_and_when(outputs_file, runs, fake_client, scoring_server, monkeypatch,
                                                          capsys):
     from deployment.expiry import DELETE_AFTER
 
@@ -110,7 +110,8 @@ def test_expires_in_is_printed_with_the_teardown_command(outputs_file, runs, fak
     assert _run(["--outputs-file", str(outputs_file), "--expires-in", "2h", "--instance-type", "Standard_E4s_v3"]) == 0
     out = capsys.readouterr().out
     tag = next(iter(fake_client.endpoints.values())).tags[DELETE_AFTER]
-    assert f"expires:    {tag} (then `python -m deployment.teardown --expired --yes` deletes it)" in out
+    assert f"expires:    {tag}: within an hour after that, the hourly teardown-expired workflow deletes it once " in out
+    assert "EXPIRED_TEARDOWN=true" in out and "`python -m deployment.teardown --expired --yes` after that time" in out
     assert "price:      about $0.25/h (Standard_E4s_v3" in out
 
 

@@ -18,8 +18,9 @@ from deployment.serving.limits import DEFAULT_MAX_SEQUENCES, ENV_MAX_SEQUENCES
 from serving.helpers import REPO_ROOT
 
 def test_environment_is_the_server_container_built_from_the_cloud_pins(tmp_path):
-    env = serving_environment("Standard_NC24ads_A100_v4")
-    assert env == serving_environment("Standard_E4s_v3")  # one image for CPU and GPU instances: reused
+    env = serving_environment("Standard_E16s_v3")
+    assert env == serving_environment("Standard_E4s_v3")  # one image for the CPU instance types: reused
+    assert env.name == "phi3-serve" and env.engine == "transformers"  # GPU types: tests/deployment/test_vllm_image.py
     requirements = env.files["requirements.txt"].decode().split()
     assert requirements == cloud_pins("serve") + base_pins()
     assert CLOUD_TORCH_PIN in requirements and "torch==2.13.0" not in requirements  # never the local CUDA 13 build
@@ -48,8 +49,9 @@ def test_environment_is_the_server_container_built_from_the_cloud_pins(tmp_path)
         serving_environment("x", unpinned)
 
 
-def test_environment_entity_routes_and_staged_context(tmp_path):
-    env = serving_environment("Standard_NC24ads_A100_v4")
+@pytest.mark.parametrize("instance_type", ["Standard_E16s_v3", "Standard_NC24ads_A100_v4"])
+def test_environment_entity_routes_and_staged_context(tmp_path, instance_type):
+    env = serving_environment(instance_type)
     entity = env.to_entity(tmp_path)
     folder = Path(entity.build.path)
     assert folder == tmp_path / f"serve-image-{env.version}"
@@ -99,9 +101,10 @@ def test_serving_torch_runs_on_azure_mls_driver():
 
 
 def test_deployment_runs_the_container_with_probes_limits_and_the_endpoint_identity(outputs, tmp_path):
-    env = serving_environment("Standard_NC24ads_A100_v4").to_entity(tmp_path)
+    """A CPU instance type: the transformers engine's bound; GPU types: tests/deployment/test_vllm_image.py."""
+    env = serving_environment("Standard_E16s_v3").to_entity(tmp_path)
     deployment = definitions.build_deployment(name="blue", endpoint_name="phi3-x", model="azureml:phi3-finetuned:1",
-                                              environment=env, instance_type="Standard_NC24ads_A100_v4", outputs=outputs)
+                                              environment=env, instance_type="Standard_E16s_v3", outputs=outputs)
     doc = definitions.entity_dict(deployment)
     loaded = definitions.load_back(doc)
     assert "code_configuration" not in doc  # no scoring script: the container runs the server itself
@@ -110,10 +113,11 @@ def test_deployment_runs_the_container_with_probes_limits_and_the_endpoint_ident
     assert live.initial_delay >= 500  # only liveness waits long before its first probe
     settings = loaded.request_settings
     assert settings.max_concurrent_requests_per_instance == DEFAULT_MAX_SEQUENCES > 2
-    assert settings.request_timeout_ms == 180_000  # Azure's maximum: a full-length reply in a full batch
+    assert settings.request_timeout_ms == 180_000  # Azure's maximum: CPU replies are slow
+    assert loaded.instance_count == 1
     variables = loaded.environment_variables
     assert variables["AZURE_CLIENT_ID"] == outputs.endpoint_uai_client_id != outputs.uai_client_id
-    assert variables[ENV_MAX_SEQUENCES] == str(DEFAULT_MAX_SEQUENCES)
+    assert variables[ENV_MAX_SEQUENCES] == str(DEFAULT_MAX_SEQUENCES) and variables["PHI_SERVE_ENGINE"] == "transformers"
     assert doc["environment"]["inference_config"]["scoring_route"] == {"port": 8000, "path": "/"}
     printed = definitions.definitions_yaml([deployment])  # what the dry run prints: the image's recipe too
     base = base_image(serving_environment("x").files["Dockerfile"])

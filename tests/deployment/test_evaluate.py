@@ -285,6 +285,23 @@ def test_evaluate_cli_on_azure(outputs_file, outputs, runs, fake_client, scoring
     assert SECRET_KEY not in out + err
 
 
+@pytest.mark.parametrize(("routes", "path", "api"), [
+    ("host", "/v1/chat/completions", "openai"),  # the OpenAI routes after the host
+    ("score", "/score/v1/chat/completions", "openai"),  # only after the scoring route
+    ("none", "/score", None),  # neither: the /score dialect
+])
+def test_the_client_speaks_what_the_server_serves(scoring_server, routes: str, path: str, api: str | None) -> None:
+    from deployment.connection import PhiConnection
+    from fakes.deploy_fixtures import SMOKE_REPLY
+    from fakes.ml_client import SECRET_KEY
+
+    scoring_server.routes = routes
+    connection = PhiConnection.probed(scoring_server.url, SECRET_KEY)
+    client = scoring.client_on(connection)
+    assert (client.url, connection.api) == (scoring_server.host + path, api)
+    assert client.chat("Reply with one short sentence: what are you?").text == SMOKE_REPLY
+
+
 def test_asset_keys_match_every_form_azure_uses():
     arm = ("/subscriptions/0/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w/models/"
            "phi3-finetuned/versions/3")

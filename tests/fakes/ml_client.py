@@ -185,8 +185,10 @@ class FakeOnlineDeployments(_Ops):
             raise http_error(400, f"environment {env} not found")
         # The service creates the resource, then the container fails to become ready.
         self._client.deployments[(deployment.endpoint_name, deployment.name)] = copy.deepcopy(deployment)
-        if self._client.fail_deployment:
-            return FakePoller(error=http_error(400, "ResourceNotReady: User container has crashed or terminated."))
+        if self._client.fail_deployment:  # True, or the service's own failure text
+            failure = self._client.fail_deployment
+            text = failure if isinstance(failure, str) else "ResourceNotReady: User container has crashed or terminated."
+            return FakePoller(error=http_error(400, text))
         return FakePoller(copy.deepcopy(deployment))
 
     def get(self, name: str, endpoint_name: str) -> Any:
@@ -409,7 +411,7 @@ class FakeMLClient:
         self.environment_store: dict[str, Any] = {}
         self.connection_store: dict[str, Any] = {}
         self.data_store: dict[str, tuple[Any, str]] = {}
-        self.fail_deployment = False
+        self.fail_deployment: bool | str = False
         self.fail_traffic = False
         self.workspace_deleted = False
         self.deleted_workspaces: set[str] = set()

@@ -30,13 +30,14 @@ def post(url: str, body: bytes | str | dict, timeout: float = 60.0) -> tuple[int
         return err.code, json.loads(err.read() or b"{}")
 
 
-def start_server(model_dir: Path, log: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, log: Path, *args: str, env: dict | None = None, python: str = sys.executable,
+                 timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     """`python -m deployment.serve` on a free port in its own session; returns it and its base URL once healthy."""
     port = free_port()
-    process, _ = start([sys.executable, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port", str(port), *args],
+    process, _ = start([python, "-m", "deployment.serve", "--model-dir", str(model_dir), "--port", str(port), *args],
                        log, cwd=log.parent, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
-    wait_healthy(process, base + "/health", log, timeout=120.0)  # stops the server when it fails
+    wait_healthy(process, base + "/health", log, timeout=timeout)  # stops the server when it fails
     return process, base
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment.serving.engines.transformers_engine import stop_token_ids
+from deployment.serving.engines.loading import stop_token_ids
 from deployment.serving.engines.base import Sampling
 from deployment.serving.limits import (
     admission_bound, context_cap, kv_bytes_per_token, longrope_original_context, size_limits,

@@ -344,3 +344,18 @@ def test_model_folders_in_every_layout_resolve_to_weights_and_tokenizer(tmp_path
     empty.mkdir()
     with pytest.raises(model_source.NotAModelFolder, match="is no model folder: expected a save_pretrained folder"):
         model_source.resolve(str(empty))
+
+
+def test_a_resumed_run_accepts_the_output_a_preemption_left_half_written(fine_tune, tmp_path: Path) -> None:
+    """A requeued Azure ML job finds its `model` output as the preemption left it: with a complete checkpoint to
+    resume from, that is a save cut short (emptied before training), not someone else's model."""
+    from training.trainer import checkpoints
+
+    args = fine_tune.parse_args(base(tmp_path, "--checkpoint_dir", str(tmp_path / "ckpt")))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("half")
+    with pytest.raises(fine_tune.TrainerError, match="not empty"):
+        fine_tune.check_paths(args)
+    (tmp_path / "ckpt" / "checkpoint-3").mkdir(parents=True)
+    checkpoints.write_marker(tmp_path / "ckpt" / "checkpoint-3", {"step": 3})
+    fine_tune.check_paths(args)

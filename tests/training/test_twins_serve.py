@@ -82,7 +82,7 @@ def test_the_server_stops_at_the_twins_end_token(served_twin) -> None:
     """The server's stop set is the trained model's generation_config: <|end|> and <|endoftext|>, both twins."""
     from transformers import AutoModelForCausalLM
 
-    from deployment.serving.engines.transformers_engine import stop_token_ids
+    from deployment.serving.engines.loading import stop_token_ids
 
     twin, out, _ = served_twin
     model = AutoModelForCausalLM.from_pretrained(out / "model")

@@ -85,7 +85,8 @@ def check_paths(args: Settings, rows: bool = True) -> None:
     if args.resume_from and not Path(args.resume_from).is_dir():
         raise TrainerError(f"--resume_from {args.resume_from}: no such folder (a checkpoint, or a folder of them).")
     out = Path(args.output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    resuming = bool(args.checkpoint_dir) and checkpoints.newest(args.checkpoint_dir) is not None
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not resuming)):
         raise TrainerError(f"--output_dir {out} exists and is not empty; the model needs an empty or new folder.")
 
 
@@ -633,11 +634,15 @@ def choose_resume(args: Settings, runtime: Runtime) -> checkpoints.Resume | None
 
 
 def remove_incomplete_checkpoints(trainer, args: Settings, runtime: Runtime) -> None:
-    """Folders cut short by a crash (no marker) go before training, so a new save never mixes with their files."""
+    """Folders cut short by a crash (no marker) go before training, so a new save never mixes with their files;
+    so does a model save that a preemption cut short (a requeued job finds its `model` output as it was left)."""
     if args.checkpoint_dir and runtime.is_main:
         for folder in checkpoints.incomplete(args.checkpoint_dir):
             log.warning("removing %s: it has no completion marker (cut short by a crash)", folder)
             shutil.rmtree(folder, ignore_errors=True)
+        if Path(args.output_dir).is_dir() and any(Path(args.output_dir).iterdir()):
+            log.warning("emptying --output_dir %s: the run resumes, so what is there is a save cut short", args.output_dir)
+            _empty_folder(Path(args.output_dir))
     trainer.accelerator.wait_for_everyone()
 
 

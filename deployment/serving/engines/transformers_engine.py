@@ -17,8 +17,16 @@ import math
 import os
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from deployment.serving.engines.base import Chunk, EngineError, PromptRefused, Sampling, Stats, cut_at_stop
+from deployment.serving.engines.base import Chunk, EngineError, Sampling, Stats, cut_at_stop
+from deployment.serving.engines.loading import (
+    CPU_CACHE_FRACTION,
+    CPU_CACHE_MAX_BYTES,
+    available_ram,
+    remote_code,
+    stop_token_ids,
+)
 from deployment.serving.limits import GPU_MAX_SEQUENCES, Limits, context_cap, kv_bytes_per_token, size_from_environment
+from deployment.serving.prompt import encode_chat
 
 if TYPE_CHECKING:  # pragma: no cover
     from deployment.serving.model_dir import ModelLocation
@@ -28,29 +36,8 @@ logger = logging.getLogger("deployment.serving.engines")
 GPU_MEMORY_FRACTION = 0.8  # of the GPU memory free after loading, for the cache and what transformers reserves
 GPU_MAX_BATCH_TOKENS = 4096  # tokens per forward pass: one default-context prompt; the masks grow with it
 CPU_MAX_BATCH_TOKENS = 512
-CPU_CACHE_FRACTION = 0.25  # of the available RAM
-CPU_CACHE_MAX_BYTES = 8 << 30
 MIN_SAMPLING_TEMPERATURE = 1e-6  # below this sampling is greedy in all but name (and overflows)
 SMALL_MODEL_PARAMETERS = 100_000_000  # below this, CPU generation runs on one thread
-
-
-def _available_ram() -> int:
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The model's stop tokens: generation config, else model config, else the tokenizer's eos."""
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        ids = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None and int(v) >= 0]
-        if ids:
-            return list(dict.fromkeys(ids))
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        return [int(tokenizer.eos_token_id)]
-    raise ValueError("the model names no stop token (generation_config.json eos_token_id): replies would never end")
 
 
 # -- sizing ----------------------------------------------------------------------------------------
@@ -163,7 +150,7 @@ class TransformersEngine:
     def _load(self, trust_remote_code: bool) -> None:
         """The tokenizer and the model, in bf16 (or the MLmodel's fp16) on a GPU, fp32 on CPU."""
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         location = self.location
         if self.cuda:  # bf16 where the GPU has it, unless MLmodel's load kwargs ask for fp16
@@ -171,7 +158,7 @@ class TransformersEngine:
             dtype = torch.bfloat16 if bf16 else torch.float16
         else:
             dtype = torch.float32
-        remote = self._remote_code(location, trust_remote_code, AutoConfig)
+        remote = remote_code(location, trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(location.tokenizer_dir, trust_remote_code=remote)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer in {location.tokenizer_dir} has no chat template")
@@ -188,7 +175,7 @@ class TransformersEngine:
         import torch
 
         config = self.model.config
-        free = torch.cuda.mem_get_info()[0] if self.cuda else _available_ram()
+        free = torch.cuda.mem_get_info()[0] if self.cuda else available_ram()
         limits = size_engine(config, self.model.dtype.itemsize, free_bytes=free, cuda=self.cuda,
                              accept_longrope_coupling=accept_longrope_coupling)
         text = config.get_text_config()
@@ -230,24 +217,6 @@ class TransformersEngine:
         manager.start()
         return manager
 
-    @staticmethod
-    def _remote_code(location: "ModelLocation", allowed: bool, auto_config: Any) -> bool:
-        """Run the model folder's own Python code only when transformers lacks the architecture and the
-        operator allowed it. MLmodel's trust_remote_code (the registry pipeline sets it) is a request, not
-        a permission: Phi-3 and Phi-4 are built into transformers, so their remote code is never needed."""
-        try:
-            auto_config.from_pretrained(location.weights_dir, trust_remote_code=False)
-            if location.trust_remote_code:
-                logger.info("MLmodel asks for trust_remote_code; the architecture is built into transformers: not needed")
-            return False
-        except ValueError:
-            if allowed:
-                return True
-            raise ValueError(
-                f"the model in {location.weights_dir} needs its own Python code (an architecture transformers "
-                "does not ship); serve it only if you trust that code: --trust-remote-code"
-            ) from None
-
     def describe(self) -> str:
         limits = self.limits
         threads = f", {self.threads} CPU threads" if self.threads else ""
@@ -259,19 +228,7 @@ class TransformersEngine:
         )
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """The prompt's token ids; a conversation the model's chat template refuses (its
-        `raise_exception`, e.g. roles out of order) is the caller's error: PromptRefused."""
-        from jinja2.exceptions import TemplateError
-
-        try:
-            encoded = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                # Control tokens typed by a caller (e.g. "<|end|><|assistant|>") stay plain text.
-                sanitize_control_tokens=True,
-            )
-        except TemplateError as err:
-            raise PromptRefused(f"the model's chat template refused this conversation: {err}") from None
-        return list(encoded["input_ids"])
+        return encode_chat(self.tokenizer, messages)
 
     def problem(self) -> str | None:
         error = self._manager.background_thread_status.fatal_error
