@@ -25,11 +25,19 @@ help:  ## list the targets
 
 setup: $(STAMP)  ## build .venv from the pinned package set (no-op when nothing changed)
 
+# Each phase says what it does and about how long it takes (a fresh clone, 2 cores, a fast link); the long
+# install prints pip's own "Collecting"/"Installing" lines, and a line every 10 s while pip is quiet.
+HEARTBEAT = while sleep 10; do echo "    ... $(1) ($$((SECONDS - start))s so far)"; done
 $(STAMP): pyproject.toml requirements.lock
-	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	@echo "==> installing the pinned package set into $(VENV) (first time: about 3 minutes)"
+	@test -x $(PYTHON) || { echo "==> 1/4 creating $(VENV) (a few seconds)"; $(PY) -m venv $(VENV); }
+	@echo "==> 2/4 upgrading pip in $(VENV) (about 10 s)"
 	@$(PYTHON) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
-	@set -o pipefail; $(PYTHON) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[all]' 2>&1 | grep -v "is ignored: it is neither"
+	@echo "==> 3/4 installing the pinned package set (first time: about 2 minutes, ~1 GB download; $(VENV) ends up ~2.6 GB)"
+	@set -o pipefail; start=$$SECONDS; { $(call HEARTBEAT,still installing); } & beat=$$!; \
+	  $(PYTHON) -m pip install --progress-bar off --disable-pip-version-check -c requirements.lock -e '.[all]' 2>&1 \
+	  | { grep --line-buffered -E "^(Collecting|Installing|Successfully|ERROR|error)" || true; } \
+	  | sed -u -E 's/^Successfully installed .*/installed./; s/^/    /'; code=$$?; kill $$beat 2>/dev/null; exit $$code
+	@echo "==> 4/4 checking the installed packages agree (pip check, a few seconds)"
 	@$(PYTHON) -m pip check
 	@touch $(STAMP)
 	@echo "==> $(VENV) is ready"

@@ -34,25 +34,16 @@ from training.tiny_model import DEFAULT_LIKE, LIKES
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _demo_recipe_flags() -> tuple[str, ...]:
-    """The trainer's `demo` recipe (training/trainer/recipes/demo.yaml) as training.submit flags."""
-    from training.trainer import settings
-
-    return tuple(settings.as_argv(settings.read_recipe("demo"), dashed=True))
-
-
-DEMO_TRAIN_FLAGS = _demo_recipe_flags()
-
-
 @dataclass(frozen=True)
 class Budget:
     """How much the demo trains; the end-to-end test uses a smaller one."""
 
     epochs: float | None = None
-    """None: the demo recipe's."""
+    """None: the demo preset's."""
     max_steps: int = -1
     questions: int = 2
-    extra_train_flags: tuple[str, ...] = DEMO_TRAIN_FLAGS
+    preset: str = "demo"
+    """The trainer's preset (training/trainer/presets/demo.yaml): `training.submit --config demo`."""
     greedy_chat: bool = False
     """False: the flow samples, as a user's chat does. True (the tests): the connection asks for greedy
     replies of ANSWER_MAX_TOKENS, so the flow's answer is reproducible and equals the openai client's."""
@@ -64,9 +55,9 @@ ANSWER_MAX_TOKENS = 64
 
 
 def train_command(python: str, model: str, data_dir: Path, budget: Budget) -> list[str]:
-    """The demo's fine-tune: `training.submit --target local` with the demo recipe and `budget`."""
+    """The demo's fine-tune: `training.submit --target local --config demo`, with `budget` on top."""
     return [python, "-m", "training.submit", "--target", "local", "--model", model, "--data", str(data_dir),
-            *budget.extra_train_flags, "--max-steps", str(budget.max_steps),
+            "--config", budget.preset, "--max-steps", str(budget.max_steps),
             *(["--epochs", str(budget.epochs)] if budget.epochs is not None else [])]
 
 
@@ -79,14 +70,21 @@ class DemoResult:
     answers: list[tuple[str, str, str]] = field(default_factory=list)
     """(question, the model's answer, the held-out reference answer)"""
     timings: dict[str, float] = field(default_factory=dict)
+    model_dir: Path | None = None
+    """Where the fine-tuned model (an MLflow model folder) landed."""
     openai_answer: tuple[str, str] | None = None
     """(question, the answer through the official `openai` client on /v1/chat/completions)"""
 
 
-def _run_step(name: str, command: list[str], logs: Path, result: DemoResult, env: dict[str, str]) -> str:
-    """Run one step (common.processes.run_step), logged to logs/<name>.log and timed; returns its stdout."""
+def _run_step(name: str, command: list[str], logs: Path, result: DemoResult, env: dict[str, str],
+              live: bool = False) -> str:
+    """Run one step (common.processes.run_step), logged to logs/<name>.log and timed; returns its stdout.
+
+    `live`: its output also shows as it comes (the fine-tune: the trainer's own loss lines)."""
+    if live:
+        say(f"    (the trainer's progress follows, with the loss; all of it is also in {logs / f'{name}.log'})")
     try:
-        done = processes.run_step(name, command, logs / f"{name}.log", cwd=REPO_ROOT, env=env)
+        done = processes.run_step(name, command, logs / f"{name}.log", cwd=REPO_ROOT, env=env, live=live)
     except processes.StepFailed as failed:
         result.timings[name] = failed.seconds
         raise
@@ -193,7 +191,9 @@ def _run_steps(room: Path, budget: Budget, env: dict[str, str], on_deployed: Cal
         if like != DEFAULT_LIKE:
             model = str(runs.models_dir() / f"tiny-{like}")
             _run_step("twin", [python, "-m", "training.tiny_model", "--out", model, "--like", like], logs, result, env)
-        job_name = _run_step("train", train_command(python, model, data_dir, budget), logs, result, env).strip().splitlines()[-1]
+        job_name = _run_step("train", train_command(python, model, data_dir, budget), logs, result, env,
+                             live=True).strip().splitlines()[-1]
+        result.model_dir = runs.job_dir(job_name) / "model"
         summary = json.loads((runs.job_dir(job_name) / "model" / "summary.json").read_text(encoding="utf-8"))
         result.eval_loss_before, result.eval_loss_after = summary["eval_loss_before"], summary["eval_loss_after"]
         say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
@@ -226,7 +226,7 @@ def _run_steps(room: Path, budget: Budget, env: dict[str, str], on_deployed: Cal
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=Budget.epochs,
-                        help="training epochs (default: the trainer's demo recipe, training/trainer/recipes/demo.yaml)")
+                        help="training epochs (default: the trainer's demo preset, training/trainer/presets/demo.yaml)")
     parser.add_argument("--max-steps", type=int, default=Budget.max_steps, help="stop training after N steps")
     parser.add_argument("--questions", type=QUESTIONS, default=Budget.questions,
                         help=f"held-out questions to ask, {QUESTIONS} (default: %(default)s)")
@@ -240,4 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
     if result.eval_table:
         print(f"held-out answers of the fine-tuned model (deploy's evaluation gate):\n{result.eval_table}")
+    if result.model_dir is not None:
+        print(where_it_landed(result.model_dir))
     return 0
+
+
+def where_it_landed(model_dir: Path) -> str:
+    """The demo's last lines: the fine-tuned model's folder and the command that serves it again."""
+    from deployment.serving.cli import DEFAULT_PORT
+
+    return (f"the fine-tuned model: {model_dir}\n"
+            f"serve it: python -m deployment.serve --model-dir {model_dir}   "
+            f"(then an OpenAI client with base_url http://127.0.0.1:{DEFAULT_PORT}/v1; see docs/SERVING.md)")

@@ -78,10 +78,12 @@ def _conversation(row: Any, where: str) -> Conversation | None:
 
 def _load_conversations(path: Path, limit: int | None) -> list[Conversation]:
     if not path.is_file():
-        raise UserError(
-            f"no evaluation file {path}: prepare the data with `python -m training.data --source sample --out "
-            f"{path.parent}` (its test split is the default), or pass --eval-file FILE.jsonl"
-        )
+        default = default_eval_file()
+        if path.resolve() != default.resolve():
+            raise UserError(f"no evaluation file {path}: pass an existing JSONL file of chat rows (`messages` lists) "
+                            f"to --eval-file, or leave it out to use {default}.")
+        raise UserError(f"no evaluation file {path}: prepare the data with `python -m training.data --source sample "
+                        f"--out {default.parent}` (its test split is the default), or pass --eval-file FILE.jsonl")
     from common.files import jsonl_rows
 
     picked: list[Conversation] = []

@@ -335,8 +335,12 @@ def main(argv: Sequence[str] | None = None, *, credential: Any = None, transport
     try:
         outputs = load_stack_outputs(args.outputs_file, args.stack)
     except StackOutputsError:
-        if purposes != ["up"] or not args.subscription:
+        if purposes != ["up"]:
             raise
+        if not args.subscription:  # before the first `pulumi up` there are no outputs to read: that is expected
+            raise UserError("--for up before the stack exists checks your rights on a subscription: pass "
+                            "--subscription ID (or set AZURE_SUBSCRIPTION_ID). For a stack that is already up, "
+                            "name it with --stack or --outputs-file.") from None
         outputs = None  # the stack is not up yet: check the subscription
     reader = PermissionsReader(credential or default_credential(outputs), transport)
     failed = []

@@ -79,7 +79,7 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare("sample", tmp_path_factory.mktemp("sample-data") / "data").out
 
 
-TINY_TRAINING_FLAGS = ["--config", "test"]  # training/trainer/recipes/test.yaml: a few CPU steps of a full fine-tune
+TINY_TRAINING_FLAGS = ["--config", "test"]  # training/trainer/presets/test.yaml: a few CPU steps of a full fine-tune
 
 
 def load_fine_tune():

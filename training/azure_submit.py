@@ -38,7 +38,11 @@ class Request:
     model: str
     """sft: hub id, absolute local folder or azureml:NAME:VERSION; registry: the registry asset name."""
     hyperparameters: dict[str, Any]
+    """The hyperparameters given as flags (the registry recipe maps these; sft reads `settings`)."""
     data_dir: Path
+    settings: Any = None
+    """sft: the trainer's Settings (training.trainer.settings.load: the preset with the flags on top)."""
+    preset: str = "default"
     model_revision: str | None = None
     instance_count: int = 1
     shm_size: str = jobs.DEFAULT_SHM_SIZE
@@ -88,7 +92,8 @@ def _git_commit() -> str:
 
 def _tags(request: Request, data_hash: str, cloud: Cloud) -> dict[str, str]:
     config = json.dumps({"model": request.model, "model_revision": request.model_revision,
-                         "instance_count": request.instance_count, **request.hyperparameters}, separators=(",", ":"))
+                         "instance_count": request.instance_count, "config": request.preset,
+                         **request.hyperparameters}, separators=(",", ":"))
     tags = {"git_commit": _git_commit(), "data_hash": data_hash, "config": config[:1000], "model": request.model[:250]}
     if cloud.run_key:  # the SFT recipe: what a later submit looks up to resume this run
         tags[run_key.TAG] = cloud.run_key
@@ -96,6 +101,13 @@ def _tags(request: Request, data_hash: str, cloud: Cloud) -> dict[str, str]:
     if cloud.resume.resumed_from:
         tags[azure_resume.RESUMED_FROM_TAG] = cloud.resume.resumed_from[:250]
     return tags
+
+
+def settings_file_text(request: Request) -> str:
+    """The settings file the SFT job reads (every hyperparameter, resolved)."""
+    from training.trainer import settings
+
+    return settings.dump(request.settings)
 
 
 def world_size(request: Request, vm: VmSize) -> int:
@@ -110,7 +122,7 @@ def request_key(request: Request, files: Any) -> str | None:
     from training import hyperparams
 
     return run_key.compute(request.model, request.model_revision, files.train.sha256, files.eval.sha256,
-                           hyperparams.resolved(request.hyperparameters))
+                           hyperparams.resolved(request.settings))
 
 
 def job_name(recipe: str) -> str:
@@ -171,7 +183,7 @@ def build_job(request: Request, outputs: Any, data_hash: str, cloud: Cloud) -> d
         return jobs.build_sft_job(jobs.SftJob(
             model=request.model, model_revision=request.model_revision, model_input_type=cloud.model_input_type,
             code_dir=cloud.code_dir, device=device_for(cloud.vm, "sft"), environment=cloud.environment,
-            hyperparameters=request.hyperparameters, gpus_per_node=cloud.vm.gpus, shm_size=request.shm_size,
+            gpus_per_node=cloud.vm.gpus, shm_size=request.shm_size,
             run_key=cloud.run_key, resume_from=cloud.resume.input_path, resume_force=cloud.resume.force, **common))
     device_for(cloud.vm, "registry")
     return jobs.build_registry_job(jobs.RegistryJob(
@@ -217,7 +229,7 @@ def print_dry_run(request: Request, outputs: Any, files: Any) -> int:
     if request.recipe == "sft":
         spec = environment_spec()
         cloud.environment = {"image": spec["image"], "conda_file": spec["conda_file"]}
-        cloud.code_dir = code_staging.stage_trainer()
+        cloud.code_dir = code_staging.stage_trainer(settings_file_text(request))
         cloud.resume = azure_resume.offline(request.resume, request.resume_from, cloud.run_key, world_size(request, vm),
                                             request.force)
     else:
@@ -237,6 +249,8 @@ def print_dry_run(request: Request, outputs: Any, files: Any) -> int:
            if request.model.startswith("azureml:") else "")
         + (f"\nModel {request.model}: {models.REGISTRY_CHOICE_NOTE}" if request.recipe == "registry" else "")
         + "\nSubmit as is with: az ml job create -f FILE"
+        + (f"\n\nThe trainer reads {code_staging.SETTINGS_FILE} (--config {request.preset}, flags on top), staged in "
+           f"{cloud.code_dir}:\n\n{settings_file_text(request)}" if request.recipe == "sft" else "")
     )
     sys.stdout.write(jobs.to_yaml(body, header=header))
     return 0
@@ -313,9 +327,7 @@ def tier_line(tier: str | None, request: Request) -> str:
     if request.recipe != "sft":
         return ("cluster tier: low priority (preemptible); the registry pipeline keeps no checkpoints of ours, so a "
                 "preemption restarts it")
-    from training import hyperparams
-
-    minutes = hyperparams.resolved(request.hyperparameters)["checkpoint_minutes"]
+    minutes = request.settings.checkpoint_minutes
     return (f"cluster tier: low priority (preemptible); checkpoints are on: every {minutes:g} min to the job's "
             "`checkpoints` output, so a preemption costs at most that much training, and the requeued job resumes")
 
@@ -388,7 +400,7 @@ def sft_cloud(ml_client: Any, request: Request, files: Any, vm: VmSize) -> Cloud
     with step("data assets"):
         refs = ensure_data_assets(ml_client, files)
     return Cloud(vm=vm, train=refs["train"], eval=refs["eval"], environment=environment,
-                 code_dir=code_staging.stage_trainer(), model_input_type=model_input_type)
+                 code_dir=code_staging.stage_trainer(settings_file_text(request)), model_input_type=model_input_type)
 
 
 def _parse_tag(tags: dict[str, Any], key: str) -> Any:

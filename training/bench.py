@@ -69,9 +69,9 @@ class BenchConfig:
     name: str
     description: str
     recipe: str = "default"
-    """The trainer recipe (training/trainer/recipes/) the configuration starts from."""
+    """The trainer preset (training/trainer/presets/) the configuration starts from."""
     flags: tuple[str, ...] = ()
-    """Trainer flags on top of the recipe: what this configuration varies."""
+    """Trainer flags on top of the preset: what this configuration varies."""
     sft_overrides: Mapping[str, Any] = field(default_factory=dict)
     """Set on TRL's SFTConfig last (the trainer's `sft_overrides` seam)."""
     liger: bool = False
@@ -79,7 +79,7 @@ class BenchConfig:
     @property
     def method(self) -> str:
         flags = dict(zip(self.flags[::2], self.flags[1::2]))
-        return flags.get("--method") or recipe(self.recipe)["method"]
+        return flags.get("--method") or preset(self.recipe)["method"]
 
     @property
     def baseline(self) -> str:
@@ -87,10 +87,10 @@ class BenchConfig:
         return "tutorial" if self.method == "full" else "tutorial-lora"
 
 
-def recipe(name: str) -> dict[str, Any]:
+def preset(name: str) -> dict[str, Any]:
     from training.trainer import settings
 
-    return settings.recipe(name)
+    return settings.preset(name)
 
 
 CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (

@@ -1,23 +1,17 @@
-"""The trainer's hyperparameters, as `training.submit` exposes and forwards them.
+"""The trainer's hyperparameters, as `training.submit` exposes them as flags and maps them to the registry.
 
 Nothing here declares a setting: names, types, checks and help come from the trainer's own
-`training/trainer/settings.py`, defaults from its recipe `training/trainer/recipes/default.yaml`
-(standard library and PyYAML only, so `--help` and `--dry-run` stay instant). Submit shows
-those defaults in `--help` and forwards to the job every resolved setting (`trainer_argv`), so
-the job's command line, and the dry run that prints it, carries the values the trainer will use.
+`training/trainer/settings.py`, defaults from its preset `training/trainer/presets/default.yaml`
+(standard library and PyYAML only, so `--help` and `--dry-run` stay instant). Submit loads the
+preset with these flags on top (`settings.load`) and stages the result as the job's settings file.
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Mapping
 
 from training.trainer import settings
 
-TRAINER_DIR = Path(settings.__file__).resolve().parent
-"""The trainer package folder: the code a job uploads (as `trainer/`)."""
-TRAINER_ENTRY = "fine_tune.py"
-"""The entry module's file inside TRAINER_DIR (run as `python -m trainer.fine_tune` on the cluster)."""
 TRAINER_MODULE = "training.trainer.fine_tune"
 """The entry module as this repository imports it (`python -m training.trainer.fine_tune` locally)."""
 JOB_FLAGS = tuple(f.name for f in settings.all_settings() if f.metadata["job"])
@@ -41,12 +35,13 @@ def names() -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per hyperparameter (`--learning-rate`, also `--learning_rate`), default None (= the recipe's)."""
+    """Add one flag per hyperparameter (`--learning-rate`, also `--learning_rate`), default None (= the preset's)."""
     group = parser.add_argument_group(
         "hyperparameters",
-        "defaults: the trainer's recipe (training/trainer/recipes/default.yaml); the job carries every resolved value",
+        "defaults: the --config preset (training/trainer/presets/); they override it, and the job's settings file "
+        "holds every resolved value",
     )
-    defaults = settings.recipe()
+    defaults = settings.preset()
     for f in settings.hyperparameters():
         meta = f.metadata
         dashed = "--" + f.name.replace("_", "-")
@@ -65,42 +60,9 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names() if getattr(args, name, None) is not None}
 
 
-def resolved(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Every hyperparameter as the trainer will use it: its default recipe, these values on top, `auto` rules applied."""
-    parsed = _parse(values)
-    return {name: getattr(parsed, name) for name in names() if getattr(parsed, name) is not None}
-
-
-def trainer_argv(values: Mapping[str, Any]) -> list[str]:
-    """`--name value` pairs for the job's trainer command: every resolved hyperparameter, not only the given ones."""
-    return settings.as_argv(resolved(values))
-
-
-class RefusedByTrainer(ValueError):
-    """A value the trainer's own argument checks refuse (the message names the flag)."""
-
-
-def check_with_trainer(values: Mapping[str, Any]) -> None:
-    """Run the trainer's own parser on these values, so `--epochs -1` fails here, not on the cluster."""
-    _parse(values)
-
-
-def _parse(values: Mapping[str, Any]) -> settings.Settings:
-    import contextlib
-    import io
-
-    job_flags = ["--train_file", "train.jsonl", "--eval_file", "test.jsonl", "--output_dir", "model"]
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            return settings.parse_args(job_flags + settings.as_argv(values))
-    except SystemExit:
-        lines = [line for line in stderr.getvalue().splitlines() if "error:" in line]
-        reason = lines[-1].split("error:", 1)[1].strip().removesuffix("(see --help)").strip() if lines else \
-            "the trainer refused these flags"
-        for name in values:  # name the flag the way submit spells it
-            reason = reason.replace(f"--{name}", "--" + name.replace("_", "-"))
-        raise RefusedByTrainer(reason) from None
+def resolved(trainer_settings: settings.Settings) -> dict[str, Any]:
+    """Every hyperparameter as the trainer will use it (what the settings file holds and the run key hashes)."""
+    return settings.hyperparameter_values(trainer_settings)
 
 
 class NotOfferedByRegistry(ValueError):

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from training.code_staging import ENTRY_MODULE
+from training.code_staging import ENTRY_MODULE, SETTINGS_FILE
 from training.discovery import EXPERIMENT_NAME, job_tags
-from training.hyperparams import trainer_argv
 
 COMMAND_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
 PIPELINE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"
@@ -60,13 +59,12 @@ class SftJob:
     model: str
     compute: str
     code_dir: Path
-    """The staged folder that holds `trainer/` (training.code_staging)."""
+    """The staged folder that holds `trainer/` and the run's `trainer/settings.yaml` (training.code_staging)."""
     device: str
     """What the trainer must train on: `cuda` on a GPU cluster (it refuses to fall back to CPU), `cpu` on a CPU one."""
     environment: str | Mapping[str, Any]
     train_data: str
     eval_data: str
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     instance_count: int = 1
     gpus_per_node: int = 1
     shm_size: str = DEFAULT_SHM_SIZE
@@ -112,7 +110,7 @@ def _resume_flags(job: SftJob, inputs: dict[str, Any]) -> list[str]:
 
 
 def build_sft_job(job: SftJob) -> dict[str, Any]:
-    """The command job: code = the staged trainer package only, named outputs `model` and `checkpoints`, the trainer's flags."""
+    """The command job: code = the staged trainer package and its settings file, named outputs `model` and `checkpoints`."""
     if job.model_input_type not in MODEL_INPUT_TYPES:
         raise ValueError(f"model input type {job.model_input_type!r}: expected one of {MODEL_INPUT_TYPES}")
     inputs: dict[str, Any] = {"train_file": _data_input(job.train_data), "eval_file": _data_input(job.eval_data)}
@@ -130,6 +128,8 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
         [
             "python -m",
             ENTRY_MODULE,
+            "--config",
+            SETTINGS_FILE,
             "--model_name_or_path",
             model_arg,
             *revision,
@@ -139,7 +139,6 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
             "--eval_file ${{inputs.eval_file}}",
             "--output_dir ${{outputs.model}}",
             *_resume_flags(job, inputs),
-            *(shlex.quote(part) for part in trainer_argv(job.hyperparameters)),
         ]
     )
     spec = _job_header(

@@ -1,7 +1,8 @@
 """`--target local`: the same trainer, with the same arguments, in a subprocess on this machine.
 
-The command is `python -m training.trainer.fine_tune` with every resolved setting (as the Azure
-job's `python -m trainer.fine_tune`); the model folder also holds the trainer's summary.json.
+The command is `python -m training.trainer.fine_tune --config runs/staged/trainer-<hash>/trainer/settings.yaml`:
+the same settings file, staged the same way, as the Azure job's `python -m trainer.fine_tune --config
+trainer/settings.yaml`; the model folder also holds the trainer's summary.json.
 
 Layout (see training.local_runs): one folder per run key (training.run_key),
 runs/jobs/<key>/train.log, runs/jobs/<key>/checkpoints/ (deleted once the model is saved),
@@ -32,8 +33,8 @@ from typing import Iterator, Mapping, Sequence
 from common.cli import UserError, say
 from training import local_runs
 from training.discovery import EXPERIMENT_NAME
-from training.hyperparams import TRAINER_MODULE, trainer_argv
-from training.trainer import checkpoints
+from training.hyperparams import TRAINER_MODULE
+from training.trainer import checkpoints, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,13 +54,22 @@ def tiny_model() -> Path:
     return Path(build_tiny_model(path))
 
 
-def trainer_command(model: str, train_file: Path, eval_file: Path, output_dir: Path, hyperparameters: Mapping[str, object],
+def staged_settings(loaded: settings.Settings) -> Path:
+    """The run's settings file, staged as an Azure job's is (training.code_staging): the file the trainer reads."""
+    from training import code_staging
+
+    return code_staging.stage_trainer(settings.dump(loaded)) / code_staging.SETTINGS_FILE
+
+
+def trainer_command(model: str, train_file: Path, eval_file: Path, output_dir: Path, settings_file: Path,
                     resume: Sequence[str] = ()) -> list[str]:
     """The trainer's command line; `resume`: its checkpoint flags (--checkpoint_dir, --run_key, ...)."""
     return [
         sys.executable,
         "-m",
         TRAINER_MODULE,
+        "--config",
+        str(settings_file),
         "--model_name_or_path",
         model,
         "--train_file",
@@ -69,7 +79,6 @@ def trainer_command(model: str, train_file: Path, eval_file: Path, output_dir: P
         "--output_dir",
         str(output_dir),
         *resume,
-        *trainer_argv(hyperparameters),
     ]
 
 
@@ -142,7 +151,7 @@ def run_local(
     model: str,
     train_file: Path,
     eval_file: Path,
-    hyperparameters: Mapping[str, object],
+    settings_file: Path,
     *,
     key: str,
     resume: str = "auto",
@@ -167,7 +176,7 @@ def run_local(
     flags += ["--resume_from", str(source)] if source else []
     flags += ["--resume_force", "true"] if force else []
     command = trainer_command(model, Path(train_file).resolve(), Path(eval_file).resolve(), model_dir,
-                              hyperparameters, flags)
+                              settings_file, flags)
     (job / "command.txt").write_text(" ".join(_shown(command)) + "\n", encoding="utf-8")
     say(f"==> local job {folder.name}: training in {job} (log: {log_path})")
     started = time.perf_counter()

@@ -4,11 +4,12 @@
     python -m training.submit --model microsoft/Phi-4-mini-instruct   # the other supported SFT model
     python -m training.submit --recipe registry        # the Azure ML registry's chat_completion_pipeline
     python -m training.submit --target local --model tiny --max-steps 20   # offline, on this machine
+    python -m training.submit --config tutorial --dry-run   # a preset (training/trainer/presets/) or a YAML file
     python -m training.submit --dry-run                # print the job YAML; no credential, no network
     python -m training.submit --list-models            # the supported models
 
-This module parses and resolves what was asked (models from training.models, flags checked by
-the trainer's own parser); training.azure_submit runs the Azure steps and builds the job;
+This module parses and resolves what was asked (models from training.models; the trainer's
+settings loaded from the --config preset with the flags on top, by the trainer's own parsers); training.azure_submit runs the Azure steps and builds the job;
 training.local_target runs the trainer here. Only light imports at module level: `--help` and
 `--list-models` never load the Azure SDK, torch or TRL.
 """
@@ -25,6 +26,7 @@ from infra.outputs import add_stack_arguments
 from training import hyperparams, local_runs, models
 from training.discovery import EXPERIMENT_NAME
 from training.jobs import DEFAULT_SHM_SIZE
+from training.trainer import settings
 
 TINY = "tiny"
 
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "See --list-models")
     what.add_argument("--list-models", action="store_true",
                       help="print the supported models (context, A100 80 GB memory needs, status, pinned revision) and exit")
+    what.add_argument("--config", default=None, metavar="PRESET|FILE",
+                      help=f"the trainer's settings: a preset ({', '.join(settings.PRESETS)}; training/trainer/presets/) or "
+                           "a YAML settings file; the hyperparameter flags override it. The job reads the result as "
+                           f"trainer/settings.yaml (--dry-run prints it) (default: {settings.BASE_PRESET}; sft only)")
     what.add_argument("--data", type=Path, default=None,
                       help="folder with train.jsonl and test.jsonl from `python -m training.data` (default: runs/data)")
     how = parser.add_argument_group("how")
@@ -133,7 +139,20 @@ def resolve_sft_model(model: str | None, target: str, *, build_tiny: bool = True
     return hub_id, revision
 
 
-def azure_request(args: argparse.Namespace, values: dict[str, Any]) -> Any:
+def load_settings(args: argparse.Namespace, values: dict[str, Any]) -> settings.Settings | None:
+    """The trainer's settings: the --config preset or file with the flags on top (None for the registry recipe)."""
+    if args.recipe == "registry":
+        if args.config is not None:
+            raise UserError("--config sets this repository's trainer (--recipe sft); the registry pipeline takes "
+                            "its own inputs: pass them as flags (--epochs, --learning-rate, ...).")
+        return None
+    try:
+        return settings.load(args.config or settings.BASE_PRESET, values)
+    except settings.SettingsError as err:
+        raise UserError(str(err)) from None
+
+
+def azure_request(args: argparse.Namespace, values: dict[str, Any], loaded: settings.Settings | None) -> Any:
     """The azure_submit.Request for these flags; refuses what can be refused before any network call."""
     from training.azure_submit import Request, user_registry_params
 
@@ -146,7 +165,8 @@ def azure_request(args: argparse.Namespace, values: dict[str, Any]) -> Any:
     else:
         model, revision = resolve_sft_model(args.model, "azure", build_tiny=not args.dry_run)
     return Request(
-        recipe=args.recipe, model=model, model_revision=revision, hyperparameters=values,
+        recipe=args.recipe, model=model, model_revision=revision, hyperparameters=values, settings=loaded,
+        preset=args.config or settings.BASE_PRESET,
         data_dir=args.data or default_data_dir(), instance_count=args.instance_count, shm_size=args.shm_size,
         experiment=args.experiment, display_name=args.display_name, outputs_file=args.outputs_file,
         stack=args.stack, no_stream=args.no_stream, resume=args.resume, resume_from=args.resume_from, force=args.force,
@@ -156,25 +176,27 @@ def azure_request(args: argparse.Namespace, values: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------- local target
 
 
-def _run_local(args: argparse.Namespace, values: dict[str, Any]) -> int:
-    if args.recipe == "registry":
-        raise UserError("--recipe registry runs Azure ML's own pipeline and exists only on Azure; use --target azure.")
+def _run_local(args: argparse.Namespace, loaded: settings.Settings) -> int:
     from training import local_target
     from training.data_assets import check_data
 
     data_dir = args.data or default_data_dir()
     files = check_data(data_dir, source_hint="sample")
     model, _ = resolve_sft_model(args.model, "local", build_tiny=not args.dry_run)
-    key = run_key(model, None, files, values)
+    key = run_key(model, None, files, loaded)
+    settings_file = local_target.staged_settings(loaded)
     if args.dry_run:
         folder = local_target.run_folder(key, args.resume, fresh=args.resume_from is not None)
         say(folder.note + (f"; --resume-from {args.resume_from}" if args.resume_from else ""))
         job = local_runs.job_dir(folder.name)
         flags = ["--checkpoint_dir", str(job / local_target.CHECKPOINTS), "--run_key", key]
-        command = local_target.trainer_command(model, files.train.path, files.eval.path, job / "model", values, flags)
+        command = local_target.trainer_command(model, files.train.path, files.eval.path, job / "model", settings_file,
+                                               flags)
+        say(f"    the trainer reads {settings_file}:")
+        sys.stderr.write(settings_file.read_text(encoding="utf-8"))
         print(" ".join(shlex.quote(part) for part in command))
         return 0
-    job_name, model_dir = local_target.run_local(model, files.train.path, files.eval.path, values, key=key,
+    job_name, model_dir = local_target.run_local(model, files.train.path, files.eval.path, settings_file, key=key,
                                                  resume=args.resume, resume_from=args.resume_from, force=args.force,
                                                  stream=not args.no_stream)
     print(job_name)
@@ -182,11 +204,11 @@ def _run_local(args: argparse.Namespace, values: dict[str, Any]) -> int:
     return 0
 
 
-def run_key(model: str, revision: str | None, files: Any, values: dict[str, Any]) -> str:
-    """The run key (training.run_key) of this model, these data files and these settings, as the trainer resolves them."""
+def run_key(model: str, revision: str | None, files: Any, loaded: settings.Settings) -> str:
+    """The run key (training.run_key) of this model, these data files and these resolved settings."""
     from training import run_key as keys
 
-    return keys.compute(model, revision, files.train.sha256, files.eval.sha256, hyperparams.resolved(values))
+    return keys.compute(model, revision, files.train.sha256, files.eval.sha256, hyperparams.resolved(loaded))
 
 
 def main(
@@ -202,16 +224,15 @@ def main(
     if args.list_models:
         sys.stdout.write(models.table())
         return 0
-    values = hyperparams.given(args)
-    try:
-        hyperparams.check_with_trainer(values)
-    except hyperparams.RefusedByTrainer as err:
-        parser.error(str(err))  # usage line + exit 2, like any other bad flag
+    values = hyperparams.given(args)  # each already checked by its flag's parser
+    loaded = load_settings(args, values)
     if args.target == "local":
-        return _run_local(args, values)
+        if loaded is None:
+            raise UserError("--recipe registry runs Azure ML's own pipeline and exists only on Azure; use --target azure.")
+        return _run_local(args, loaded)
     from training import azure_submit
 
-    return azure_submit.run(azure_request(args, values), ml_client=ml_client, registry_client=registry_client,
+    return azure_submit.run(azure_request(args, values, loaded), ml_client=ml_client, registry_client=registry_client,
                             credential=credential, dry_run=args.dry_run)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.pipeline import DEMO_TRAIN_FLAGS, Budget, run_demo
+from demo.pipeline import Budget, run_demo, where_it_landed
 from deployment import local
 from training import local_runs
 
@@ -38,14 +38,19 @@ def test_make_demo_passes_like_only_when_set(repo_root: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_demo_runs_on_the_phi4_mini_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_runs_on_the_phi4_mini_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
     runs = tmp_path / "runs"
     monkeypatch.setenv("FINETUNE_PHI_RUNS", str(runs))
-    budget = Budget(epochs=6, questions=1, extra_train_flags=DEMO_TRAIN_FLAGS, greedy_chat=True)  # reproducible answers
+    budget = Budget(epochs=6, questions=1, greedy_chat=True)  # reproducible answers
     result = run_demo(budget, env=dict(os.environ), like="phi-4-mini")
 
     assert {"twin", "data", "train", "deploy", "chat-1", "teardown"} <= set(result.timings)
+    shown = capfd.readouterr()
+    live = [line for line in (shown.out + shown.err).splitlines() if "'loss':" in line]
+    assert len(live) >= 2  # the trainer's own loss lines reached the terminal while it trained, not only the log
     monkeypatch.setenv("FINETUNE_PHI_RUNS", str(runs / "demo"))  # the demo's room
+    assert result.model_dir == local_runs.latest_model_dir() and (result.model_dir / "MLmodel").is_file()
+    assert f"--model-dir {result.model_dir}" in where_it_landed(result.model_dir)
     config = json.loads((local_runs.latest_model_dir() / "model" / "config.json").read_text())
     assert config["num_key_value_heads"] < config["num_attention_heads"] and config["tie_word_embeddings"] is True
     assert config["partial_rotary_factor"] == 0.75

@@ -57,8 +57,9 @@ def test_eval_set_scores_the_last_assistant_turn(tmp_path):
 def test_bad_eval_files_are_one_clear_error(tmp_path, rows, needle):
     with pytest.raises(UserError, match=needle):
         scoring.load_eval_set(_write(tmp_path / "e.jsonl", rows))
-    with pytest.raises(UserError, match="no evaluation file"):
+    with pytest.raises(UserError, match="no evaluation file") as missing:
         scoring.load_eval_set(tmp_path / "missing.jsonl")
+    assert "training.data" not in str(missing.value) and "leave it out" in str(missing.value)  # no `--out /tmp...`
 
 
 def test_the_fixture_is_ultrachat_shaped_with_long_references_answered_first():

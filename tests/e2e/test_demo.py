@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from demo.pipeline import DEMO_TRAIN_FLAGS, Budget, run_demo
+from demo.pipeline import Budget, run_demo
 from deployment import local
 from training import local_runs
 
@@ -48,7 +48,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         probed["bad_status"] = bad.status_code
 
     # greedy: the flow's answer is the same every run (sampling a 6-epoch tiny model may emit <|end|> first)
-    budget = Budget(epochs=6, questions=1, extra_train_flags=DEMO_TRAIN_FLAGS, greedy_chat=True)
+    budget = Budget(epochs=6, questions=1, greedy_chat=True)
     result = run_demo(budget, env=dict(os.environ), on_deployed=probe_server)
 
     # the demo's room: everything it made is under runs/demo/, nothing in the user's runs/

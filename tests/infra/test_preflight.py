@@ -347,12 +347,14 @@ def test_the_cli_checks_submit_deploy_and_teardown_by_default(outputs, example, 
 
 
 def test_up_without_a_stack_needs_the_subscription(tmp_path, monkeypatch) -> None:
+    """One message that names the missing --subscription, not the outputs (or the Pulumi CLI) it could not read."""
     monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
-    from infra.outputs import StackOutputsError
+    from common.cli import UserError
 
-    with pytest.raises(StackOutputsError, match="does not exist"):
+    with pytest.raises(UserError, match="pass --subscription ID") as missing:
         preflight.main(["--outputs-file", str(tmp_path / "none.json"), "--for", "up"],
                        credential=FakeCredential(), transport=FakeArm({}))
+    assert "pulumi" not in str(missing.value).lower() and "\n" not in str(missing.value)
 
 
 def test_help_is_instant_and_imports_no_sdk() -> None:

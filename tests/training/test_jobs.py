@@ -62,7 +62,9 @@ def test_sft_dry_run_yaml_loads_and_validates(argv, capsys, monkeypatch, tmp_pat
     assert job.inputs["train_file"].path == str(tmp_path / "data" / "train.jsonl")
     assert job.outputs["model"].type == "uri_folder"
     assert job.resources.instance_count == 2 and job.distribution.process_count_per_instance == 1
-    assert "--epochs 2.0 " in job.command and "--method full " in job.command  # every resolved setting rides along
+    assert "--config trainer/settings.yaml " in job.command and "--epochs" not in job.command
+    staged = yaml.safe_load((Path(job.code) / "trainer" / "settings.yaml").read_text())  # every resolved setting
+    assert staged["epochs"] == 2.0 and staged["method"] == "full" and "# epochs: 2.0\n" in text
     result = _offline_client().jobs.validate(job)
     assert result.passed, result.error_messages
 
@@ -130,14 +132,14 @@ def test_registry_params_merge_order_and_filtering() -> None:
 # ---------------------------------------------------------------- the trainer's flags and defaults
 
 
-def test_every_trainer_hyperparameter_is_exposed_with_the_recipes_default() -> None:
+def test_every_trainer_hyperparameter_is_exposed_with_the_presets_default() -> None:
     from training.trainer import fine_tune, settings
 
     parser = submit.build_parser()
     parsed = vars(fine_tune.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o"]))
     assert set(parsed) - set(hyperparams.JOB_FLAGS) == set(hyperparams.names())
     assert {"device", "model_revision", "model_name_or_path"} <= set(hyperparams.JOB_FLAGS)
-    defaults = settings.recipe()
+    defaults = settings.preset()
     help_text = " ".join(parser.format_help().split())
     for name in hyperparams.names():
         assert "--" + name.replace("_", "-") in help_text, name
@@ -146,24 +148,21 @@ def test_every_trainer_hyperparameter_is_exposed_with_the_recipes_default() -> N
     assert set(hyperparams.REGISTRY_INPUTS) <= set(hyperparams.names())
 
 
-def test_forwarded_flags_parse_in_the_trainer() -> None:
-    """What submit forwards is accepted by the trainer as the same values, and carries every resolved setting."""
-    from training.trainer import fine_tune
+def test_flags_reach_the_trainer_through_the_settings_file(tmp_path: Path) -> None:
+    """Submit's flags over the preset, dumped as the job's settings file, read back by the trainer as the same values."""
+    from training.trainer import fine_tune, settings
 
     args = submit.build_parser().parse_args(
         ["--learning-rate", "3e-5", "--packing", "false", "--method", "full", "--max_steps", "7", "--lora-target-modules", "qkv_proj"])
     given = hyperparams.given(args)
     assert set(given) == {"learning_rate", "packing", "method", "max_steps", "lora_target_modules"}
-    argv = hyperparams.trainer_argv(given)
-    parsed = fine_tune.parse_args(["--train_file", "t", "--eval_file", "e", "--output_dir", "o", *argv])
+    written = tmp_path / "settings.yaml"
+    written.write_text(settings.dump(settings.load("default", given)))
+    parsed = fine_tune.parse_args(["--config", str(written), "--train_file", "t", "--eval_file", "e", "--output_dir", "o"])
     assert (parsed.learning_rate, parsed.packing, parsed.method, parsed.max_steps, parsed.lora_target_modules) == (
         3e-5, False, "full", 7, "qkv_proj")
-    flags = argv[::2]
-    assert flags == ["--" + name for name in hyperparams.names()]  # every hyperparameter, resolved
-    assert argv[argv.index("--gradient_checkpointing") + 1] == "true"  # auto, resolved for a full fine-tune
-    assert argv[argv.index("--lora_r") + 1] == "16"
-    with pytest.raises(hyperparams.RefusedByTrainer, match="--epochs"):
-        hyperparams.check_with_trainer({"epochs": -1.0})
+    assert list(yaml.safe_load(written.read_text())) == list(hyperparams.names())  # every hyperparameter, resolved
+    assert parsed.gradient_checkpointing is True and parsed.lora_r == 16  # auto, resolved for a full fine-tune
 
 
 def test_help_shows_trainer_defaults_without_heavy_imports() -> None:
@@ -276,12 +275,14 @@ def test_trainer_is_staged_as_a_package_once(tmp_path: Path) -> None:
     (source / "fine_tune.py").write_text("print('hi')\n")
     (source / "helpers.py").write_text("X = 1\n")
     (source / "__pycache__" / "fine_tune.cpython-311.pyc").write_bytes(b"\0")
-    staged = code_staging.stage_trainer(source, tmp_path / "staged")
+    staged = code_staging.stage_trainer("lora_r: 8\n", source, tmp_path / "staged")
     assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == [
-        "trainer/fine_tune.py", "trainer/helpers.py"]
-    assert code_staging.stage_trainer(source, tmp_path / "staged") == staged  # unchanged: reused
+        "trainer/fine_tune.py", "trainer/helpers.py", "trainer/settings.yaml"]
+    assert (staged / code_staging.SETTINGS_FILE).read_text() == "lora_r: 8\n"
+    assert code_staging.stage_trainer("lora_r: 8\n", source, tmp_path / "staged") == staged  # unchanged: reused
+    assert code_staging.stage_trainer("lora_r: 4\n", source, tmp_path / "staged") != staged  # other settings: new
     (source / "helpers.py").write_text("X = 2\n")
-    assert code_staging.stage_trainer(source, tmp_path / "staged") != staged  # changed: a new folder
+    assert code_staging.stage_trainer("lora_r: 8\n", source, tmp_path / "staged") != staged  # changed: a new folder
     assert not [p for p in (tmp_path / "staged").iterdir() if p.name.startswith(".staging-")]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import yaml
 
 import pytest
 from azure.ai.ml.exceptions import ErrorCategory, ErrorTarget, JobException
@@ -118,8 +119,10 @@ def test_job_comes_from_stack_outputs_and_flags(argv: list[str], tmp_path: Path)
     assert job.command.startswith("python -m trainer.fine_tune ")
     assert "--device cuda" in job.command  # a GPU cluster: the trainer must not fall back to CPU
     assert "--model_revision 2fe192450127e6a83f7441aef6e3ca586c338b77" in job.command
-    assert "--learning_rate 2e-05" in job.command and "--packing false" in job.command
-    assert "--epochs 1.0 " in job.command  # not given: the recipe default, resolved and visible in the job
+    staged = yaml.safe_load((Path(job.code) / "trainer" / "settings.yaml").read_text())  # the file the job reads
+    assert "--config trainer/settings.yaml " in job.command
+    assert staged["learning_rate"] == 2e-05 and staged["packing"] is False
+    assert staged["epochs"] == 1.0  # not given: the preset default, resolved and visible in the job's settings file
     assert "--model_name_or_path microsoft/Phi-3.5-mini-instruct" in job.command
     assert "--output_dir ${{outputs.model}}" in job.command
     assert job.resources.shm_size == "16g" and job.resources.instance_count == 1

@@ -193,7 +193,7 @@ def test_values_in_range_pass_to_the_job(tmp_path: Path) -> None:
     outputs = write_stack_outputs(tmp_path / "outputs.json")
     done = _cli(["--outputs-file", str(outputs), "--dry-run", "--data", str(write_data(tmp_path / "data")),
                  "--epochs", "2", "--max-steps", "5"], tmp_path)
-    assert done.returncode == 0 and "--epochs 2" in done.stdout and "--max_steps 5" in done.stdout
+    assert done.returncode == 0 and "# epochs: 2.0\n" in done.stdout and "# max_steps: 5\n" in done.stdout
 
 
 @pytest.mark.parametrize("flags", [["--learning-rate", "inf"], ["--epochs", "1e400"], ["--epochs", "1e9"],

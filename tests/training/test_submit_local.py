@@ -61,7 +61,11 @@ def test_local_failure_shows_the_log_tail_and_keeps_latest(tmp_path: Path, sampl
 
 def test_local_dry_run_prints_the_trainer_command(sample_data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert submit.main(["--target", "local", "--data", str(sample_data_dir), "--dry-run", "--epochs", "2"]) == 0
-    out = capsys.readouterr().out
-    assert f"-m training.trainer.fine_tune --model_name_or_path {local_runs.tiny_model_dir()}" in out
-    assert "--epochs 2.0" in out and "--checkpoint_dir " in out and "--run_key tiny-" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    settings_file = local_runs.runs_dir() / "staged"
+    assert f"-m training.trainer.fine_tune --config {settings_file}/trainer-" in out  # the file an Azure job reads
+    assert f"/trainer/settings.yaml --model_name_or_path {local_runs.tiny_model_dir()}" in out
+    assert "\nepochs: 2.0\n" in captured.err and "--epochs" not in out  # the dry run prints the settings file
+    assert "--checkpoint_dir " in out and "--run_key tiny-" in out
     assert not local_runs.tiny_model_dir().exists()  # a dry run builds nothing

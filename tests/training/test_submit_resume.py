@@ -40,7 +40,7 @@ def test_dry_run_shows_the_checkpoints_output_and_the_resume_wiring(argv, capsys
     key = spec["tags"][run_key.TAG]
     assert spec["outputs"]["checkpoints"] == {"type": "uri_folder", "mode": "rw_mount"}
     assert spec["outputs"]["model"] == {"type": "uri_folder", "mode": "rw_mount"}  # deploy registers this one alone
-    assert f"--checkpoint_dir ${{{{outputs.checkpoints}}}} --run_key {key} " in spec["command"]
+    assert spec["command"].endswith(f"--checkpoint_dir ${{{{outputs.checkpoints}}}} --run_key {key}")
     assert spec["tags"]["world-size"] == "1" and "resume_from" not in spec["inputs"]
     assert f"# Run key {key}; resume: looked up at submit time (the newest unfinished job tagged resume-key={key})." in text
     assert "resume: looked up at submit time" in err

@@ -4,7 +4,7 @@ This package is the only code uploaded to the Azure ML cluster (as `trainer/`, r
 `python -m trainer.fine_tune`): it imports nothing from the repository (torch, transformers,
 trl, peft, datasets and mlflow only) and runs unchanged on a laptop CPU with the tiny offline
 model (`python -m training.trainer.fine_tune`). Its settings are declared in `settings.py`,
-their values in `recipes/`.
+their values in `presets/`.
 
 What it gets right that the Phi-3 cookbook's fine_tune.py does not:
 - current TRL API: everything in `SFTConfig`, the tokenizer as `processing_class`;
@@ -756,7 +756,7 @@ def report(args: Settings, summary: Mapping[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the recipe and flags, and train; raises TrainerError for expected failures (the CLI prints them)."""
+    """Parse the preset (or settings file) and flags, and train; raises TrainerError for expected failures (the CLI prints them)."""
     train(parse_args(argv))
     return 0
 

@@ -1,9 +1,11 @@
-"""Every setting of the trainer, declared once: its name, type, check and help here, its value in a recipe.
+"""Every setting of the trainer, declared once: its name, type, check and help here, its value in a preset.
 
-A recipe is a YAML file in `recipes/` (`default`, `tutorial`, `demo`, `test`) or any path:
-`default.yaml` holds every default, the others only what they change on top of it. The command
-line (`--config NAME`, then `--flag value` pairs) overrides the recipe. Recipe values go through
-the same argparse checks as flags, so a bad value in a recipe fails like a bad flag.
+A preset is a YAML file in `presets/` (`default`, `tutorial`, `demo`, `test`); a settings file is
+any other YAML path with the same keys. `default.yaml` holds every default, the others only what
+they change on top of it. `load(preset, overrides)` checks every value with the setting's own
+parser (the one its flag uses) and raises SettingsError; `dump(settings)` writes the settings file
+a job reads (`--config trainer/settings.yaml`: training.submit stages it beside the code). The
+trainer's command line is `--config`, then `--flag value` pairs on top.
 
 This is the TRL pattern (dataclasses + a YAML `--config`) without TRL's parser: importing
 `trl.SFTConfig` takes seconds (it imports torch), and `training.submit --help` / `--dry-run`
@@ -14,13 +16,13 @@ settings into TRL's `SFTConfig` and PEFT's `LoraConfig` in `fine_tune.py`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-RECIPES = ("default", "tutorial", "demo", "test")
-BASE_RECIPE = "default"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+PRESETS = ("default", "tutorial", "demo", "test")
+BASE_PRESET = "default"
 DEFAULT_LEARNING_RATE = {"full": 5e-6, "lora": 1e-4}
 """`learning_rate: null` means this rate for the method (full fine-tunes need a far smaller step)."""
 # transformers schedulers that need no `lr_scheduler_kwargs` and no metric (the others fail after the model loads)
@@ -115,7 +117,7 @@ def setting(help: str, parse: Callable[[str], Any] = str, *, choices: Sequence[s
     """
     if isinstance(parse, Range):
         help = f"{help}; {parse.describe()}"
-    return field(default=MISSING if required else None,
+    return field(default=None,  # `required`: the command line requires it; a settings file never holds it
                  metadata={"help": help, "parse": parse, "choices": tuple(choices) if choices else None,
                            "job": job, "required": required, "weights": weights})
 
@@ -203,40 +205,90 @@ def hyperparameters() -> tuple[Field, ...]:
     return tuple(f for f in fields(Settings) if not f.metadata["job"])
 
 
-# ---------------------------------------------------------------- recipes
+# ---------------------------------------------------------------- presets and settings files
 
-class RecipeError(ValueError):
-    """A recipe that does not exist or names an unknown setting."""
+class SettingsError(ValueError):
+    """A preset or settings file that does not exist, names an unknown setting, or holds a value its setting refuses."""
 
 
-def recipe_path(name_or_path: str) -> Path:
-    path = RECIPES_DIR / f"{name_or_path}.yaml" if name_or_path in RECIPES else Path(name_or_path)
+def preset_path(name_or_path: str) -> Path:
+    path = PRESETS_DIR / f"{name_or_path}.yaml" if name_or_path in PRESETS else Path(name_or_path)
     if not path.is_file():
-        raise RecipeError(f"--config {name_or_path}: no such recipe; use one of {', '.join(RECIPES)} or a YAML file.")
+        raise SettingsError(f"--config {name_or_path}: no such preset; use one of {', '.join(PRESETS)} or a YAML file.")
     return path
 
 
-def read_recipe(name_or_path: str) -> dict[str, Any]:
-    """One recipe file's own values (not merged with the default)."""
+def read_preset(name_or_path: str) -> dict[str, Any]:
+    """One preset file's own values, unchecked (not merged with the default)."""
     import yaml
 
-    path = recipe_path(name_or_path)
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    path = preset_path(name_or_path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise SettingsError(f"settings file {path}: not readable YAML ({' '.join(str(err).split())[:200]}).") from None
     if not isinstance(values, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of setting: value.")
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(values) - known)
+        raise SettingsError(f"settings file {path} must be a mapping of setting: value.")
+    unknown = sorted(str(name) for name in set(values) - {f.name for f in fields(Settings)})
     if unknown:
-        raise RecipeError(f"recipe {path}: unknown setting(s) {', '.join(unknown)}.")
+        raise SettingsError(f"settings file {path}: unknown setting(s) {', '.join(unknown)}.")
     return values
 
 
-def recipe(name_or_path: str = BASE_RECIPE) -> dict[str, Any]:
-    """The default recipe with `name_or_path`'s values on top (what `--config NAME` starts from)."""
-    values = read_recipe(BASE_RECIPE)
-    if name_or_path != BASE_RECIPE:
-        values.update(read_recipe(name_or_path))
+def preset(name_or_path: str = BASE_PRESET) -> dict[str, Any]:
+    """The default preset with `name_or_path`'s values on top (what `--config NAME` starts from), unchecked."""
+    values = read_preset(BASE_PRESET)
+    if name_or_path != BASE_PRESET:
+        values.update(read_preset(name_or_path))
     return values
+
+
+def check(name: str, value: Any) -> Any:
+    """One value through its setting's own parser and choices, exactly as the flag `--name value` would be."""
+    known = {f.name: f for f in fields(Settings)}
+    if name not in known:
+        raise SettingsError(f"unknown setting {name}.")
+    if value is None:
+        return None
+    meta = known[name].metadata
+    try:
+        parsed = meta["parse"](text(value))
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
+        raise SettingsError(f"{name} {err}.") from None
+    if meta["choices"] and meta["parse"] is not boolean and text(parsed) not in meta["choices"]:
+        raise SettingsError(f"{name} must be one of {', '.join(meta['choices'])}, got {text(value)!r}.")
+    return parsed
+
+
+def load(name_or_path: str = BASE_PRESET, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """A preset (or settings file) with `overrides` on top, every value checked, the `auto` rules applied.
+
+    Raises SettingsError (one line naming the file and the setting); never exits. Settings the job
+    sets itself (paths) may be missing: the trainer's command line requires them.
+    """
+    values: dict[str, Any] = {}
+    for name, value in preset(name_or_path).items():
+        try:
+            values[name] = check(name, value)
+        except SettingsError as err:
+            raise SettingsError(f"settings file {preset_path(name_or_path)}: {err}") from None
+    for name, value in (overrides or {}).items():
+        values[name] = check(name, value)
+    return resolve(Settings(**values))
+
+
+def hyperparameter_values(settings: Settings) -> dict[str, Any]:
+    """Every hyperparameter of these settings, by name, in declaration order (None left out)."""
+    return {f.name: getattr(settings, f.name) for f in hyperparameters() if getattr(settings, f.name) is not None}
+
+
+def dump(settings: Settings) -> str:
+    """The settings file a job reads (`--config FILE`): every hyperparameter, resolved, as YAML."""
+    import yaml
+
+    header = ("# The trainer's settings for this run: every hyperparameter, resolved (training.submit wrote it;\n"
+              "# `python -m trainer.fine_tune --config THIS_FILE` reads it). Names and checks: training/trainer/settings.py.\n")
+    return header + yaml.safe_dump(hyperparameter_values(settings), sort_keys=False, default_flow_style=False)
 
 
 def as_argv(values: Mapping[str, Any], dashed: bool = False) -> list[str]:
@@ -262,12 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m training.trainer.fine_tune",
         description="Fine-tune a Phi-3 chat model with TRL SFT; save an MLflow transformers model and summary.json "
-                    "to --output_dir. Defaults: the recipe (--config), then the flags.",
+                    "to --output_dir. Settings: the preset or settings file (--config), then the flags.",
     )
-    p.add_argument("--config", default=BASE_RECIPE, metavar="RECIPE",
-                   help=f"a recipe ({', '.join(RECIPES)}; training/trainer/recipes/) or a YAML file; "
+    p.add_argument("--config", default=BASE_PRESET, metavar="PRESET",
+                   help=f"a preset ({', '.join(PRESETS)}; training/trainer/presets/) or a YAML settings file; "
                         "flags override it (default: %(default)s)")
-    defaults = recipe(BASE_RECIPE)
+    defaults = preset(BASE_PRESET)
     for f in fields(Settings):
         meta = f.metadata
         shown = "" if meta["required"] or defaults.get(f.name) is None else f" (default: {text(defaults[f.name])})"
@@ -279,22 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
-    """Recipe, then flags, checked by argparse (exit 2 with a usage line on a bad value), then the `auto` rules."""
+    """Flags (argparse's checks), on top of the preset (`load`'s: the same parsers); exit 2 with one line on a bad value."""
     import sys
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    first = ArgumentParser(add_help=False)
-    first.add_argument("--config", default=BASE_RECIPE)
-    chosen, _ = first.parse_known_args(argv)
+    namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    given = {name: value for name, value in vars(namespace).items() if value is not None and name != "config"}
     try:
-        base = as_argv(recipe(chosen.config))
-    except RecipeError as err:
+        return load(namespace.config, given)
+    except SettingsError as err:
         parser.error(str(err))
-    namespace = parser.parse_args(base + argv)
-    values = vars(namespace)
-    values.pop("config")
-    return resolve(Settings(**values))
+        raise  # parser.error exits; this line is for type checkers
 
 
 def resolve(settings: Settings) -> Settings:
