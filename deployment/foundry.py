@@ -18,12 +18,11 @@ two hooks its WorkspaceConnection uses to build the REST body.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from common.azure import azure_errors
-from common.cli import UserError, first_line, run_cli, say
+from common.cli import ArgumentParser, UserError, first_line, run_cli, say
 from deployment.connection import PhiConnection
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deployment import definitions
     from infra.outputs import add_stack_arguments, load_stack_outputs
 
-    parser = argparse.ArgumentParser(prog="python -m deployment.foundry", description=(
+    parser = ArgumentParser(prog="python -m deployment.foundry", description=(
         "Write phi_endpoint and phi-gateway into the stack's Foundry project for the endpoint's live deployment "
         "(what `deploy --foundry-connection` does after traffic moved)."))
     add_stack_arguments(parser)
