@@ -50,6 +50,25 @@ def propagation_hint(roles_created_on: dt.datetime | None, now: dt.datetime | No
             f"roles are still propagating; retry in {minutes} minutes.")
 
 
+PROPAGATION_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
+    # AcrPull not applied yet: the deployment fails with BadArgument, not 403 (reported publicly as
+    # "... does not have pull permission ..."), so a 403-only hint never fired.
+    (("pull permission", "not authorized to pull", "unauthorized: authentication required"),
+     "AcrPull on the container registry"),
+    # Storage Blob Data Reader not applied yet: the storage initializer cannot read the model.
+    (("authorizationpermissionmismatch", "not authorized to perform this operation using this permission",
+      "authorizationfailure"), "Storage Blob Data Reader on the storage account"),
+)
+"""Deployment failures that are a role the endpoint identity holds but that has not applied yet:
+(phrases, any of which matches case-insensitively; the role it names)."""
+
+
+def propagation_failure(detail: str) -> str | None:
+    """The role a deployment failure shows the endpoint identity lacks (a fresh role still propagating), or None."""
+    low = detail.lower()
+    return next((role for phrases, role in PROPAGATION_FAILURES if any(p in low for p in phrases)), None)
+
+
 def quiet_sdk() -> None:
     """azure-ai-ml logs a warning per experimental class it touches; noise for the user of a CLI."""
     import logging
@@ -91,7 +110,9 @@ def azure_credential(tenant_id: str = "", env: Mapping[str, str] | None = None, 
         return github_oidc.github_actions_credential(tenant_id, env, retry=RETRY, **kwargs)
     from azure.identity import DefaultAzureCredential
 
-    return DefaultAzureCredential(**kwargs)
+    # The shared token cache (Visual Studio's, and Azure CLI's before 2.30) is not used on the platforms
+    # this runs on, and looking for it creates ~/.IdentityService.
+    return DefaultAzureCredential(**{"exclude_shared_token_cache_credential": True, **kwargs})
 
 
 def make_ml_client(outputs: "Workspace", credential: Any = None) -> "MLClient":

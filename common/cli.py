@@ -2,10 +2,12 @@
 
 An expected failure (no stack, no quota, bad data line, 401 ...) raises `UserError` with a
 message a person can act on; `run_cli` prints it as one paragraph on stderr and exits non-zero.
-Nothing here imports anything heavy, so `--help` stays instant.
+A bad flag is one line too (`ArgumentParser`): the usage comes with `--help`, not before every
+error. Nothing here imports anything heavy, so `--help` stays instant.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from contextlib import contextmanager
@@ -29,8 +31,37 @@ def first_line(err: BaseException, limit: int = 400) -> str:
     return lines[0][:limit] if lines else type(err).__name__
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, exit 2 (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+class _Verbose(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False,
+                         help="also show the Azure SDK's sign-in log: each credential it tried, and the one that worked")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from common.tool_env import show_sdk_logs
+
+        setattr(namespace, self.dest, True)
+        show_sdk_logs()
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """`--verbose`: the SDK's credential-chain log, which errors leave out by default (common/tool_env.py)."""
+    parser.add_argument("--verbose", action=_Verbose)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-    """Run `main(argv)` and exit with its code; turn expected failures into one clear message."""
+    """Run `main(argv)` in the project's environment (common/tool_env.py) and exit with its code;
+    turn expected failures into one clear message."""
+    from common import tool_env
+
+    tool_env.apply()
     try:
         code = main(argv)
     except UserError as err:

@@ -19,7 +19,6 @@ what it adds on top.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 from common.pins import CLOUD_TORCH_PIN, PYTHON_VERSION, package_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -230,7 +229,7 @@ def lock(output: Path = LOCK, images: Mapping[str, str] = IMAGES) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.cloud_lock", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m common.cloud_lock", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=LOCK, help=f"where to write it (default: {LOCK.name})")
     lock(parser.parse_args(argv).output)
     return 0

@@ -6,13 +6,14 @@ runs/                        (FINETUNE_PHI_RUNS overrides it, e.g. in tests)
   mlruns/                    local MLflow tracking store
   cache/datasets/            the datasets library's Arrow cache of the local JSON files
   staged/                    trainer code staged for an Azure ML job
-  jobs/<job-name>/model/     a local training job and its `model` output (an MLflow model)
+  jobs/<key>/                a local training run (training.run_key): train.log, checkpoints/, model/ (MLflow)
   jobs/LATEST                the name of the last job that completed
   serve/                     the local endpoint: endpoint.json, server.log, eval-tags.json, .lock
   eval/                      every evaluation's replies and scores; eval/scores/ the gate's cache
   deploy/                    the serving image's staged build context
   smoke/                     the cloud smoke path: state.json, logs/, its Prompt flow home
-  demo/                      the offline demo: logs/, its Prompt flow home
+  demo/                      the offline demo's own runs/ (data/, models/, jobs/, serve/, eval/ ... as above;
+                             `python -m demo` sets FINETUNE_PHI_RUNS to it), logs/, its Prompt flow home and keyring
   bench/                     benchmark reports
   job-check/<job>/           `python -m infra.job_check`: a finished Azure ML job's download
 

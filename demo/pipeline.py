@@ -6,10 +6,16 @@ data (sample) -> fine-tune (local target, tiny Phi-3) -> deploy (local server, c
 the same path on it. Each step runs as a subprocess with its
 output in `runs/demo/logs/<step>.log`; a failing step is named, its log tail shown, and the
 local server is stopped whatever happens.
+
+The demo has its own room: runs/demo/ is the runs/ folder of every step it runs, so its data,
+models, jobs (and their LATEST), local server and its record, evaluations, Prompt flow home (the
+phi_endpoint connection) and keyring all live there. It never stops a server or rewrites a
+connection it did not create; a user's `deploy --target local` keeps serving beside it, and the
+demo says so.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -17,10 +23,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from common import processes, runs
-from common.cli import UserError, say
+from common.cli import ArgumentParser, UserError, say
+from common.values import Range
 from deployment.flow_check import held_out_questions, parse_flow_answer
 from training.tiny_model import DEFAULT_LIKE, LIKES
 
@@ -51,6 +58,7 @@ class Budget:
     replies of ANSWER_MAX_TOKENS, so the flow's answer is reproducible and equals the openai client's."""
 
 
+QUESTIONS = Range(1, 100, integer=True)
 ANSWER_MAX_TOKENS = 64
 """The length of the openai client's answer, and of the flow's when `greedy_chat`."""
 
@@ -133,22 +141,53 @@ def run_demo(
     """
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    with demo_room(env) as room:
+        return _run_steps(room, budget, env, on_deployed, like)
+
+
+@contextlib.contextmanager
+def demo_room(env: dict[str, str]) -> Iterator[Path]:
+    """runs/demo/ as the runs/ folder of this process and of every step (`env`), its own Prompt flow home
+    and keyring inside; the caller's runs/ (and its FINETUNE_PHI_RUNS) is back afterwards.
+
+    In the user's runs/ the demo would replace their data and LATEST job, stop their local server and
+    point their phi_endpoint connection at its own server (a dead port after its teardown).
+    """
+    previous = os.environ.get(runs.ENV_VAR)
     if env.get(runs.ENV_VAR):
         os.environ[runs.ENV_VAR] = env[runs.ENV_VAR]
-    data_dir, logs = runs.data_dir(), runs.logs_dir(runs.demo_dir())
-    # The demo's Prompt flow state (the phi_endpoint connection it writes, then deletes, and the
-    # keyring file that encrypts it) stays under runs/: in ~/.promptflow it would replace, and at
-    # teardown delete, the connection to a real Azure endpoint.
-    pf_home = runs.promptflow_home(runs.demo_dir())
-    env["PF_HOME_DIRECTORY"] = str(pf_home)
-    env["XDG_DATA_HOME"] = str(runs.keyring_dir(runs.demo_dir()))
+    _note_users_endpoint()
+    room = runs.demo_dir()
+    env[runs.ENV_VAR] = os.environ[runs.ENV_VAR] = str(room)
+    env["PF_HOME_DIRECTORY"] = str(runs.promptflow_home(room))
+    env["XDG_DATA_HOME"] = str(runs.keyring_dir(room))
+    try:
+        yield room
+    finally:
+        if previous is None:
+            os.environ.pop(runs.ENV_VAR, None)
+        else:
+            os.environ[runs.ENV_VAR] = previous
+
+
+def _note_users_endpoint() -> None:
+    """Say so when the user's own local endpoint is serving: the demo leaves it, and its connection, alone."""
+    from deployment.local import is_our_server, read_record
+
+    record = read_record()
+    if record is not None and is_our_server(record.pid, record.port):
+        say(f"    your local endpoint keeps serving on port {record.port} (pid {record.pid}, {runs.serve_record()}), "
+            f"and your phi_endpoint connection stays as it is: the demo runs its own in {runs.demo_dir()}")
+
+
+def _run_steps(room: Path, budget: Budget, env: dict[str, str], on_deployed: Callable[[], None] | None,
+               like: str) -> DemoResult:
+    data_dir, logs = runs.data_dir(), runs.logs_dir(room)
     python = sys.executable
     pf = str(Path(python).with_name("pf"))
     result = DemoResult()
     started = time.perf_counter()
     try:
-        if not (pf_home / "pf.yaml").is_file():  # once: no tracing service, no telemetry (as `make setup` does)
-            _run_step("promptflow-settings", [python, "-m", "common.pf_settings"], logs, result, env)
         _run_step("data", [python, "-m", "training.data", "--source", "sample", "--out", str(data_dir)], logs, result, env)
         model = "tiny"  # the default twin, built by the local target on first use
         if like != DEFAULT_LIKE:
@@ -185,11 +224,12 @@ def run_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=Budget.epochs,
                         help="training epochs (default: the trainer's demo recipe, training/trainer/recipes/demo.yaml)")
     parser.add_argument("--max-steps", type=int, default=Budget.max_steps, help="stop training after N steps")
-    parser.add_argument("--questions", type=int, default=Budget.questions, help="held-out questions to ask")
+    parser.add_argument("--questions", type=QUESTIONS, default=Budget.questions,
+                        help=f"held-out questions to ask, {QUESTIONS} (default: %(default)s)")
     parser.add_argument("--like", choices=sorted(LIKES), default=DEFAULT_LIKE,
                         help="fine-tune the tiny twin of this model (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -14,13 +14,14 @@ calls in retries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from common.azure import azure_errors, wait
+from common.azure import azure_errors, propagation_failure, propagation_hint, wait
 from common.cli import UserError, first_line, say, step
 from deployment import definitions
 from deployment.connection import PhiConnection, save
@@ -32,7 +33,7 @@ from deployment.rollout import Deployment, GateSettings, Retired, Writer, rollou
 
 if TYPE_CHECKING:  # pragma: no cover
     from deployment.gate import Verdict
-    from deployment.scoring import Scores
+    from deployment.scoring import EvalSet, Scores
     from infra.outputs import StackOutputs
 
 LOG_LINES = 50
@@ -83,18 +84,22 @@ class Slots:
         return ", ".join(f"{n}={p}%" for n, p in self.traffic_before.items() if p) or "none"
 
 
-def _default_client(endpoint: str, key: str, deployment: str) -> Any:
-    """The flow's client on one deployment, through the OpenAI API its server speaks."""
-    from deployment.scoring import client_for
+def _default_client(connection: PhiConnection) -> Any:
+    """The flow's client on one deployment, called as the probed connection says."""
+    from deployment.scoring import client_on
 
-    return client_for(endpoint, key, deployment, api="openai")
+    return client_on(connection)
 
 
 def _delete_command(endpoint: str, name: str) -> str:
     return f"`az ml online-deployment delete -e {endpoint} -n {name} --yes`"
 
 
-def _hint(detail: str, instance_type: str) -> str:
+def _hint(detail: str, instance_type: str, roles_created_on: datetime | None = None) -> str:
+    role = propagation_failure(detail)
+    young = propagation_hint(roles_created_on) if role else ""
+    if young:  # AcrPull / Storage Blob Data Reader that have not applied yet fail as BadArgument, not 403
+        return f" The endpoint identity lacks {role}, which `pulumi up` granted:{young}"
     low = detail.lower()
     info = definitions.instance_info(instance_type)
     if "quota" in low or "notenoughquota" in low:
@@ -195,7 +200,7 @@ class AzureTarget:
     """The rollout's steps on a managed online endpoint (deployment/rollout.py's Target)."""
 
     def __init__(self, ml_client: Any, outputs: "StackOutputs", plan: DeployPlan, *,
-                 client: Callable[[str, str, str], Any], poll_interval: float) -> None:
+                 client: Callable[[PhiConnection], Any], poll_interval: float) -> None:
         self.ml, self.outputs, self.plan = ml_client, outputs, plan
         self.make_client, self.poll = client, poll_interval
         self.ep_name = definitions.check_endpoint_name(plan.endpoint_name)
@@ -203,6 +208,8 @@ class AzureTarget:
         self.key_hint = f"key from `az ml online-endpoint get-credentials -n {self.ep_name}`"
         self.key = ""
         self.scoring_uri = ""
+        self.route: PhiConnection | None = None
+        """Where the new deployment's OpenAI API answers (probed in start_new); every client and writer uses it."""
 
     def hold(self) -> contextlib.nullcontext:
         return contextlib.nullcontext()  # Azure's own operations serialize concurrent updates
@@ -228,7 +235,7 @@ class AzureTarget:
             manual=_delete_command(self.ep_name, new),
             kept=f"Traffic was not moved ({self.slots.traffic_text()}).",
             evidence=lambda: _log_tail(self.ml, self.ep_name, new),
-            hint=lambda detail: _hint(detail, self.plan.instance_type),
+            hint=lambda detail: _hint(detail, self.plan.instance_type, self.outputs.role_assignments_created_on),
         )
 
     def start_new(self, rollback: Rollback) -> Deployment:
@@ -250,17 +257,25 @@ class AzureTarget:
         rollback.secret = self.key
         if not self.key:
             raise UserError(f"endpoint {self.ep_name} returned no key (is it key-auth?)")
-        return Deployment(new, f"new {new}", self.model.reference, new)
+        self.route = PhiConnection.probed(self.scoring_uri, self.key, new)  # before the smoke test
+        return Deployment(new, f"new {new}", self.model.reference, new, environment=self.env.reference)
 
     def client(self, deployment: Deployment) -> Any:
-        return self.make_client(self.scoring_uri, self.key, deployment.ref)
+        return self.make_client(self.connection(deployment))
 
     def live(self) -> Deployment | None:
         name = self.slots.main_live
         if name is None:
             return None
         current = self.ml.online_deployments.get(name=name, endpoint_name=self.ep_name)
-        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}))
+        return Deployment(name, f"live {name}", str(current.model), name, dict(current.tags or {}),
+                          environment=str(current.environment or ""))
+
+    def gate_estimate(self, eval_set: "EvalSet") -> str:
+        """The gate's expected time and cost on this instance type (a CPU instance takes far longer than an A100)."""
+        from deployment import gate_cost
+
+        return gate_cost.estimate(self.plan.instance_type, eval_set).sentence()
 
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
         """Record scores on a deployment (a tags-only update); a failure is a warning, never a rollback."""
@@ -350,7 +365,9 @@ class AzureTarget:
         return Retired(tuple(old), leftovers, "; ".join(_delete_command(self.ep_name, n) for n in leftovers))
 
     def connection(self, new: Deployment) -> PhiConnection:
-        return PhiConnection.for_server(self.scoring_uri, self.key, new.ref)
+        """The probed route, pinned to `new` (the same endpoint serves the live deployment)."""
+        assert self.route is not None, "start_new probes the route first"
+        return dataclasses.replace(self.route, deployment=new.ref)
 
     def where(self, new: Deployment) -> str:
         return f"deployment {new.ref} is live on {self.scoring_uri} with 100% of the traffic"
@@ -406,14 +423,14 @@ def deploy_to_azure(
     outputs: "StackOutputs",
     plan: DeployPlan,
     *,
-    smoke_client: Callable[[str, str, str], Any] = _default_client,
+    smoke_client: Callable[[PhiConnection], Any] = _default_client,
     write_connection: Callable[[PhiConnection], None] = save,
     foundry_writer: Callable[[PhiConnection], None] | None = None,
     poll_interval: float = 30.0,
 ) -> DeployResult:
     """The gated blue/green rollout (deployment/rollout.py) on Azure.
 
-    `smoke_client(url, key, deployment)` builds the client of the smoke test and the evaluation;
+    `smoke_client(connection)` builds the client of the smoke test and the evaluation;
     the writers get the one connection the rollout builds.
     """
     target = AzureTarget(ml_client, outputs, plan, client=smoke_client, poll_interval=poll_interval)

@@ -20,7 +20,6 @@ bf16, nothing downloaded): the GPU benchmark (docs/BENCHMARKS.md has the command
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common import processes
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 
 QUESTION = "Who founded Microsoft, and when?"
 BASELINE_COMMIT = "0940f33"
@@ -171,7 +170,7 @@ def machine() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployment.bench_scoring", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m deployment.bench_scoring", description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, help="model to serve (default: build the untrained tiny model)")
     parser.add_argument("--phi35-shape", action="store_true",
                         help="serve a random-init model of the published Phi-3.5-mini shape (the GPU benchmark)")

@@ -21,7 +21,6 @@ instant.
 """
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import os
@@ -29,11 +28,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from common.cli import UserError, first_line, run_cli
-from flows.chat.endpoint_urls import base_url, check_http_url, openai_chat_url  # stdlib: light
+from common.cli import ArgumentParser, UserError, first_line, run_cli
+from common.values import Range
+from flows.chat.endpoint_urls import check_http_url, openai_chat_url  # stdlib: light
 from flows.chat.phi_client import APIS, REQUEST_FORMATS  # stdlib + requests: light
 
 CONNECTION_NAME = "phi_endpoint"
+
+MAX_TOKENS = Range(1, 131_072, integer=True)  # Phi-3.5/4-mini's context; the server caps it further per model
+TEMPERATURE = Range(0, 2)  # the OpenAI API's range, which the server enforces too
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class PhiConnection:
     """
 
     endpoint: str
-    """The scoring URL, or with `api` the server's base URL."""
+    """The scoring URL, or with `api` the URL under which `/v1/chat/completions` answers (the host, or the
+    scoring URL where only paths after it are forwarded)."""
     key: str = field(repr=False)
     deployment: str | None = None
     """Sent as the `azureml-model-deployment` header: pins one deployment behind an Azure endpoint."""
@@ -59,13 +63,17 @@ class PhiConnection:
     name: str = CONNECTION_NAME
 
     @classmethod
-    def for_server(cls, scoring_url: str, key: str, deployment: str | None = None, *,
-                   speaks_openai: bool = True) -> "PhiConnection":
-        """An endpoint running this project's server (its OpenAI route under the base URL), or, when it
-        does not speak it, any endpoint by its scoring URL."""
-        if speaks_openai:
-            return cls(base_url(scoring_url), key, deployment, api="openai")
-        return cls(scoring_url, key, deployment)
+    def probed(cls, scoring_url: str, key: str, deployment: str | None = None) -> "PhiConnection":
+        """Where the endpoint's OpenAI API answers, asked (deployment/endpoint_probe.py), not assumed: `endpoint`
+        is the URL under which `/v1/chat/completions` answers (`https://HOST` or `https://HOST/score`) with
+        `api: openai`; when neither answers, the scoring URL in the tutorials' /score dialect. Says which, in
+        one line."""
+        from common.cli import say
+        from deployment.endpoint_probe import probe
+
+        route = probe(scoring_url, key, deployment)
+        say(f"    {route.line()}")
+        return cls(route.endpoint, key, deployment, api=route.api)
 
     def configs(self) -> dict[str, str]:
         """The non-secret configs (strings, as Prompt flow stores them); UserError when a field is wrong.
@@ -213,7 +221,7 @@ def _read_key() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.connection",
         description=f"Write, show or delete the Prompt flow connection {CONNECTION_NAME} the chat flow uses.",
     )
@@ -227,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="the endpoint speaks the OpenAI chat-completions API (this project's server); "
                           "leave out for a tutorial's /score endpoint")
     put.add_argument("--request-format", default="contract", choices=REQUEST_FORMATS)
-    put.add_argument("--max-tokens", type=int)
-    put.add_argument("--temperature", type=float)
+    put.add_argument("--max-tokens", type=MAX_TOKENS, help=f"reply length the flow asks for, {MAX_TOKENS}")
+    put.add_argument("--temperature", type=TEMPERATURE, help=f"sampling temperature the flow asks for, {TEMPERATURE} (0: greedy)")
     sub.add_parser("show", help="print its configs (never the key)")
     sub.add_parser("delete", help="delete it (no error when absent)")
     args = parser.parse_args(argv)

@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Sequence
 
 from common.azure import quiet_sdk
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 from deployment.definitions import DEFAULT_INSTANCE_TYPE
+from deployment.evaluate import LIMIT as EVAL_LIMIT
+from deployment.evaluate import MARGIN as EVAL_MARGIN
+from deployment.metrics import DEFAULT_MARGIN
+from deployment.scoring import DEFAULT_LIMIT
 from infra.outputs import add_stack_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.deploy",
         description=(
             "Deploy the fine-tuned Phi-3 model: blue/green on an Azure ML managed online endpoint (default), "
@@ -59,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     gate = parser.add_argument_group("evaluation gate (docs/DEPLOY.md)")
     gate.add_argument("--eval-file", type=Path,
                       help="held-out conversations, JSONL of `messages` rows (default: runs/data/test.jsonl)")
-    gate.add_argument("--eval-limit", type=int, help="conversations to score (default: 32)")
-    gate.add_argument("--eval-margin", type=float,
-                      help="token-F1 drop (absolute) tolerated beside the statistical test (default: 0.02)")
+    gate.add_argument("--eval-limit", type=EVAL_LIMIT, default=DEFAULT_LIMIT,
+                      help=f"conversations and instruction prompts to score, each; {EVAL_LIMIT} (default: %(default)s)")
+    gate.add_argument("--eval-margin", type=EVAL_MARGIN, metavar="POINTS",
+                      help=f"delta of the gate's test, in points (F1 points for correctness; 1 point = 0.01), "
+                      f"{EVAL_MARGIN} (default: {DEFAULT_MARGIN:g})")
     gate.add_argument("--force", action="store_true",
-                      help="move traffic even when the new deployment scores worse than the live one")
+                      help="move traffic even when the gate refuses (worse than the live one, or inconclusive)")
     parser.add_argument("--expires-in", metavar="DURATION",
                         help="target azure: tag what this deploy creates to expire (30m, 2h, 1d); "
                         "`python -m deployment.teardown --expired` deletes it afterwards. Default: never expires")
@@ -157,7 +163,9 @@ def _azure(args: argparse.Namespace) -> int:
     if args.foundry_connection:
         from deployment.foundry import foundry_writer
 
-        foundry = foundry_writer(outputs, azure_edge.make_ml_client)
+        stack = [f"{flag} {value}" for flag, value in (("--stack", args.stack), ("--outputs-file", args.outputs_file),
+                                                      ("--endpoint-name", args.endpoint_name)) if value]
+        foundry = foundry_writer(outputs, azure_edge.make_ml_client, " ".join(["python -m deployment.foundry", *stack]))
     plan = DeployPlan(
         endpoint_name=args.endpoint_name or definitions.default_endpoint_name(outputs),
         instance_type=args.instance_type,
@@ -174,7 +182,7 @@ def _azure(args: argparse.Namespace) -> int:
     ml_client = azure_edge.make_ml_client(outputs)
     from infra.preflight import require  # the caller's rights, before anything bills (docs/INFRA.md)
 
-    require(outputs, "deploy")
+    require(outputs, "deploy", foundry=args.foundry_connection)
     result = deploy_to_azure(ml_client, outputs, plan, foundry_writer=foundry)
     print(f"endpoint:   {result.endpoint_name}{' (created)' if result.endpoint_created else ''}")
     print(f"deployment: {result.deployment_name} on {args.instance_count} x {args.instance_type}, 100% of traffic")
@@ -189,9 +197,9 @@ def _azure(args: argparse.Namespace) -> int:
     print("connection: Prompt flow connection phi_endpoint written (key stored as its secret)")
     print('chat:       pf flow test --flow flows/chat --inputs question="Who founded Microsoft?"')
     if plan.expires_at is not None:
-        from deployment.expiry import stamp
+        from deployment.expiry import deleter_notice
 
-        print(f"expires:    {stamp(plan.expires_at)} (then `python -m deployment.teardown --expired --yes` deletes it)")
+        print(f"expires:    {deleter_notice(plan.expires_at)}")
     print("stop billing: python -m deployment.teardown --yes")
     return 0
 

@@ -32,6 +32,14 @@ def stamp(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def deleter_notice(expires_at: datetime) -> str:
+    """What will delete what deploy tagged, and when: an expiry tag alone deletes nothing."""
+    return (f"{stamp(expires_at)}: within an hour after that, the hourly teardown-expired workflow deletes it once "
+            "the repository enables it (variable EXPIRED_TEARDOWN=true, docs/GITHUB.md); until then nothing does: "
+            "run `python -m deployment.teardown --expired --yes` after that time, or `python -m deployment.teardown "
+            "--yes` now")
+
+
 def expiry_tags(expires_at: datetime | None) -> dict[str, str]:
     return {DELETE_AFTER: stamp(expires_at)} if expires_at is not None else {}
 

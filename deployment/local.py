@@ -30,7 +30,7 @@ from deployment.rollout import Deployment, GateSettings, Retired, Writer, rollou
 from training import local_runs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deployment.scoring import Scores
+    from deployment.scoring import EvalSet, Scores
 
 HOST = processes.HOST
 START_TIMEOUT_S = 180.0
@@ -135,7 +135,7 @@ class LocalTarget:
         self.process: Any = None
         self.offset = 0
         self.endpoint: LocalEndpoint | None = None
-        self.api: str | None = None
+        self.route: PhiConnection | None = None
 
     def hold(self) -> contextlib.AbstractContextManager[None]:
         return _serve_lock()
@@ -166,8 +166,6 @@ class LocalTarget:
         )
 
     def start_new(self, rollback: Rollback) -> Deployment:
-        from deployment.scoring import speaks_openai
-
         command = [sys.executable, "-m", "deployment.serve", "--model-dir", str(self.model_dir), "--host", HOST,
                    "--port", str(self.port)]
         self.process, self.offset = processes.start(command, runs.serve_log(), cwd=runs.serve_dir(),
@@ -178,16 +176,16 @@ class LocalTarget:
                                timeout=self.start_timeout, offset=self.offset, what="the local server")
         url = f"http://{HOST}:{self.port}/score"
         self.endpoint = LocalEndpoint(url=url, port=self.port, pid=pid, model_dir=self.model_dir)
-        self.api = "openai" if speaks_openai(url) else None  # the connection and the evaluation use what it speaks
+        self.route = PhiConnection.probed(url, self.key)  # the connection and the evaluation use what it speaks
         return Deployment(f"the server on port {self.port}", f"new (port {self.port})", model_id(self.model_dir), str(pid))
 
     def client(self, deployment: Deployment) -> Any:
-        from deployment.scoring import client_for, speaks_openai
+        from deployment.scoring import client_on
 
         if self.endpoint is not None and deployment.ref == str(self.endpoint.pid):
-            return client_for(self.endpoint.url, self.key, api=self.api)
+            return client_on(self.connection(deployment))
         assert self.old is not None and deployment.ref == str(self.old.pid)
-        return client_for(self.old.url, self.key, api="openai" if speaks_openai(self.old.url) else None)
+        return client_on(PhiConnection.probed(self.old.url, self.key))
 
     def live(self) -> Deployment | None:
         old = self.old
@@ -195,6 +193,10 @@ class LocalTarget:
             return None
         return Deployment(f"the running one (port {old.port})", f"live (port {old.port})", model_id(old.model_dir),
                           str(old.pid), _read_tags(old.pid))
+
+    def gate_estimate(self, eval_set: "EvalSet") -> str:
+        """Nothing bills locally; the scoring progress lines show the time."""
+        return ""
 
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None:
         _write_tags(int(deployment.ref), tags)
@@ -220,7 +222,8 @@ class LocalTarget:
 
     def connection(self, new: Deployment) -> PhiConnection:
         assert self.endpoint is not None
-        return PhiConnection.for_server(self.endpoint.url, self.key, speaks_openai=self.api == "openai")
+        assert self.route is not None, "start_new probes the route first"
+        return self.route
 
     def where(self, new: Deployment) -> str:
         assert self.endpoint is not None

@@ -47,6 +47,8 @@ class Deployment:
     """What the target finds it by (the Azure deployment name, the local server's pid)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Its recorded evaluation tags (the live one's; deployment/gate.py reads them)."""
+    environment: str = ""
+    """Its serving environment (Azure: the content-hashed environment version): scores from another image are not reused."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Target(Protocol):
     def client(self, deployment: Deployment) -> Any: ...
     def live(self) -> Deployment | None: ...
     def tag(self, deployment: Deployment, tags: dict[str, str]) -> None: ...
+    def gate_estimate(self, eval_set: "EvalSet") -> str: ...
     def keep_scores(self, scores: "Scores", deployment: Deployment, cached: Path | None) -> str: ...
     def promote(self, new: Deployment, rollback: Rollback) -> None: ...
     def retiring(self, new: Deployment) -> list[str]: ...
@@ -160,13 +163,18 @@ def _evaluate(target: Target, new: Deployment, live: Deployment | None, eval_set
     from deployment.scoring import score_deployment
 
     def measure(deployment: Deployment) -> "Scores":
-        return score_deployment(target.client(deployment), eval_set, label=deployment.label, model=deployment.model)
+        return score_deployment(target.client(deployment), eval_set, label=deployment.label, model=deployment.model,
+                                environment=deployment.environment)
 
+    expected = target.gate_estimate(eval_set)
+    if expected:
+        say(f"    {expected}")
     started = time.perf_counter()
     new_scores, live_scores = measure(new), None
     if live is not None:
         live_scores, reused = gate.live_scores(target.scope, live.tags, live.model, eval_set, live.label,
-                                               lambda: measure(live), target.fetch_scores)
+                                               lambda: measure(live), target.fetch_scores,
+                                               environment=live.environment)
         if not reused:
             _record(target, live_scores, live)
     verdict = gate.decide(new_scores, live_scores, force=settings.force, margin=settings.margin)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 from common import processes
 from common import runs as run_paths
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 from common.files import write_atomic
 from common.vm_sizes import known_vm
 from deployment.flow_check import held_out_questions, parse_flow_answer
@@ -78,7 +78,7 @@ def _step(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.smoke",
         description=__doc__.splitlines()[0].split(": ", 1)[1],
         epilog=(

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-from common.cli import UserError, first_line, run_cli, say, step
+from common.cli import ArgumentParser, UserError, first_line, run_cli, say, step
 from deployment.definitions import CREATED_BY
 from infra.outputs import add_stack_arguments
 
@@ -28,7 +28,7 @@ STILL_BILLS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deployment.teardown",
         description="Delete what deploy created so nothing bills per hour (and, with --purge-workspace, the workspace).",
     )

@@ -24,14 +24,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import UserError, run_cli
+from common.cli import ArgumentParser, UserError, run_cli
 from common.pf_settings import OFFLINE_ENV
 
 FLOW_DIR = Path(__file__).resolve().parent / "chat"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m flows.chat_page",
         description=(
             "Open Prompt flow's chat page on the chat flow (`pf flow test --ui`, fixed for the pinned "

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, run_cli, say
 
 SUMMARY = "summary.json"
 """What the trainer writes beside the model and logs to MLflow (training/trainer/fine_tune.py SUMMARY_FILE)."""
@@ -92,7 +92,7 @@ def check_job(ml_client: Any, name: str, folder: Path) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     from infra.outputs import add_stack_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m infra.job_check", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = ArgumentParser(prog="python -m infra.job_check", description=__doc__.splitlines()[0].split(": ", 1)[1])
     add_stack_arguments(parser)
     parser.add_argument("--job", required=True, help="the finished fine-tuning job (its name, as submit printed it)")
     return parser

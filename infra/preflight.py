@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from infra.outputs import add_stack_arguments
-from common.cli import UserError, first_line, run_cli, say
+from common.cli import ArgumentParser, UserError, add_verbose_argument, first_line, run_cli, say
 from infra.permissions import PermissionsReader, allows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,8 +70,16 @@ def resource_group_id(outputs: "StackOutputs") -> str:
     return f"/subscriptions/{outputs.subscription_id}/resourceGroups/{outputs.resource_group_name}"
 
 
-def needs(purpose: str, outputs: "StackOutputs | None", subscription_id: str | None = None) -> list[Need]:
-    """The rights `purpose` needs. Action names follow ARM's naming of the REST paths each step calls."""
+FOUNDRY_WRITER = ("Azure AI Developer (or AzureML Data Scientist, or Contributor) on the Foundry project: it is a "
+                  "workspace of its own, so rights on the ML workspace do not reach it")
+
+
+def needs(purpose: str, outputs: "StackOutputs | None", subscription_id: str | None = None, *,
+          foundry: bool = False) -> list[Need]:
+    """The rights `purpose` needs. Action names follow ARM's naming of the REST paths each step calls.
+
+    `foundry`: deploy also writes the Foundry project's connections (`deploy --foundry-connection`).
+    """
     if purpose == "up":
         return _up_needs(outputs, subscription_id)
     assert outputs is not None, "submit, deploy and teardown need the stack outputs"
@@ -84,9 +92,11 @@ def needs(purpose: str, outputs: "StackOutputs | None", subscription_id: str | N
         return on_workspace("computes/read", "datastores/listSecrets/action", "data/versions/write",
                             "environments/versions/write", "jobs/write")
     if purpose == "deploy":
+        # the model upload and the gate's scores data asset go through the datastore's credentials
         return on_workspace("jobs/read", "models/versions/write", "environments/versions/write",
+                            "datastores/listSecrets/action", "data/versions/write",
                             "onlineEndpoints/write", "onlineEndpoints/deployments/write",
-                            "onlineEndpoints/listKeys/action") + [
+                            "onlineEndpoints/listKeys/action") + _foundry_needs(outputs, foundry) + [
             Need("Microsoft.ManagedIdentity/userAssignedIdentities/assign/action", outputs.endpoint_uai_resource_id,
                  f"identity {outputs.endpoint_uai_name}",
                  "Managed Identity Operator on that identity: an endpoint that runs as it may only be created by "
@@ -97,6 +107,20 @@ def needs(purpose: str, outputs: "StackOutputs | None", subscription_id: str | N
             on_workspace("delete", optional="teardown --purge-workspace",
                          grant="Contributor on the workspace (AzureML Data Scientist excludes workspaces/delete)"))
     raise ValueError(f"unknown purpose {purpose!r}; one of {', '.join(PURPOSES)}")
+
+
+def _foundry_needs(outputs: "StackOutputs", foundry: bool) -> list[Need]:
+    """Writing the connections into the Foundry project (a workspace of kind project beside the ML one)."""
+    if not foundry:
+        return []
+    project = outputs.foundry_project_name
+    if not project:
+        raise PreflightError(
+            "--foundry-connection needs a Foundry project, but the stack outputs name none (foundry_project_name). "
+            "Set `pulumi config set finetune-phi:enableFoundry true` and run `pulumi up`, or drop the flag."
+        )
+    scope = f"{resource_group_id(outputs)}/providers/Microsoft.MachineLearningServices/workspaces/{project}"
+    return [Need(f"{_MLS}/connections/write", scope, f"Foundry project {project}", FOUNDRY_WRITER)]
 
 
 def _up_needs(outputs: "StackOutputs | None", subscription_id: str | None) -> list[Need]:
@@ -128,6 +152,8 @@ class Verdict:
     missing: list[Need]
     warnings: list[str]
     unchecked: list[str]
+    foundry: bool = False
+    """Checked with the Foundry project's rights too (`--foundry-connection`)."""
 
     @property
     def ok(self) -> bool:
@@ -140,6 +166,7 @@ def evaluate(
     reader: PermissionsReader,
     *,
     subscription_id: str | None = None,
+    foundry: bool = False,
 ) -> Verdict:
     """Ask ARM once per scope and compare; no exception for a missing right (see `require`)."""
     from azure.core.exceptions import (
@@ -149,9 +176,9 @@ def evaluate(
         ServiceResponseError,
     )
 
-    verdict = Verdict(purpose, [], [], [])
+    verdict = Verdict(purpose, [], [], [], foundry)
     by_scope: dict[str, list[Need]] = {}
-    for need in needs(purpose, outputs, subscription_id):
+    for need in needs(purpose, outputs, subscription_id, foundry=foundry):
         by_scope.setdefault(need.scope, []).append(need)
     for scope, scope_needs in by_scope.items():
         where = scope_needs[0].where
@@ -163,6 +190,12 @@ def evaluate(
                 "Run `az login` (or use a managed or workload identity), then try again."
             ) from None
         except HttpResponseError as err:
+            if err.status_code in (400, 404) and _is_subscription(scope):
+                # The REST reference documents the permissions call on resource groups and resources, not on
+                # a subscription: a 400 or 404 there says nothing about the subscription or the caller.
+                verdict.unchecked.append(f"{where} (ARM answered {err.status_code} to the subscription-scope "
+                                         "permissions call, which its REST reference does not document)")
+                continue
             if err.status_code == 404:
                 raise PreflightError(
                     f"{where} does not exist ({first_line(err, 200)}). Check the stack outputs "
@@ -179,6 +212,10 @@ def evaluate(
     verdict.warnings += [f"{need.optional} also needs {need.action} on {need.where}: {need.grant}"
                          for need in verdict.missing if need.optional]
     return verdict
+
+
+def _is_subscription(scope: str) -> bool:
+    return scope.strip("/").count("/") == 1  # subscriptions/{id}
 
 
 def role_age(outputs: "StackOutputs | None", now: dt.datetime) -> dt.timedelta | None:
@@ -214,7 +251,8 @@ def message(verdict: Verdict, outputs: "StackOutputs | None", now: dt.datetime) 
         text += (f" The stack's role assignments were created {age.total_seconds() / 60:.0f} min ago: if `pulumi up` "
                  f"granted you these roles (the GitHub identity, say), roles are still propagating; retry in "
                  f"{minutes} minutes.")
-    return text + f" Check again with `python -m infra.preflight --for {verdict.purpose}`."
+    flag = " --foundry-connection" if verdict.foundry else ""
+    return text + f" Check again with `python -m infra.preflight --for {verdict.purpose}{flag}`."
 
 
 COMMANDS = {
@@ -245,14 +283,19 @@ def require(
     now: Callable[[], dt.datetime] = _utcnow,
     sleep: Callable[[float], None] = time.sleep,
     env: Mapping[str, str] | None = None,
+    foundry: bool = False,
 ) -> Verdict | None:
-    """submit's and deploy's preflight: wait for fresh roles, then refuse with one message if a right is missing."""
+    """submit's and deploy's preflight: wait for fresh roles, then refuse with one message if a right is missing.
+
+    `foundry`: deploy will also write the Foundry project's connections, so check that scope too.
+    """
     if (os.environ if env is None else env).get(ENV_SWITCH, "").lower() in ("off", "0", "false", "no"):
         say(f"    preflight: skipped ({ENV_SWITCH}=off)")
         return None
     wait_for_roles(outputs, now=now, sleep=sleep)
     say(f"    preflight: checking your Azure permissions for {purpose}")
-    verdict = evaluate(purpose, outputs, PermissionsReader(credential or default_credential(outputs), transport))
+    verdict = evaluate(purpose, outputs, PermissionsReader(credential or default_credential(outputs), transport),
+                       foundry=foundry)
     for line in verdict.warnings:
         say(f"    warning: {line}")
     for where in verdict.unchecked:
@@ -266,7 +309,7 @@ def require(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m infra.preflight",
         description="Check, without changing anything, that you may run pulumi up, submit, deploy or teardown "
                     "on this stack; names the role to ask for when a right is missing.",
@@ -274,8 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_stack_arguments(parser)
     parser.add_argument("--for", dest="purposes", action="append", choices=PURPOSES,
                         help="what to check (repeatable; default: submit, deploy and teardown)")
+    parser.add_argument("--foundry-connection", action="store_true",
+                        help="with --for deploy: also check that you may write connections in the stack's Foundry "
+                             "project (what `deploy --foundry-connection` does)")
     parser.add_argument("--subscription", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
                         help="for `--for up` before the stack exists: the subscription (default $AZURE_SUBSCRIPTION_ID)")
+    add_verbose_argument(parser)
     return parser
 
 
@@ -294,7 +341,8 @@ def main(argv: Sequence[str] | None = None, *, credential: Any = None, transport
     reader = PermissionsReader(credential or default_credential(outputs), transport)
     failed = []
     for purpose in purposes:
-        verdict = evaluate(purpose, outputs, reader, subscription_id=args.subscription)
+        verdict = evaluate(purpose, outputs, reader, subscription_id=args.subscription,
+                           foundry=args.foundry_connection and purpose == "deploy")
         status = "ok" if verdict.ok else "MISSING RIGHTS"
         print(f"{purpose}: {status}")
         for line in verdict.warnings:

@@ -12,19 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from common.tool_env import ENV as TOOL_ENV
+
 _STATE = Path(tempfile.mkdtemp(prefix="finetune-phi-tests-"))
 _ENV = {
+    **TOOL_ENV,  # telemetry off, as every command sets it (tests call main() without run_cli)
     "HF_HOME": str(_STATE / "hf"),
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
     "MLFLOW_TRACKING_URI": (_STATE / "mlruns").as_uri(),
-    "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3.17 refuses file: tracking URIs without it
-    "DO_NOT_TRACK": "true",
     "PF_HOME_DIRECTORY": str(_STATE / "promptflow"),
-    "PF_DISABLE_TRACING": "true",
     # keyrings.alt (Prompt flow's secret store on headless machines) writes under XDG_DATA_HOME
     "XDG_DATA_HOME": str(_STATE / "xdg-data"),
     "TOKENIZERS_PARALLELISM": "false",

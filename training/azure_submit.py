@@ -23,7 +23,8 @@ from typing import Any, Iterator
 
 from common.cli import UserError, say, step
 from common.vm_sizes import VmSize
-from training import jobs, models
+from training import azure_resume, jobs, models, run_key
+from training.azure_resume import ResumePlan
 from training.discovery import EXPERIMENT_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,10 @@ class Request:
     outputs_file: Path | None = None
     stack: str | None = None
     no_stream: bool = False
+    resume: str = "auto"
+    """auto | never (training.azure_resume)."""
+    resume_from: str | None = None
+    force: bool = False
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Cloud:
     model_defaults: dict[str, Any] | None = None
     component_inputs: set[str] | None = None
     name: str | None = None
+    run_key: str | None = None
+    resume: ResumePlan = field(default_factory=ResumePlan)
 
 
 # ---------------------------------------------------------------- the one job builder
@@ -79,10 +86,31 @@ def _git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def _tags(request: Request, data_hash: str) -> dict[str, str]:
+def _tags(request: Request, data_hash: str, cloud: Cloud) -> dict[str, str]:
     config = json.dumps({"model": request.model, "model_revision": request.model_revision,
                          "instance_count": request.instance_count, **request.hyperparameters}, separators=(",", ":"))
-    return {"git_commit": _git_commit(), "data_hash": data_hash, "config": config[:1000], "model": request.model[:250]}
+    tags = {"git_commit": _git_commit(), "data_hash": data_hash, "config": config[:1000], "model": request.model[:250]}
+    if cloud.run_key:  # the SFT recipe: what a later submit looks up to resume this run
+        tags[run_key.TAG] = cloud.run_key
+        tags[azure_resume.WORLD_SIZE_TAG] = str(world_size(request, cloud.vm))
+    if cloud.resume.resumed_from:
+        tags[azure_resume.RESUMED_FROM_TAG] = cloud.resume.resumed_from[:250]
+    return tags
+
+
+def world_size(request: Request, vm: VmSize) -> int:
+    """Training processes: one per GPU (one per node on a CPU size), on every node."""
+    return request.instance_count * max(vm.gpus, 1)
+
+
+def request_key(request: Request, files: Any) -> str | None:
+    """The SFT run's key (training.run_key); the registry pipeline keeps no checkpoints of ours."""
+    if request.recipe != "sft":
+        return None
+    from training import hyperparams
+
+    return run_key.compute(request.model, request.model_revision, files.train.sha256, files.eval.sha256,
+                           hyperparams.resolved(request.hyperparameters))
 
 
 def job_name(recipe: str) -> str:
@@ -136,14 +164,15 @@ def registry_params(request: Request, cloud: Cloud) -> dict[str, Any]:
 def build_job(request: Request, outputs: Any, data_hash: str, cloud: Cloud) -> dict[str, Any]:
     """The job spec for either recipe: what the dry run prints and the real submit sends."""
     common = dict(compute=outputs.compute_name, train_data=cloud.train, eval_data=cloud.eval,
-                  instance_count=request.instance_count, tags=_tags(request, data_hash),
+                  instance_count=request.instance_count, tags=_tags(request, data_hash, cloud),
                   display_name=_display_name(request), name=cloud.name, experiment_name=request.experiment)
     if request.recipe == "sft":
         assert cloud.environment is not None and cloud.code_dir is not None
         return jobs.build_sft_job(jobs.SftJob(
             model=request.model, model_revision=request.model_revision, model_input_type=cloud.model_input_type,
             code_dir=cloud.code_dir, device=device_for(cloud.vm, "sft"), environment=cloud.environment,
-            hyperparameters=request.hyperparameters, gpus_per_node=cloud.vm.gpus, shm_size=request.shm_size, **common))
+            hyperparameters=request.hyperparameters, gpus_per_node=cloud.vm.gpus, shm_size=request.shm_size,
+            run_key=cloud.run_key, resume_from=cloud.resume.input_path, resume_force=cloud.resume.force, **common))
     device_for(cloud.vm, "registry")
     return jobs.build_registry_job(jobs.RegistryJob(
         model_uri=cloud.model_uri or jobs.registry_model_uri(request.model), component_uri=cloud.component_uri,
@@ -184,17 +213,25 @@ def print_dry_run(request: Request, outputs: Any, files: Any) -> int:
     vm = quota.offline_vm(outputs.compute_vm_size)
     check_instance_count(request, outputs.compute_max_nodes, outputs.compute_name)
     device_for(vm, request.recipe, warn=True)
-    cloud = Cloud(vm=vm, train=str(files.train.path), eval=str(files.eval.path))
+    cloud = Cloud(vm=vm, train=str(files.train.path), eval=str(files.eval.path), run_key=request_key(request, files))
     if request.recipe == "sft":
         spec = environment_spec()
         cloud.environment = {"image": spec["image"], "conda_file": spec["conda_file"]}
         cloud.code_dir = code_staging.stage_trainer()
+        cloud.resume = azure_resume.offline(request.resume, request.resume_from, cloud.run_key, world_size(request, vm),
+                                            request.force)
     else:
         models.check_registry_model(request.model, None)  # the table's dates: a dry run reads no tags
     body = build_job(request, outputs, files.hash, cloud)
+    tier = tier_line(outputs.compute_priority, request)
+    say(f"    {tier}")
+    if cloud.run_key:
+        say(f"    run {cloud.run_key}; {cloud.resume.note}")
     header = (
         f"finetune-phi {request.recipe} job (dry run) for workspace {outputs.workspace_name}, cluster {outputs.compute_name}.\n"
-        "Data inputs are local paths here; a real submit registers them as versioned data assets"
+        f"{tier}\n"
+        + (f"Run key {cloud.run_key}; {cloud.resume.note}.\n" if cloud.run_key else "")
+        + "Data inputs are local paths here; a real submit registers them as versioned data assets"
         + (" and the environment as finetune-phi-train:<content hash>." if request.recipe == "sft" else ".")
         + ("\nA registered model is a custom_model input here; a real submit uses its registered type."
            if request.model.startswith("azureml:") else "")
@@ -213,7 +250,13 @@ def submit(request: Request, outputs: Any, files: Any, *, ml_client: Any, regist
         vm = check_cluster_and_quota(ml_client, outputs, request)
         device_for(vm, request.recipe, warn=True)
     if request.recipe == "sft":
+        key = request_key(request, files)
+        with step(f"run {key}: checkpoints to resume from"):
+            resume = azure_resume.lookup(ml_client, request.resume, request.resume_from, key, world_size(request, vm),
+                                         request.force, request.experiment)
+            azure_resume.announce(resume)
         cloud = sft_cloud(ml_client, request, files, vm)
+        cloud.run_key, cloud.resume = key, resume
     else:
         cloud = registry_cloud(ml_client, registry_client, request, outputs, files, vm)
     cloud.name = job_name(request.recipe)
@@ -256,8 +299,25 @@ def preflight(outputs: Any, credential: Any) -> None:
 
 def _low_priority(compute: Any, outputs: Any) -> bool:
     """The cluster's VM priority (`tier` low_priority / LowPriority), else the stack's `compute_priority` output."""
-    tier = compute.tier or outputs.compute_priority or ""
-    return str(tier).replace("_", "").lower() == "lowpriority"
+    return is_low_priority(compute.tier or outputs.compute_priority)
+
+
+def is_low_priority(tier: str | None) -> bool:
+    return str(tier or "").replace("_", "").lower() == "lowpriority"
+
+
+def tier_line(tier: str | None, request: Request) -> str:
+    """The cluster's tier, and for low priority what a preemption costs with this job's checkpoints."""
+    if not is_low_priority(tier):
+        return "cluster tier: dedicated"
+    if request.recipe != "sft":
+        return ("cluster tier: low priority (preemptible); the registry pipeline keeps no checkpoints of ours, so a "
+                "preemption restarts it")
+    from training import hyperparams
+
+    minutes = hyperparams.resolved(request.hyperparameters)["checkpoint_minutes"]
+    return (f"cluster tier: low priority (preemptible); checkpoints are on: every {minutes:g} min to the job's "
+            "`checkpoints` output, so a preemption costs at most that much training, and the requeued job resumes")
 
 
 def check_cluster_and_quota(ml_client: Any, outputs: Any, request: Request) -> VmSize:
@@ -296,6 +356,7 @@ def check_cluster_and_quota(ml_client: Any, outputs: Any, request: Request) -> V
         quota.check_quota(usages, vm, request.instance_count, outputs.location, low_priority=_low_priority(compute, outputs))
     kind = f"{vm.gpus} GPU(s)" if vm.gpus else "no GPU"
     say(f"    cluster {outputs.compute_name}: {vm.name}, {kind} and {vm.vcpus} vCPUs per node, up to {max_nodes} nodes")
+    say(f"    {tier_line(compute.tier or outputs.compute_priority, request)}")
     return vm
 
 

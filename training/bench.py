@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from common.cli import UserError, run_cli, say, step
+from common.cli import ArgumentParser, UserError, run_cli, say, step
 from common.files import write_atomic
 from training.bench_data import synthetic_rows, synthetic_words, write_jsonl  # noqa: F401 (bench.synthetic_* stay reachable)
 
@@ -53,7 +53,7 @@ SHAPES = ("tiny", "phi-3.5-mini")
 DEFAULT_CONFIGS = {
     "tiny": ("tutorial", "full", "packing", "sdpa-nopack", "tutorial-lora", "default", "batch4", "checkpointing"),
     "phi-3.5-mini": ("tutorial", "full", "sdpa-nopack", "packing", "tutorial-lora", "default", "batch4",
-                     "checkpointing", "bf16-base", "liger"),
+                     "checkpointing", "bf16-base", "fp32-base", "liger"),
 }
 DEFAULT_STEPS = {"tiny": (8, 2), "phi-3.5-mini": (20, 5)}  # (measured steps, warm-up steps)
 # The tutorial's old TRL packing concatenated every conversation and cut full rows: TRL's `wrapped`
@@ -113,7 +113,9 @@ CONFIGS: dict[str, BenchConfig] = {c.name: c for c in (
     BenchConfig("checkpointing", "the defaults with gradient checkpointing on (LoRA's default is off)",
                 flags=("--gradient_checkpointing", "true")),
     BenchConfig("bf16-base", "the defaults with the frozen base loaded in bf16 (LoRA adapters stay fp32): half the "
-                "weight memory, no per-forward weight casts", flags=("--model_dtype", "bfloat16")),
+                "weight memory, no per-forward weight casts; what `auto` picks on a bf16 GPU", flags=("--model_dtype", "bfloat16")),
+    BenchConfig("fp32-base", "the defaults with the frozen base in fp32 under bf16 autocast (the default before "
+                "`model_dtype: auto`)", flags=("--model_dtype", "float32")),
     BenchConfig("lora", "defaults with LoRA", flags=("--method", "lora")),
     BenchConfig("liger", "defaults + Liger kernels (fused RMSNorm/SwiGLU/RoPE; TRL's own fused LM head already "
                 "avoids the full logits)", liger=True),
@@ -587,7 +589,7 @@ def machine_markdown(machine: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training.bench",
         description="Training throughput of the project's trainer per configuration (tokens/s, step time, peak memory, "
                     "MFU, loss), and with --suite other the other speeds users feel. See docs/BENCHMARKS.md.",

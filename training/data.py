@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.cli import UserError, say
+from common.cli import ArgumentParser, UserError, say
 from training.trainer.fine_tune import row_problem  # the trainer's rules: one definition of a valid row
 
 HF_DATASET = "HuggingFaceH4/ultrachat_200k"
@@ -70,6 +70,11 @@ class Scan:
     problems: list[str] = field(default_factory=list)  # the first few, as `where: what`
     bad_rows: int = 0
 
+    def listed(self) -> str:
+        """The first problems, one indented line each, and how many more."""
+        more = self.bad_rows - len(self.problems)
+        return "".join(f"\n  {problem}" for problem in self.problems) + (f"\n  ... and {more} more" if more else "")
+
 
 def scan_jsonl(path: Path, where: Callable[[int], str] | None = None) -> Scan:
     """Validate every row of `path`, keeping only the byte offsets of good rows.
@@ -100,6 +105,21 @@ def scan_jsonl(path: Path, where: Callable[[int], str] | None = None) -> Scan:
             if line_no % 4096 == 0:
                 progress.update(offset, scan.rows_seen)
     return scan
+
+
+def require_valid_rows(*paths: Path, hint: str) -> None:
+    """Every row of each file a valid chat row (the trainer's own rules), or one UserError naming file:line.
+
+    Submit calls it on both targets before anything uploads or starts: on Azure a bad row would
+    otherwise surface on the GPU node, after the image pull and the node start are billed.
+    """
+    for path in paths:
+        scan = scan_jsonl(path)
+        if scan.bad_rows:
+            raise UserError(f"{path}: {scan.bad_rows} of {scan.rows_seen} rows are not valid chat rows:"
+                            f"{scan.listed()}\n{hint}")
+        if not scan.rows_seen:
+            raise UserError(f"{path} holds no rows. {hint}")
 
 
 # ---------------------------------------------------------------- selection and split
@@ -295,12 +315,10 @@ def prepare(source: str, out: Path, fraction: str | None = None, test_size: floa
         with step(f"validating rows of {source}"):
             scan = scan_jsonl(src_path, where)
         if scan.bad_rows:
-            listed = "\n  ".join(scan.problems)
-            more = f"\n  ... and {scan.bad_rows - len(scan.problems)} more" if scan.bad_rows > len(scan.problems) else ""
             if not skip_bad_rows:
                 raise UserError(f"{scan.bad_rows} of {scan.rows_seen} rows are not valid chat rows; nothing was written:"
-                                f"\n  {listed}{more}\nFix them, or pass --skip-bad-rows to leave them out.")
-            say(f"    skipping {scan.bad_rows} bad rows of {scan.rows_seen}; the first:\n  {listed}{more}")
+                                f"{scan.listed()}\nFix them, or pass --skip-bad-rows to leave them out.")
+            say(f"    skipping {scan.bad_rows} bad rows of {scan.rows_seen}; the first:{scan.listed()}")
         available = len(scan.offsets)
         if available == 0:
             raise UserError(f"--source {source} has no valid chat rows.")
@@ -340,7 +358,7 @@ def _test_size(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training.data",
         description="Validate, sample and split chat data (ultrachat_200k format) into DIR/train.jsonl, "
                     "DIR/test.jsonl and DIR/manifest.json, atomically.",

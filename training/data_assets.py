@@ -62,7 +62,9 @@ def prepare_hint(data_dir: Path, source: str) -> str:
 
 
 def check_data(data_dir: Path, *, source_hint: str = "hf") -> DataFiles:
-    """Both files present and non-empty, or one message saying how to make them."""
+    """Both files present with valid rows, or one message saying what is wrong and how to make them."""
+    from training.data import require_valid_rows  # the row check training.data runs
+
     if data_dir.is_file():
         raise UserError(
             f"the data folder {data_dir} is a file; --data takes the folder that holds {TRAIN_FILE} and {EVAL_FILE} "
@@ -77,6 +79,7 @@ def check_data(data_dir: Path, *, source_hint: str = "hf") -> DataFiles:
         what = "does not exist" if not data_dir.is_dir() else f"lacks {' and '.join(missing)} (or they are empty)"
         raise UserError(f"the data folder {data_dir} {what}. {prepare_hint(data_dir, source_hint)}")
     train, evaluation = data_dir / TRAIN_FILE, data_dir / EVAL_FILE
+    require_valid_rows(train, evaluation, hint=prepare_hint(data_dir, source_hint))
     return DataFiles(
         train=DataFile("train", train.resolve(), _sha256(train)),
         eval=DataFile("eval", evaluation.resolve(), _sha256(evaluation)),

@@ -96,7 +96,8 @@ def _parse(values: Mapping[str, Any]) -> settings.Settings:
             return settings.parse_args(job_flags + settings.as_argv(values))
     except SystemExit:
         lines = [line for line in stderr.getvalue().splitlines() if "error:" in line]
-        reason = lines[-1].split("error:", 1)[1].strip() if lines else "the trainer refused these flags"
+        reason = lines[-1].split("error:", 1)[1].strip().removesuffix("(see --help)").strip() if lines else \
+            "the trainer refused these flags"
         for name in values:  # name the flag the way submit spells it
             reason = reason.replace(f"--{name}", "--" + name.replace("_", "-"))
         raise RefusedByTrainer(reason) from None

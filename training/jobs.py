@@ -78,6 +78,12 @@ class SftJob:
     """The pinned hub commit (training.models), for a hub id."""
     model_input_type: str = "custom_model"
     """For `azureml:NAME:VERSION`: the registered model's type (a real submit reads it; a dry run assumes custom_model)."""
+    run_key: str | None = None
+    """training.run_key: the trainer writes it into each checkpoint and compares it on resume."""
+    resume_from: str | None = None
+    """Another run's checkpoints to start from (azureml://jobs/<job>/outputs/checkpoints, or a local folder)."""
+    resume_force: bool = False
+    """Resume even from another run key or world size (`--force`)."""
 
     @property
     def processes_per_node(self) -> int:
@@ -92,8 +98,21 @@ def _data_input(path_or_ref: str) -> dict[str, Any]:
     return {"type": "uri_file", "path": path_or_ref, "mode": "ro_mount"}
 
 
+def _resume_flags(job: SftJob, inputs: dict[str, Any]) -> list[str]:
+    """Checkpoints to the named `checkpoints` output (a requeued job resumes from them), and another run's to start from."""
+    flags = ["--checkpoint_dir ${{outputs.checkpoints}}"]
+    if job.run_key:
+        flags += ["--run_key", shlex.quote(job.run_key)]
+    if job.resume_from:
+        inputs["resume_from"] = {"type": "uri_folder", "path": job.resume_from, "mode": "ro_mount"}
+        flags.append("--resume_from ${{inputs.resume_from}}")
+    if job.resume_force:
+        flags += ["--resume_force", "true"]
+    return flags
+
+
 def build_sft_job(job: SftJob) -> dict[str, Any]:
-    """The command job: code = the staged trainer package only, a named `model` output, the trainer's flags."""
+    """The command job: code = the staged trainer package only, named outputs `model` and `checkpoints`, the trainer's flags."""
     if job.model_input_type not in MODEL_INPUT_TYPES:
         raise ValueError(f"model input type {job.model_input_type!r}: expected one of {MODEL_INPUT_TYPES}")
     inputs: dict[str, Any] = {"train_file": _data_input(job.train_data), "eval_file": _data_input(job.eval_data)}
@@ -119,6 +138,7 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
             "--train_file ${{inputs.train_file}}",
             "--eval_file ${{inputs.eval_file}}",
             "--output_dir ${{outputs.model}}",
+            *_resume_flags(job, inputs),
             *(shlex.quote(part) for part in trainer_argv(job.hyperparameters)),
         ]
     )
@@ -135,7 +155,9 @@ def build_sft_job(job: SftJob) -> dict[str, Any]:
             "environment_variables": {"TOKENIZERS_PARALLELISM": "false"},
             "compute": f"azureml:{job.compute}",
             "inputs": inputs,
-            "outputs": {"model": {"type": "uri_folder", "mode": "rw_mount"}},
+            # `checkpoints` apart from `model`: deploy registers `model`; checkpoints are deleted once it is saved
+            "outputs": {"model": {"type": "uri_folder", "mode": "rw_mount"},
+                        "checkpoints": {"type": "uri_folder", "mode": "rw_mount"}},
             "resources": {"instance_count": job.instance_count, "shm_size": job.shm_size},
         }
     )

@@ -164,9 +164,9 @@ def corpus_text(n: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> Iterator[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from common.cli import ArgumentParser
 
-    parser = argparse.ArgumentParser(prog="python -m training.sample_data", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m training.sample_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSONL file to write")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)

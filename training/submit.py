@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.cli import UserError, run_cli, say
+from common.cli import ArgumentParser, UserError, add_verbose_argument, run_cli, say
 from infra.outputs import add_stack_arguments
 from training import hyperparams, local_runs, models
 from training.discovery import EXPERIMENT_NAME
@@ -44,7 +44,7 @@ def _shm_size(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m training.submit",
         description=(
             "Fine-tune a Phi model: submit an Azure ML job on the stack's cluster (default), or train "
@@ -78,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--dry-run", action="store_true",
                      help="print the job as YAML (local: the trainer command) and exit; no credential, no network")
     how.add_argument("--no-stream", action="store_true", help="submit and return; do not follow the logs")
+    again = parser.add_argument_group("resume")
+    again.add_argument("--resume", choices=("auto", "never"), default="auto",
+                       help="auto: continue the newest unfinished run with the same key (model, data, settings) from its "
+                            "newest complete checkpoint (local: runs/jobs/<key>; azure: the newest unfinished job tagged "
+                            "resume-key, looked up at submit time); never: start over (default: auto)")
+    again.add_argument("--resume-from", default=None, metavar="JOB_OR_PATH",
+                       help="start from another run's newest complete checkpoint: an Azure ML job name (its `checkpoints` "
+                            "output), a local job name under runs/jobs, or a checkpoint folder")
+    again.add_argument("--force", action="store_true",
+                       help="with --resume-from: accept a checkpoint of another run key or world size")
+    add_verbose_argument(how)
     hyperparams.add_arguments(parser)
     return parser
 
@@ -100,8 +111,12 @@ def resolve_sft_model(model: str | None, target: str, *, build_tiny: bool = True
         return model, None
     path = Path(model).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(f"--model {model} is a local path but not a Hugging Face model folder (no config.json).")
+        from training.trainer import model_source
+
+        try:
+            model_source.resolve(str(path))  # the trainer's own check: a save_pretrained or an MLflow model folder
+        except model_source.NotAModelFolder as err:
+            raise UserError(f"--model {err}") from None
         return str(path.resolve()), None
     if model.startswith(("/", "./", "../", "~")) or path.is_absolute():
         # a Hugging Face id never looks like this; without the check a typo becomes a job that fails on the cluster
@@ -123,6 +138,9 @@ def azure_request(args: argparse.Namespace, values: dict[str, Any]) -> Any:
     from training.azure_submit import Request, user_registry_params
 
     if args.recipe == "registry":
+        if args.resume_from:
+            raise UserError("--resume-from continues this repository's trainer (--recipe sft); the registry pipeline "
+                            "keeps no checkpoints of ours.")
         user_registry_params(values)  # trainer-only flags and a fractional --epochs stop here
         model, revision = models.registry_name(args.model), None
     else:
@@ -131,7 +149,7 @@ def azure_request(args: argparse.Namespace, values: dict[str, Any]) -> Any:
         recipe=args.recipe, model=model, model_revision=revision, hyperparameters=values,
         data_dir=args.data or default_data_dir(), instance_count=args.instance_count, shm_size=args.shm_size,
         experiment=args.experiment, display_name=args.display_name, outputs_file=args.outputs_file,
-        stack=args.stack, no_stream=args.no_stream,
+        stack=args.stack, no_stream=args.no_stream, resume=args.resume, resume_from=args.resume_from, force=args.force,
     )
 
 
@@ -141,24 +159,34 @@ def azure_request(args: argparse.Namespace, values: dict[str, Any]) -> Any:
 def _run_local(args: argparse.Namespace, values: dict[str, Any]) -> int:
     if args.recipe == "registry":
         raise UserError("--recipe registry runs Azure ML's own pipeline and exists only on Azure; use --target azure.")
+    from training import local_target
     from training.data_assets import check_data
 
     data_dir = args.data or default_data_dir()
     files = check_data(data_dir, source_hint="sample")
+    model, _ = resolve_sft_model(args.model, "local", build_tiny=not args.dry_run)
+    key = run_key(model, None, files, values)
     if args.dry_run:
-        from training.local_target import trainer_command
-
-        model, _ = resolve_sft_model(args.model, "local", build_tiny=False)
-        command = trainer_command(model, files.train.path, files.eval.path, local_runs.job_dir("<job>") / "model", values)
+        folder = local_target.run_folder(key, args.resume, fresh=args.resume_from is not None)
+        say(folder.note + (f"; --resume-from {args.resume_from}" if args.resume_from else ""))
+        job = local_runs.job_dir(folder.name)
+        flags = ["--checkpoint_dir", str(job / local_target.CHECKPOINTS), "--run_key", key]
+        command = local_target.trainer_command(model, files.train.path, files.eval.path, job / "model", values, flags)
         print(" ".join(shlex.quote(part) for part in command))
         return 0
-    from training.local_target import run_local
-
-    model, _ = resolve_sft_model(args.model, "local")
-    job_name, model_dir = run_local(model, files.train.path, files.eval.path, values, stream=not args.no_stream)
+    job_name, model_dir = local_target.run_local(model, files.train.path, files.eval.path, values, key=key,
+                                                 resume=args.resume, resume_from=args.resume_from, force=args.force,
+                                                 stream=not args.no_stream)
     print(job_name)
     say(f"    deploy it with `python -m deployment.deploy --target local` (it reads {local_runs.jobs_dir() / 'LATEST'})")
     return 0
+
+
+def run_key(model: str, revision: str | None, files: Any, values: dict[str, Any]) -> str:
+    """The run key (training.run_key) of this model, these data files and these settings, as the trainer resolves them."""
+    from training import run_key as keys
+
+    return keys.compute(model, revision, files.train.sha256, files.eval.sha256, hyperparams.resolved(values))
 
 
 def main(

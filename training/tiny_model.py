@@ -26,7 +26,6 @@ in a few seconds.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -219,7 +218,9 @@ def build_tiny_model(out_dir: Path, like: str = DEFAULT_LIKE) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from common.cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m training.tiny_model",
         description="Build offline a tiny Phi-architecture model and chat tokenizer (save_pretrained layout).",
     )

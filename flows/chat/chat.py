@@ -2,7 +2,8 @@
 
 Connection (a Prompt flow CustomConnection):
 - secret `key`: the endpoint key (sent as a bearer token);
-- config `endpoint`: the scoring URL, or the server's base URL when `api` is `openai`;
+- config `endpoint`: the scoring URL, or, when `api` is `openai`, the URL under which the server's
+  `/v1/chat/completions` answers (`https://HOST`, or `https://HOST/score`: deploy probes which);
 - optional configs: `api` (`openai`: this project's server, called on /v1/chat/completions; unset:
   a tutorial's /score endpoint, called as before), `deployment` (the `azureml-model-deployment`
   header), `request_format` (/score only: contract | registry | mlflow, default contract),

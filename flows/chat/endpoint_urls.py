@@ -2,8 +2,10 @@
 
 An endpoint has a scoring URL (`https://<name>.<region>.inference.ml.azure.com/score`, or a local
 `http://127.0.0.1:<port>/score`): the tutorials' `/score` dialects are posted there. This project's
-server also speaks the OpenAI API under its base URL (the scoring URL without `/score`):
-`{base}/v1/chat/completions`. A connection with `api: openai` holds the base URL; one without it,
+server also speaks the OpenAI API: `{base}/v1/chat/completions`, where `base` is the URL under which
+the routes answer, the host (the scoring URL without `/score`) or, on an Azure ML endpoint that
+forwards only paths after the scoring route, the scoring URL itself; deploy asks which
+(deployment/endpoint_probe.py). A connection with `api: openai` holds that base; one without it,
 the scoring URL (docs/ARCHITECTURE.md section 6).
 
 The deploy (deployment/connection.py's connection model) and the flow's client
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-SCORE_PATH = "/score"
 OPENAI_VERSION_PATH = "/v1"
 OPENAI_CHAT_PATH = OPENAI_VERSION_PATH + "/chat/completions"
 
@@ -27,26 +28,27 @@ def check_http_url(url: str) -> str:
     return url
 
 
-def base_url(scoring_url: str) -> str:
-    """`http://host:port/score` -> `http://host:port`: the base URL the OpenAI API hangs off."""
-    return scoring_url.rstrip("/").removesuffix(SCORE_PATH)
-
-
 def openai_chat_url(endpoint: str) -> str:
-    """`{base}/v1/chat/completions` from a server's base URL (an OpenAI-style `.../v1` base works too).
+    """`{endpoint}/v1/chat/completions`: `endpoint` is the URL the OpenAI routes hang off, the host
+    (`https://HOST`) or, on an endpoint that forwards paths only after its scoring route, the scoring
+    URL itself (`https://HOST/score`); deploy probes which (deployment/endpoint_probe.py). An
+    OpenAI-style `.../v1` base works too."""
+    return endpoint.rstrip("/").removesuffix(OPENAI_VERSION_PATH) + OPENAI_CHAT_PATH
 
-    A scoring URL is refused with the base URL to use instead: with `api: openai` the connection
-    holds the base URL.
-    """
-    base = endpoint.rstrip("/").removesuffix(OPENAI_VERSION_PATH)
-    if base.endswith(SCORE_PATH):
-        raise ValueError(
-            f"with api='openai' the endpoint is the server's base URL, not its scoring URL: got {endpoint!r}; "
-            f"use {base_url(base)!r}"
-        )
-    return base + OPENAI_CHAT_PATH
+
+def host_url(url: str) -> str:
+    """`https://HOST/score` -> `https://HOST`: scheme and authority only."""
+    parsed = urlparse(check_http_url(url))
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def openai_bases(scoring_url: str) -> tuple[str, ...]:
+    """Where the OpenAI routes may hang off, in the order deploy asks: the host, then the scoring URL itself."""
+    host, scoring = host_url(scoring_url), scoring_url.rstrip("/")
+    return (host,) if scoring == host else (host, scoring)
 
 
 def models_url(endpoint: str) -> str:
-    """`GET {base}/v1/models`: answers 200 on a server that speaks the OpenAI API (docs/ARCHITECTURE.md section 5)."""
-    return base_url(endpoint) + OPENAI_VERSION_PATH + "/models"
+    """`GET {endpoint}/v1/models`: answers 200 with the model list where the OpenAI API hangs off `endpoint`
+    (docs/ARCHITECTURE.md section 5)."""
+    return endpoint.rstrip("/").removesuffix(OPENAI_VERSION_PATH) + OPENAI_VERSION_PATH + "/models"

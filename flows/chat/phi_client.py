@@ -4,16 +4,24 @@ Used by the Prompt flow tool (flows/chat/chat.py) and by deployment's smoke test
 and response logic lives only here. Standard library + `requests` only: this folder is uploaded to
 Azure AI Foundry as is.
 
-- APIs: `api="openai"` (this project's server, docs/ARCHITECTURE.md section 5): `endpoint` is the server's
-  base URL and the client POSTs `{endpoint}/v1/chat/completions` (OpenAI Chat Completions) and reads
+- APIs: `api="openai"` (this project's server, docs/ARCHITECTURE.md section 5): `endpoint` is the URL
+  under which the server's OpenAI routes answer (`https://HOST`, or `https://HOST/score` where Azure ML
+  forwards paths after the scoring route only; deploy probes which, deployment/endpoint_probe.py) and
+  the client POSTs `{endpoint}/v1/chat/completions` (OpenAI Chat Completions) and reads
   `choices[0].message.content`. Without `api`, `endpoint` is a scoring URL (`.../score`) and the
   request takes one of the tutorials' shapes: "contract" (`messages` + sampling fields), "registry"
   (`input_data.input_string` + `parameters`), "mlflow" (`input_data` list + `params`).
 - Response shapes (sections 5 and 6): `{"output": "..."}`, `["text"]`, `[{"0": "text"}]`, a bare
   string, a JSON document encoded as a string (what Azure ML returns when `run()` returns
   `json.dumps(...)`), and the OpenAI-style `choices` list.
+- Status codes as Azure ML sends them: a managed online endpoint relays any non-200 answer of the
+  container as 424, with the container's own code in the `ms-azureml-model-error-statuscode` header
+  (Microsoft's online-endpoint troubleshooting doc). The client reads that code: a container 400
+  ("prompt longer than the context cap") is reported as that 400 with its message, and a relayed 503
+  or 429 is retried like a direct one.
 - Retries, bounded: 429, 503 and connection resets, with exponential backoff or the server's
-  Retry-After (capped). Every other failure becomes one `EndpointError` that says what to do.
+  Retry-After (capped; a relayed answer may have lost it). Every other failure becomes one
+  `EndpointError` that says what to do.
 - The key is sent only as the bearer header. It is never in a message, a log line or a repr.
 """
 from __future__ import annotations
@@ -40,16 +48,35 @@ DEFAULT_PARAMS: dict[str, Any] = {"max_tokens": 256, "temperature": 0.7, "top_p"
 DEFAULT_HISTORY_BUDGET_CHARS = 8000
 RETRY_STATUSES = frozenset({429, 503})
 UNHEALTHY_STATUSES = frozenset({408, 424})
+RELAYED = 424
+"""What an Azure ML managed online endpoint answers when the container answered anything but 200."""
+MODEL_STATUS_HEADER = "ms-azureml-model-error-statuscode"
+"""The container's own status code on a relayed (424) answer."""
+MODEL_REASON_HEADER = "ms-azureml-model-error-reason"
+"""Azure ML's short reason on a relayed answer, when it sends one (read only when the body says nothing)."""
 MAX_RETRY_AFTER_S = 30.0
 _SNIPPET = 300
 
 
 class EndpointError(Exception):
-    """A failed call to the scoring endpoint. `status` is the HTTP status, None when no answer came."""
+    """A failed call to the scoring endpoint.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    `status` is the container's HTTP status (the original one when Azure ML relayed it as 424), None
+    when no answer came; `relayed_as` is the status the endpoint itself sent when it differs (424).
+    """
+
+    def __init__(self, message: str, status: int | None = None, relayed_as: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.relayed_as = relayed_as
+
+
+def container_status(status: int, headers: Any) -> int:
+    """The status the container sent: Azure ML relays any non-200 as 424 with the original in a header."""
+    if status != RELAYED:
+        return status
+    original = str(headers.get(MODEL_STATUS_HEADER) or "").strip()
+    return int(original) if original.isdigit() and 100 <= int(original) <= 599 else status
 
 
 @dataclass(frozen=True)
@@ -348,15 +375,17 @@ class PhiClient:
                 raise EndpointError(
                     f"the request to {self.endpoint} failed: {self._redact(_short(err))}", status=None
                 ) from None
-            if response.status_code in RETRY_STATUSES and attempt < attempts:
+            status = container_status(response.status_code, response.headers)
+            if status in RETRY_STATUSES and attempt < attempts:
                 self._sleep(self._delay(attempt, response.headers.get("Retry-After")))
                 continue
-            if response.status_code == 429:
+            if status == 429:
                 raise EndpointError(
-                    f"the endpoint {self.endpoint} is rate limiting requests (HTTP 429) and still was "
-                    f"after {attempts} attempt(s). Wait a minute and ask again, or raise the "
-                    "deployment's max_concurrent_requests_per_instance / instance count.",
-                    status=429,
+                    f"the endpoint {self.endpoint} is rate limiting requests (HTTP 429{_relayed(response)}) and "
+                    f"still was after {attempts} attempt(s). An Azure ML endpoint admits 2 x "
+                    "max_concurrent_requests_per_instance x instances requests at once: send fewer at a time, "
+                    "wait a minute and ask again, or raise the deployment's instance count.",
+                    status=429, relayed_as=_relayed_status(response),
                 )
             return response
         raise AssertionError("unreachable")  # pragma: no cover
@@ -371,9 +400,9 @@ class PhiClient:
     # -- responses ------------------------------------------------------------------------------
 
     def _read(self, response: requests.Response) -> ChatReply:
-        status = response.status_code
+        status = container_status(response.status_code, response.headers)
         text = response.text or ""
-        if 200 <= status < 300:
+        if 200 <= status < 300 and status == response.status_code:
             try:
                 body = response.json()
             except ValueError:
@@ -384,7 +413,10 @@ class PhiClient:
             if reply is None:
                 raise EndpointError(self._malformed(text), status=status)
             return reply
-        raise EndpointError(self._error_message(status, text), status=status)
+        if not _error_detail(text) and response.headers.get(MODEL_REASON_HEADER):
+            text = str(response.headers[MODEL_REASON_HEADER])
+        relayed = _relayed_status(response)
+        raise EndpointError(self._error_message(status, text, relayed), status=status, relayed_as=relayed)
 
     def _malformed(self, text: str) -> str:
         got = f"the endpoint {self.url} answered with a response this client cannot read: " + (
@@ -402,16 +434,21 @@ class PhiClient:
             f"(now {self.request_format!r}; one of {', '.join(REQUEST_FORMATS)}) and the scoring script."
         )
 
-    def _error_message(self, status: int, text: str) -> str:
-        detail = self._redact(_error_detail(text))
+    def _error_message(self, status: int, text: str, relayed_as: int | None = None) -> str:
+        """One message per status; `relayed_as`: the endpoint answered that (424) for the container's `status`."""
+        detail = self._redact(_error_detail(text)) or "(no error text)"
         where = f"the endpoint {self.endpoint}"
-        if status in (401, 403):
+        code = f"HTTP {status}" + (f" from the container, relayed by Azure ML as HTTP {relayed_as}" if relayed_as else "")
+        if status in (401, 403) and not relayed_as:
             return (
-                f"{where} refused the key (HTTP {status}): the key is wrong or was rotated. "
+                f"{where} refused the key ({code}): the key is wrong or was rotated. "
                 "Re-run `python -m deployment.deploy` to write the current key into the phi_endpoint "
                 "connection (or `pf connection create --file <yaml> --name phi_endpoint` with the key from "
                 "`az ml online-endpoint get-credentials`)."
             )
+        if status == 404 and relayed_as:  # the endpoint exists; the server in the deployment has no such route or model
+            return (f"the deployment behind {where} has no such route or model ({code}): {detail}. The client called "
+                    f"{self.url}; check the connection's `endpoint` (deploy probes which base answers /v1).")
         if status == 404:
             target = f" or its deployment {self.deployment!r}" if self.deployment else ""
             route = (
@@ -420,19 +457,19 @@ class PhiClient:
                 if self.api == "openai" else ""
             )
             return (
-                f"{where}{target} was not found (HTTP 404): it was deleted, or the URL in the "
+                f"{where}{target} was not found ({code}): it was deleted, or the URL in the "
                 "phi_endpoint connection is wrong. Re-run `python -m deployment.deploy` to create it "
                 f"and rewrite the connection.{route}"
             )
-        if status == 400:
-            return f"{where} rejected the request (HTTP 400): {detail or '(no error text)'}"
+        if 400 <= status < 500 and status not in UNHEALTHY_STATUSES | RETRY_STATUSES:
+            return f"{where} rejected the request ({code}): {detail}"
         if status in UNHEALTHY_STATUSES or status >= 500:
             retried = f" after {self.max_retries + 1} attempt(s)" if status in RETRY_STATUSES else ""
             return (
-                f"the deployment behind {where} is unhealthy (HTTP {status}{retried}): "
-                f"{detail or '(no error text)'}. See its logs: {self._logs_hint()}."
+                f"the deployment behind {where} is unhealthy ({code}{retried}): "
+                f"{detail}. See its logs: {self._logs_hint()}."
             )
-        return f"{where} answered HTTP {status}: {detail or '(no error text)'}"
+        return f"{where} answered {code}: {detail}"
 
     def _logs_hint(self) -> str:
         host = urlparse(self.endpoint).hostname or ""
@@ -447,6 +484,17 @@ class PhiClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self.__key, "<hidden>") if self.__key else text
+
+
+def _relayed_status(response: requests.Response) -> int | None:
+    """The endpoint's own status when it relayed another one from the container (424), else None."""
+    status = response.status_code
+    return status if container_status(status, response.headers) != status else None
+
+
+def _relayed(response: requests.Response) -> str:
+    relayed = _relayed_status(response)
+    return f" from the container, relayed by Azure ML as HTTP {relayed}" if relayed is not None else ""
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -45,6 +45,7 @@ def test_demo_runs_on_the_phi4_mini_twin(tmp_path: Path, monkeypatch: pytest.Mon
     result = run_demo(budget, env=dict(os.environ), like="phi-4-mini")
 
     assert {"twin", "data", "train", "deploy", "chat-1", "teardown"} <= set(result.timings)
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(runs / "demo"))  # the demo's room
     config = json.loads((local_runs.latest_model_dir() / "model" / "config.json").read_text())
     assert config["num_key_value_heads"] < config["num_attention_heads"] and config["tie_word_embeddings"] is True
     assert config["partial_rotary_factor"] == 0.75

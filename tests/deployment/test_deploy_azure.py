@@ -329,7 +329,7 @@ def test_first_deploy_records_its_scores_as_the_baseline(fake_client, outputs, r
     assert len(eval_posts) == 12 and {r["deployment"] for r in eval_posts} == {"blue"}
     assert all(r["body"]["temperature"] == 0.0 and r["body"]["max_tokens"] == 64 for r in eval_posts)
     tags = _eval_tags(c, "blue")
-    assert tags["eval-f1"] == "1.0000" and tags[TAG_N] == "12" and tags[TAG_MODEL] == "azureml:phi3-finetuned:1"
+    assert tags["eval-correctness"] == "1.0000" and tags[TAG_N] == "12" and tags[TAG_MODEL] == "azureml:phi3-finetuned:1"
     assert tags[TAG_VERSION] == metric_version() and len(tags[TAG_FILE]) == 64
     # per-conversation scores: a data asset on Azure, JSON under runs/eval/ locally
     asset, content = c.data_store[tags[TAG_SCORES]]
@@ -361,7 +361,7 @@ def test_a_worse_new_deployment_is_deleted_and_traffic_untouched(
     # the live deployment's scores were reused (same eval set, metric version, model): not asked again
     blue_asked = [r for r in scoring_server.requests if r["deployment"] == "blue" and "country" in str(r["body"])]
     assert len(blue_asked) == 12, "only the first deploy's baseline run asked blue"
-    assert _eval_tags(c, "blue")["eval-f1"] == "1.0000"
+    assert _eval_tags(c, "blue")["eval-correctness"] == "1.0000"
     # the refused deployment's scores are kept (data asset + JSON) though the deployment is gone
     assert any(key.startswith(f"phi3-eval-scores:{EP}-green-") for key in c.data_store)
 
@@ -379,7 +379,7 @@ def test_force_moves_traffic_to_a_worse_deployment_and_says_so(
     assert result.deployment_name == "green" and result.verdict.worse and result.verdict.forced
     assert fake_client.endpoints[EP].traffic == {"green": 100}
     assert "--force: moving traffic anyway" in capsys.readouterr().err
-    assert float(_eval_tags(fake_client, "green")["eval-f1"]) < 0.2
+    assert float(_eval_tags(fake_client, "green")["eval-correctness"]) < 0.2
 
 
 @pytest.mark.slow
@@ -429,8 +429,30 @@ def test_a_fresh_machine_reuses_the_live_scores_from_the_data_asset(
     assert result.verdict.live is not None and result.verdict.comparison.difference.mean == 0.0
     name, _, version = ref.partition(":")
     assert fake_client.index("data.get", name=name, version=version) < fake_client.index("data.download")
-    assert f"live scores read from {ref} (content hash verified)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"live scores read from {ref} (content hash verified)" in err
+    assert "evaluation gate: " in err and " on Standard_" in err  # the expected time and cost, before it runs
     assert fake_client.count("online_deployments.begin_create_or_update", name="blue", update=True) == 0
+
+
+def test_live_scores_from_another_serving_image_are_measured_again(
+    fake_client, outputs, runs, write_connection, scoring_server, fresh_runs
+):
+    """The cache key holds the live deployment's environment: a blue moved to another image is re-scored."""
+    from deployment.gate import TAG_ENVIRONMENT
+
+    _seed_live_blue(fake_client, outputs, runs, write_connection)
+    assert _eval_tags(fake_client, "blue")[TAG_ENVIRONMENT]
+    fresh_runs()
+    blue = next(d for (_, name), d in fake_client.deployments.items() if name == "blue")
+    blue.environment = str(blue.environment).replace("/versions/", "/versions/older-")
+    fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
+    before = len(scoring_server.requests)
+
+    _deploy(fake_client, outputs, runs, write_connection)
+
+    asked = {r["deployment"] for r in scoring_server.requests[before:] if "country" in str(r["body"])}
+    assert asked == {"blue", "green"}, "scores from another serving image were reused"
 
 
 def test_a_tampered_scores_asset_is_not_trusted_and_the_live_is_rescored(
@@ -443,7 +465,7 @@ def test_a_tampered_scores_asset_is_not_trusted_and_the_live_is_rescored(
     ref = _eval_tags(fake_client, "blue")[TAG_SCORES]
     asset, content = fake_client.data_store[ref]
     doc = json.loads(content)
-    doc["conversations"][0]["scores"]["f1"] = 0.0  # edited after the deploy recorded its hash
+    doc["conversations"][0]["scores"]["f1_cut"] = 0.0  # edited after the deploy recorded its hash
     fake_client.data_store[ref] = (asset, json.dumps(doc) + "\n")
     fake_client.add_job("job-2", created="2026-11-05T10:00:00Z")
     before = len(scoring_server.requests)

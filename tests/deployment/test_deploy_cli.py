@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fakes.deploy_fixtures import OUTPUTS
+from deployment.scoring import DEFAULT_LIMIT
 from common.cli import run_cli
 from deployment import deploy
 from fakes.ml_client import SECRET_KEY
@@ -83,7 +84,7 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     out, err = capsys.readouterr()
     assert "deployment: blue" in out and scoring_server.url in out and "teardown" in out
     assert "price:      about $3.67/h (Standard_NC24ads_A100_v4" in out and "expires:" not in out
-    assert "evaluation: first deployment: f1 1.000 (N=12) recorded as the baseline" in out
+    assert "evaluation: first deployment: correctness 100.0, instructions " in out and "(N=12) recorded as the baseline" in out
     # the flow calls our server through its OpenAI API: the endpoint's base URL and `api: openai`
     base = scoring_server.url.removesuffix("/score")
     assert read_phi_connection() == {"endpoint": base, "api": "openai", "deployment": "blue"}  # the real store
@@ -100,7 +101,7 @@ def test_azure_path_through_main(outputs_file, runs, fake_client, scoring_server
     assert fake_client.endpoints[next(iter(fake_client.endpoints))].traffic == {"blue": 100}
 
 
-def test_expires_in_is_printed_with_the_teardown_command(outputs_file, runs, fake_client, scoring_server, monkeypatch,
+def test_expires_in_is_printed_with_what_deletes_it_and_when(outputs_file, runs, fake_client, scoring_server, monkeypatch,
                                                          capsys):
     from deployment.expiry import DELETE_AFTER
 
@@ -110,7 +111,8 @@ def test_expires_in_is_printed_with_the_teardown_command(outputs_file, runs, fak
     assert _run(["--outputs-file", str(outputs_file), "--expires-in", "2h", "--instance-type", "Standard_E4s_v3"]) == 0
     out = capsys.readouterr().out
     tag = next(iter(fake_client.endpoints.values())).tags[DELETE_AFTER]
-    assert f"expires:    {tag} (then `python -m deployment.teardown --expired --yes` deletes it)" in out
+    assert f"expires:    {tag}: within an hour after that, the hourly teardown-expired workflow deletes it once " in out
+    assert "EXPIRED_TEARDOWN=true" in out and "`python -m deployment.teardown --expired --yes` after that time" in out
     assert "price:      about $0.25/h (Standard_E4s_v3" in out
 
 
@@ -143,7 +145,7 @@ def test_local_target_wiring(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(local, "deploy_local", fake_deploy_local)
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--port", "5099"]) == 0
-    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": None, "force": False, "margin": None})]
+    assert calls == [(tmp_path, 5099, {"eval_file": None, "eval_limit": DEFAULT_LIMIT, "force": False, "margin": None})]
     assert _run(["--target", "local", "--model-dir", str(tmp_path), "--eval-file", "e.jsonl", "--eval-limit", "5",
                  "--eval-margin", "0.05", "--force"]) == 0
     assert calls[-1][2] == {"eval_file": Path("e.jsonl"), "eval_limit": 5, "force": True, "margin": 0.05}

@@ -48,10 +48,11 @@ def run(target: Any, writes: list[dict], eval_file: Path) -> tuple[list[str], Ou
     return recorder.log, outcome
 
 
-FIRST = ["hold", "prepare", "rollback", "start_new", "client:new", "live", "live is none", "client:new",
+FIRST = ["hold", "prepare", "rollback", "start_new", "client:new", "live", "live is none", "gate_estimate", "client:new",
          "keep_scores:new", "tag:new", "promote:new", "retiring:new", "connection:new", "where:new"]
 """A first deploy: smoke test (client:new), no live one, the new one scored, recorded and promoted."""
-BESIDE_LIVE = ["hold", "prepare", "rollback", "start_new", "client:new", "live", "live is running", "client:new",
+BESIDE_LIVE = ["hold", "prepare", "rollback", "start_new", "client:new", "live", "live is running", "gate_estimate",
+               "client:new",
                "keep_scores:new", "tag:new", "promote:new", "retiring:new", "retire", "connection:new", "where:new"]
 """Beside a live one whose recorded scores are still valid (same model, eval set, metric): reused, not re-asked."""
 

@@ -51,8 +51,13 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     budget = Budget(epochs=6, questions=1, extra_train_flags=DEMO_TRAIN_FLAGS, greedy_chat=True)
     result = run_demo(budget, env=dict(os.environ), on_deployed=probe_server)
 
+    # the demo's room: everything it made is under runs/demo/, nothing in the user's runs/
+    room = runs / "demo"
+    assert not (runs / "data").exists() and not (runs / "jobs").exists() and not (runs / "serve").exists()
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(room))  # read what the demo made, as its steps did
+
     # data hand-off
-    data = runs / "data"
+    data = room / "data"
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["counts"]["train"] + manifest["counts"]["test"] == manifest["counts"]["selected"]
     assert (data / "train.jsonl").stat().st_size > 0 and (data / "test.jsonl").stat().st_size > 0
@@ -83,7 +88,8 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert local.read_record() is None
     assert {"data", "train", "deploy", "chat-1", "teardown", "total"} <= set(result.timings)
 
-    # Prompt flow state stayed under runs/, not in the caller's PF_HOME_DIRECTORY (~/.promptflow),
-    # where it would replace and then delete the connection to a real endpoint
-    assert (runs / "demo" / "promptflow" / "pf.yaml").is_file()
-    assert (runs / "demo" / "promptflow" / "pf.sqlite").is_file()
+    # Prompt flow state stayed under runs/demo/, not in the caller's PF_HOME_DIRECTORY (~/.promptflow),
+    # where it would replace and then delete the connection to a real endpoint; Prompt flow's options
+    # came from the repository's pf.yaml, so none was written there
+    assert (room / "promptflow" / "pf.sqlite").is_file()
+    assert not (room / "promptflow" / "pf.yaml").exists()

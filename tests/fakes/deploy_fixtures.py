@@ -85,21 +85,38 @@ SMOKE_REPLY = "I am a fine-tuned Phi-3."
 
 class ScoringServer:
     """Answers like a deployment running the project's server (OpenAI chat completions at
-    /v1/chat/completions, the contract dialect at /score); `mode` = ok | error | empty.
+    /v1/chat/completions and the model list at GET /v1/models, the contract dialect at /score);
+    `mode` = ok | error | empty.
 
     A good deployment answers each held-out question with its reference reply (EVAL_ROWS); the
     deployments named in `worse` answer the smoke test but not the questions.
+
+    `routes` is the endpoint's path forwarding, which no doc states for custom containers (deploy
+    probes it, deployment/endpoint_probe.py): "host" (`/v1/...` after the host reaches the server),
+    "score" (only `/score/v1/...`, after the scoring route) or "none" (only `/score` itself); any
+    other path is the endpoint's 404. The probe's GETs are kept in `probes`, apart from `requests`.
     """
 
     def __init__(self) -> None:
         self.mode = "ok"
+        self.routes = "host"
         self.worse: set[str] = set()
         self.requests: list[dict] = []
+        self.probes: list[str] = []
         self.log: list[Call] | None = None
         server = self
         references = {row["messages"][0]["content"]: row["messages"][1]["content"] for row in EVAL_ROWS}
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                server.probes.append(self.path)
+                if self.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
+                    self._send(401, {"error": "bad key"})
+                elif server.route(self.path) == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": "phi", "object": "model", "owned_by": "finetune-phi"}]})
+                else:
+                    self._send(404, {"detail": "Not Found"})
+
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 deployment = self.headers.get("azureml-model-deployment")
@@ -107,7 +124,10 @@ class ScoringServer:
                 server.requests.append({"path": self.path, "deployment": deployment, "authorized": authorized, "body": body})
                 if server.log is not None:
                     server.log.append(Call("http", "POST", {"deployment": deployment}))
-                if not authorized:
+                route = server.route(self.path)
+                if route is None:
+                    self._send(404, {"detail": "Not Found"})
+                elif not authorized:
                     self._send(401, {"error": "bad key"})
                 elif server.mode == "error":
                     self._send(500, {"error": "model failed to generate"})
@@ -115,7 +135,7 @@ class ScoringServer:
                     question = (body.get("messages") or [{}])[-1].get("content", "")
                     good = deployment not in server.worse and question in references
                     text = "" if server.mode == "empty" else references[question] if good else SMOKE_REPLY
-                    self._send(200, self._openai(text) if self.path.startswith("/v1/") else
+                    self._send(200, self._openai(text) if route.startswith("/v1/") else
                                {"output": text, "finish_reason": "stop", "usage": {"prompt_tokens": 12, "completion_tokens": 7}})
 
             @staticmethod
@@ -137,7 +157,18 @@ class ScoringServer:
                 return None
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
+        self.host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = self.host + "/score"
+
+    def route(self, path: str) -> str | None:
+        """The server route a request path reaches under `routes`, or None (the endpoint's 404)."""
+        if path == "/score":
+            return "/score"
+        if self.routes == "host" and path.startswith("/v1/"):
+            return path
+        if self.routes == "score" and path.startswith("/score/v1/"):
+            return path.removeprefix("/score")
+        return None
 
 
 @pytest.fixture

@@ -71,6 +71,25 @@ def _not_found(what: str) -> ResourceNotFoundError:
     return ResourceNotFoundError(f"{what} not found")
 
 
+def arm_id(workspace: str, kind: str, reference: Any) -> Any:
+    """`azureml:NAME:VERSION` as the service returns it on a deployment: the asset's ARM id (the SDK's own
+    `_endpoint_utils` sends that form too). Anything else (already an ARM id, None) is returned as is."""
+    if not isinstance(reference, str) or not reference.startswith("azureml:") or reference.count(":") != 2:
+        return reference
+    _, name, version = reference.split(":")
+    return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-test/providers/Microsoft.MachineLearningServices"
+            f"/workspaces/{workspace}/{kind}/{name}/versions/{version}")
+
+
+def asset_ref(reference: Any) -> str:
+    """NAME:VERSION of an asset sent as `azureml:NAME:VERSION` or as its ARM id (both are accepted by the service)."""
+    text = str(reference)
+    if "/versions/" in text:
+        parts = text.rstrip("/").split("/")
+        return f"{parts[-3]}:{parts[-1]}"
+    return text.removeprefix("azureml:")
+
+
 def _load_back(loader: Callable[..., Any], entity: Any) -> Any:
     """The entity as the service would accept it: its YAML form loaded back with the SDK's loader."""
     import yaml
@@ -138,9 +157,16 @@ class FakeOnlineEndpoints(_Ops):
 
 
 class FakeOnlineDeployments(_Ops):
+    def _as_returned(self, deployment: Any) -> Any:
+        """A stored deployment as the service returns it: model and environment as ARM ids."""
+        out = copy.deepcopy(deployment)
+        out.model = arm_id(self._client.workspace_name, "models", out.model)
+        out.environment = arm_id(self._client.workspace_name, "environments", out.environment)
+        return out
+
     def list(self, endpoint_name: str) -> list[Any]:
         self._record("list", endpoint_name=endpoint_name)
-        return [copy.deepcopy(d) for (ep, _), d in self._client.deployments.items() if ep == endpoint_name]
+        return [self._as_returned(d) for (ep, _), d in self._client.deployments.items() if ep == endpoint_name]
 
     def begin_create_or_update(self, deployment: Any, **kwargs: Any) -> FakePoller:
         from deployment.definitions import entity_dict, load_back
@@ -151,23 +177,25 @@ class FakeOnlineDeployments(_Ops):
         load_back(doc)
         if deployment.endpoint_name not in self._client.endpoints:
             raise _not_found(f"endpoint {deployment.endpoint_name}")
-        model = str(doc["model"]).removeprefix("azureml:")
+        model = asset_ref(doc["model"])
         if model not in self._client.models_by_ref():
             raise http_error(400, f"model {model} not found")
-        env = str(doc["environment"]).removeprefix("azureml:")
+        env = asset_ref(doc["environment"])
         if env not in self._client.environment_store:
             raise http_error(400, f"environment {env} not found")
         # The service creates the resource, then the container fails to become ready.
         self._client.deployments[(deployment.endpoint_name, deployment.name)] = copy.deepcopy(deployment)
-        if self._client.fail_deployment:
-            return FakePoller(error=http_error(400, "ResourceNotReady: User container has crashed or terminated."))
+        if self._client.fail_deployment:  # True, or the service's own failure text
+            failure = self._client.fail_deployment
+            text = failure if isinstance(failure, str) else "ResourceNotReady: User container has crashed or terminated."
+            return FakePoller(error=http_error(400, text))
         return FakePoller(copy.deepcopy(deployment))
 
     def get(self, name: str, endpoint_name: str) -> Any:
         self._record("get", name=name, endpoint_name=endpoint_name)
         if (endpoint_name, name) not in self._client.deployments:
             raise _not_found(f"deployment {name}")
-        return copy.deepcopy(self._client.deployments[(endpoint_name, name)])
+        return self._as_returned(self._client.deployments[(endpoint_name, name)])
 
     def get_logs(self, name: str, endpoint_name: str, lines: int, *, container_type: str | None = None) -> str:
         self._record("get_logs", name=name, endpoint_name=endpoint_name, lines=lines, container_type=container_type)
@@ -383,7 +411,7 @@ class FakeMLClient:
         self.environment_store: dict[str, Any] = {}
         self.connection_store: dict[str, Any] = {}
         self.data_store: dict[str, tuple[Any, str]] = {}
-        self.fail_deployment = False
+        self.fail_deployment: bool | str = False
         self.fail_traffic = False
         self.workspace_deleted = False
         self.deleted_workspaces: set[str] = set()

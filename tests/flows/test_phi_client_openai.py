@@ -73,10 +73,13 @@ def test_base_url_forms(endpoint, url) -> None:
     assert PhiClient(endpoint, KEY, api="openai").url == url
 
 
-def test_a_scoring_url_with_api_openai_is_refused_with_the_base_url_to_use() -> None:
-    with pytest.raises(ValueError, match=r"base URL.*'https://phi.eastus.inference.ml.azure.com'") as info:
-        PhiClient("https://phi.eastus.inference.ml.azure.com/score", KEY, api="openai")
-    assert KEY not in str(info.value)
+def test_a_base_ending_in_score_is_where_the_routes_hang_off(fake) -> None:
+    """An Azure ML endpoint that forwards paths only after its scoring route: `endpoint` is `https://HOST/score`."""
+    assert PhiClient("https://phi.eastus.inference.ml.azure.com/score", KEY, api="openai").url == (
+        "https://phi.eastus.inference.ml.azure.com/score/v1/chat/completions")
+    fake.queue(Reply(body=openai_completion()))
+    assert PhiClient(fake.url, KEY, api="openai").chat("hi").text == ANSWER
+    assert [r.path for r in fake.requests] == ["/score" + OPENAI_PATH]
 
 
 @pytest.mark.parametrize(

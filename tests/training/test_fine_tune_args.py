@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_defaults(fine_tune, tmp_path: Path) -> None:
     args = fine_tune.parse_args(base(tmp_path))
     assert args.model_name_or_path == "microsoft/Phi-3.5-mini-instruct"
     assert (args.method, args.learning_rate, args.packing, args.attn_implementation) == ("lora", 1e-4, True, "auto")
-    assert (args.gradient_checkpointing, args.model_dtype, args.assistant_only_loss) == (False, "float32", "auto")
+    assert (args.gradient_checkpointing, args.model_dtype, args.assistant_only_loss) == (False, "auto", "auto")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 4)
     full = fine_tune.parse_args(base(tmp_path, "--method", "full"))
     assert (full.learning_rate, full.gradient_checkpointing) == (5e-6, True)
@@ -75,7 +76,7 @@ def test_missing_inputs_and_busy_output_fail_before_any_work(fine_tune, tmp_path
         fine_tune.check_paths(args)
     args = fine_tune.parse_args(base(tmp_path, "--model_name_or_path", str(tmp_path)))
     args.output_dir = str(tmp_path / "fresh")
-    with pytest.raises(fine_tune.TrainerError, match="no config.json"):
+    with pytest.raises(fine_tune.TrainerError, match="is no model folder: expected a save_pretrained folder"):
         fine_tune.check_paths(args)
 
 
@@ -129,10 +130,13 @@ def test_out_of_memory_anywhere_is_advice_and_a_failed_run(fine_tune, tmp_path: 
         fine_tune.train(args)
 
     class OomTrainer:
+        args = SimpleNamespace(eval_on_start=False)
+        accelerator = SimpleNamespace(wait_for_everyone=lambda: None)
+
         def add_callback(self, callback):
             pass
 
-        def evaluate(self):
+        def train(self, resume_from_checkpoint=None):  # the eval before training, or a step
             raise torch.OutOfMemoryError("CUDA out of memory.")
 
     plan = fine_tune.Plan(attn_implementation="sdpa", packing=True, assistant_only_loss=True, precision="fp32",
@@ -170,8 +174,10 @@ def test_the_trainer_imports_nothing_from_the_repo() -> None:
     for path in TRAINER_DIR.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level > 0:
-                assert node.level == 1 and (TRAINER_DIR / f"{(node.module or '').split('.')[0]}.py").is_file(), \
-                    f"{path.name}: from {'.' * node.level}{node.module} is not a sibling"
+                siblings = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                for sibling in siblings:
+                    assert node.level == 1 and (TRAINER_DIR / f"{sibling}.py").is_file(), \
+                        f"{path.name}: from {'.' * node.level}{node.module or ''} import {sibling} is not a sibling"
                 continue
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
@@ -307,3 +313,49 @@ def test_device_and_revision_reach_the_runtime_and_the_loader(fine_tune, tmp_pat
     with pytest.raises(fine_tune.TrainerError, match="stop here"):
         fine_tune.load_pretrained_model(args, "sdpa")
     assert seen["revision"] == "0a1b2c3"
+
+
+def test_model_folders_in_every_layout_resolve_to_weights_and_tokenizer(tmp_path: Path) -> None:
+    """save_pretrained, the trainer's MLflow output (what deploy registers), the registry's hftransformers folder,
+    and a mount that holds one of them; anything else is one error naming the layouts."""
+    from training.trainer import model_source
+
+    def touch(*paths: Path) -> None:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+
+    hf, ours, registry, mount = tmp_path / "hf", tmp_path / "ours", tmp_path / "registry", tmp_path / "mount"
+    touch(hf / "config.json", hf / "tokenizer_config.json")
+    touch(ours / "MLmodel", ours / "model" / "config.json", ours / "components" / "tokenizer" / "tokenizer_config.json")
+    touch(registry / "MLmodel", registry / "data" / "model" / "config.json",
+          registry / "data" / "tokenizer" / "tokenizer_config.json", registry / "data" / "config" / "config.json")
+    touch(mount / "trained_model" / "MLmodel", mount / "trained_model" / "model" / "config.json")
+    resolved = {name: model_source.resolve(str(path)) for name, path in
+                (("hf", hf), ("ours", ours), ("registry", registry), ("mount", mount))}
+    assert resolved["hf"] == model_source.ModelSource(str(hf), str(hf), "hf")
+    assert resolved["ours"] == model_source.ModelSource(str(ours / "model"), str(ours / "components" / "tokenizer"), "mlflow")
+    assert resolved["registry"] == model_source.ModelSource(str(registry / "data" / "model"),
+                                                            str(registry / "data" / "tokenizer"), "hftransformers")
+    weights = mount / "trained_model" / "model"
+    assert resolved["mount"] == model_source.ModelSource(str(weights), str(weights), "mlflow")  # tokenizer beside weights
+    assert model_source.resolve("microsoft/Phi-3.5-mini-instruct").layout == "hub"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(model_source.NotAModelFolder, match="is no model folder: expected a save_pretrained folder"):
+        model_source.resolve(str(empty))
+
+
+def test_a_resumed_run_accepts_the_output_a_preemption_left_half_written(fine_tune, tmp_path: Path) -> None:
+    """A requeued Azure ML job finds its `model` output as the preemption left it: with a complete checkpoint to
+    resume from, that is a save cut short (emptied before training), not someone else's model."""
+    from training.trainer import checkpoints
+
+    args = fine_tune.parse_args(base(tmp_path, "--checkpoint_dir", str(tmp_path / "ckpt")))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("half")
+    with pytest.raises(fine_tune.TrainerError, match="not empty"):
+        fine_tune.check_paths(args)
+    (tmp_path / "ckpt" / "checkpoint-3").mkdir(parents=True)
+    checkpoints.write_marker(tmp_path / "ckpt" / "checkpoint-3", {"step": 3})
+    fine_tune.check_paths(args)

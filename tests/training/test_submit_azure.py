@@ -39,6 +39,7 @@ def test_sft_order_of_operations(argv: list[str], capsys: pytest.CaptureFixture[
         "compute.get",
         "compute.list_sizes",
         "compute.list_usage",
+        "jobs.list",  # an unfinished job of the same run to resume from
         "environments.get",
         "environments.create_or_update",
         "data.get",
@@ -132,7 +133,8 @@ def test_distribution_only_when_nodes_times_gpus_exceeds_one(argv: list[str]) ->
     assert submit.main(argv + ["--no-stream"], ml_client=fake) == 0
     assert fake.jobs.submitted[-1].distribution is None
 
-    assert submit.main(argv + ["--no-stream", "--instance-count", "2"], ml_client=fake) == 0
+    # the first job of this run is still starting: a second beside it must say so (--resume never)
+    assert submit.main(argv + ["--no-stream", "--instance-count", "2", "--resume", "never"], ml_client=fake) == 0
     two_nodes = fake.jobs.submitted[-1]
     assert two_nodes.resources.instance_count == 2
     assert type(two_nodes.distribution).__name__ == "PyTorchDistribution"

@@ -14,7 +14,7 @@ from common.cli import UserError
 from fakes.inputs import write_data, write_stack_outputs
 from fakes.ml_client import FakeMLClient
 from fakes.quota import A100, a100_usages, default_sizes, usage
-from training import discovery, quota
+from training import discovery, quota, submit
 
 
 # ---------------------------------------------------------------- quota
@@ -156,18 +156,52 @@ def test_registry_recipe_is_azure_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "-1"], "argument --epochs: must be > 0"),
-    (["--max-steps", "0"], "--max-steps must be a positive step count or -1"),
-    (["--warmup-ratio", "1.5"], "argument --warmup-ratio/--warmup_ratio: must be in [0, 1)"),
-    (["--lora-dropout", "1"], "argument --lora-dropout/--lora_dropout: must be in [0, 1)"),
+    (["--epochs", "-1"], "argument --epochs: must be a finite number in (0, 1000], got -1"),
+    (["--epochs", "1e400"], "argument --epochs: must be a finite number in (0, 1000], got 1e400"),
+    (["--epochs", "1e9"], "argument --epochs: must be a finite number in (0, 1000], got 1e9"),
+    (["--learning-rate", "inf"], "argument --learning-rate/--learning_rate: must be a finite number in (0, 1], got inf"),
+    (["--learning-rate", "nan"], "argument --learning-rate/--learning_rate: must be a finite number in (0, 1], got nan"),
+    (["--lora-target-modules", ""], "argument --lora-target-modules/--lora_target_modules: expected all-linear or "
+                                    "module names such as qkv_proj,o_proj, got ''"),
+    (["--lora-target-modules", "qkv_proj,,o_proj"], "expected all-linear or module names"),
+    (["--max-steps", "0"], "argument --max-steps/--max_steps: must be a whole number in [1, 10,000,000] or -1, got 0"),
+    (["--max-steps", "1e9"], "argument --max-steps/--max_steps: must be a whole number in [1, 10,000,000] or -1, got '1e9'"),
+    (["--warmup-ratio", "1.5"], "argument --warmup-ratio/--warmup_ratio: must be a finite number in [0, 1), got 1.5"),
+    (["--lora-dropout", "1"], "argument --lora-dropout/--lora_dropout: must be a finite number in [0, 1), got 1"),
+    (["--lora-r=-inf"], "argument --lora-r/--lora_r: must be a whole number in [1, 4096], got '-inf'"),
+    (["--weight-decay=-inf"], "argument --weight-decay/--weight_decay: must be a finite number in [0, 1], got -inf"),
+    (["--checkpoint-minutes", "nan"], "must be a finite number in [0, 1440], got nan"),
 ])
-def test_values_the_trainer_refuses_are_refused_before_any_job(tmp_path: Path, flags: list[str], message: str) -> None:
+def test_values_the_trainer_refuses_are_refused_before_any_job(tmp_path: Path, flags: list[str], message: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """#25: NaN, +-inf, absurd sizes and empty lists end in one line and exit 2, before anything is built or runs."""
+    monkeypatch.setenv("FINETUNE_PHI_RUNS", str(tmp_path / "runs"))
     outputs = write_stack_outputs(tmp_path / "outputs.json")
     data = write_data(tmp_path / "data")
-    for target in (["--outputs-file", str(outputs), "--dry-run"], ["--target", "local", "--dry-run"]):
-        done = _cli([*target, "--data", str(data), *flags], tmp_path)
-        assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
-        assert message in done.stderr.splitlines()[-1]
-    done = _cli(["--outputs-file", str(outputs), "--dry-run", "--data", str(data), "--epochs", "2", "--max-steps", "5"],
-                tmp_path)
+    for target in (["--outputs-file", str(outputs), "--dry-run"], ["--target", "local"]):
+        with pytest.raises(SystemExit) as exit_:
+            submit.main([*target, "--data", str(data), *flags])
+        out, err = capsys.readouterr()
+        assert exit_.value.code == 2 and out == ""
+        (line,) = err.splitlines()  # one line: no usage dump
+        assert message in line and line.endswith("(see --help)")
+    assert not (tmp_path / "runs").exists()  # nothing built, staged or started
+
+
+def test_values_in_range_pass_to_the_job(tmp_path: Path) -> None:
+    outputs = write_stack_outputs(tmp_path / "outputs.json")
+    done = _cli(["--outputs-file", str(outputs), "--dry-run", "--data", str(write_data(tmp_path / "data")),
+                 "--epochs", "2", "--max-steps", "5"], tmp_path)
     assert done.returncode == 0 and "--epochs 2" in done.stdout and "--max_steps 5" in done.stdout
+
+
+@pytest.mark.parametrize("flags", [["--learning-rate", "inf"], ["--epochs", "1e400"], ["--epochs", "1e9"],
+                                   ["--lora-target-modules", ""]])
+def test_the_cli_refuses_impossible_values_in_one_line(tmp_path: Path, flags: list[str]) -> None:
+    """The command a user types (local target, no dry run): one line, exit 2, no training started."""
+    done = _cli(["--target", "local", "--data", str(write_data(tmp_path / "data")), *flags], tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("python -m training.submit: error: argument ") and flags[0] in line
+    assert not (tmp_path / "runs").exists()

@@ -21,12 +21,13 @@ def test_local_target_trains_tiny_model_end_to_end(sample_data_dir: Path, capsys
     assert submit.main(argv) == 0
     out, err = capsys.readouterr()
     job_name = out.strip()
-    assert job_name.startswith("local-")
+    assert job_name.startswith("tiny-") and f"==> new local run {job_name}" in err  # the run key names the folder
     assert (local_runs.tiny_model_dir() / "config.json").is_file()  # built on first use
     job = local_runs.job_dir(job_name)
     log = (job / "train.log").read_text()
     assert log and log.splitlines()[-1] in err  # streamed to the terminal too
-    assert "--max_steps 2" in (job / "command.txt").read_text()
+    command = (job / "command.txt").read_text()
+    assert "--max_steps 2" in command and f"--checkpoint_dir {job / 'checkpoints'} --run_key {job_name}" in command
     model_dir = local_runs.latest_model_dir()
     assert model_dir == job / "model"
     # the layout deployment relies on: MLflow model at the root, HF weights and tokenizer inside
@@ -62,5 +63,5 @@ def test_local_dry_run_prints_the_trainer_command(sample_data_dir: Path, capsys:
     assert submit.main(["--target", "local", "--data", str(sample_data_dir), "--dry-run", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert f"-m training.trainer.fine_tune --model_name_or_path {local_runs.tiny_model_dir()}" in out
-    assert "--epochs 2.0" in out
+    assert "--epochs 2.0" in out and "--checkpoint_dir " in out and "--run_key tiny-" in out
     assert not local_runs.tiny_model_dir().exists()  # a dry run builds nothing

@@ -20,7 +20,13 @@ What it gets right that the Phi-3 cookbook's fine_tune.py does not:
   transformers model (task llm/v1/chat) with `summary.json` beside `MLmodel`; the MLflow run
   (Azure ML's parameter limit respected) gets parameters, metrics and that summary, and a copy
   of the model only when asked (`--log_model_artifacts true`);
-- under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) only rank 0 logs and saves.
+- under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) only rank 0 logs and saves;
+- preemption-safe: Trainer-format checkpoints in `--checkpoint_dir` every `--checkpoint_minutes`,
+  complete only with a marker, resumed from by the same command, deleted once the model is saved;
+  SIGTERM or Ctrl-C finishes the step, saves, and exits non-zero (checkpoints.py);
+- a NaN or inf loss fails the run (exit 1) and keeps no checkpoint after it;
+- conversations over `--max_length` counted in the log and summary.json, truncated or skipped
+  (overlong.py); a base model given as an MLflow model folder (model_source.py).
 
 Python API: `parse_args(argv)`, `build_trainer(args, ..., load_model=, sft_overrides=, callbacks=)`
 (the benchmark's seams), `train(args)`, `main(argv)`.
@@ -33,22 +39,25 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from . import checkpoints, model_source, overlong, tracking
 from .chat_templates import MaskError, check_masks, training_template
 from .chat_templates import applied as training_template_applied
+from .checkpoints import RunRecord, StopRequest, Stopped
 from .settings import Settings, build_parser, parse_args  # noqa: F401 - the trainer's CLI and Python API
+from .tracking import MAX_PARAM_CHARS, SUMMARY_FILE, bounded_params  # noqa: F401 - the trainer's Python API
 
 KEEP_COLUMNS = ("messages",)  # ultrachat's `prompt` would send TRL down the prompt/completion path
-MAX_PARAM_CHARS = 250  # Azure ML / MLflow parameter values are bounded; keep ours short
 ROLES = ("system", "user", "assistant")
 MAX_LISTED_PROBLEMS = 5
-SUMMARY_FILE = "summary.json"
 
 log = logging.getLogger("fine_tune")
 
@@ -69,11 +78,15 @@ def check_paths(args: Settings, rows: bool = True) -> None:
             raise TrainerError(f"--{flag} {path} is empty.")
         if rows:
             check_rows(flag, path)
-    local_model = Path(args.model_name_or_path)
-    if local_model.exists() and not (local_model / "config.json").is_file():
-        raise TrainerError(f"--model_name_or_path {local_model} has no config.json: not a save_pretrained folder.")
+    try:
+        model_source.resolve(args.model_name_or_path)
+    except model_source.NotAModelFolder as err:
+        raise TrainerError(f"--model_name_or_path {err}") from None
+    if args.resume_from and not Path(args.resume_from).is_dir():
+        raise TrainerError(f"--resume_from {args.resume_from}: no such folder (a checkpoint, or a folder of them).")
     out = Path(args.output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    resuming = bool(args.checkpoint_dir) and checkpoints.newest(args.checkpoint_dir) is not None
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not resuming)):
         raise TrainerError(f"--output_dir {out} exists and is not empty; the model needs an empty or new folder.")
 
 
@@ -258,6 +271,15 @@ def resolve_assistant_only_loss(requested: str, tokenizer) -> bool:
     return requested == "true"
 
 
+def resolve_model_dtype(requested: str, method: str, runtime: Runtime) -> str:
+    """`auto`: a LoRA run's frozen base in bf16 where the GPU computes in bf16 (it receives no updates, so bf16
+    loses nothing there; adapters stay fp32); fp32 otherwise (CPUs emulate bf16 matmuls; full fine-tunes need
+    fp32 master weights)."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if method == "lora" and runtime.bf16 else "float32"
+
+
 @dataclass
 class Plan:
     """What this run actually does (after `auto` choices); logged and returned."""
@@ -268,8 +290,11 @@ class Plan:
     precision: str  # fp32 | bf16-autocast | fp16-autocast
     world_size: int
     device: str = "cpu"  # cuda | cpu
+    model_dtype: str = "float32"  # the weights as loaded (after `auto`)
+    eval_batch_size: int = 1  # per forward: one pack with packing, else --per_device_eval_batch_size rows
     train_rows: int = 0
     eval_rows: int = 0
+    overlong: dict[str, Any] = field(default_factory=dict)  # per split: rows over max_length, tokens past it
     notes: list[str] = field(default_factory=list)
 
 
@@ -285,10 +310,11 @@ def _load_failure(what: str, path: str, err: Exception) -> TrainerError:
 
 
 def load_tokenizer(path: str, revision: str | None = None):
+    """The tokenizer of a hub id or any local model layout (model_source)."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(model_source.resolve(path).tokenizer, revision=revision)
     except (OSError, ValueError) as err:
         raise _load_failure("tokenizer", path, err) from err
     if tokenizer.pad_token is None:
@@ -300,13 +326,14 @@ def load_pretrained_model(args: Settings, attn_implementation: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.float32 if args.model_dtype == "float32" else torch.bfloat16
+    dtype = torch.bfloat16 if args.model_dtype == "bfloat16" else torch.float32  # `auto` is resolved by build_trainer
     if args.model_dtype == "bfloat16" and args.method == "full":
         log.warning("--model_dtype bfloat16 keeps bf16 master weights: AdamW updates smaller than bf16 can "
                     "represent round to nothing (the tutorial's setting; use it only to compare).")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            args.model_name_or_path, revision=args.model_revision, dtype=dtype, attn_implementation=attn_implementation)
+            model_source.resolve(args.model_name_or_path).weights, revision=args.model_revision, dtype=dtype,
+            attn_implementation=attn_implementation)
     except (OSError, ValueError) as err:
         raise _load_failure("model", args.model_name_or_path, err) from err
     model.config.use_cache = False  # no KV cache while training (and needed with checkpointing)
@@ -346,12 +373,12 @@ def sft_config(args: Settings, runtime: Runtime, plan: Plan, work_dir: str,
 
     eval_steps = args.eval_steps or None
     values = dict(
-        output_dir=work_dir,
+        output_dir=args.checkpoint_dir or work_dir,  # checkpoint-<step> folders (saved by the checkpoints callback)
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
         learning_rate=args.learning_rate,
         per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        per_device_eval_batch_size=plan.eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         warmup_steps=args.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         lr_scheduler_type=args.lr_scheduler_type,
@@ -359,7 +386,12 @@ def sft_config(args: Settings, runtime: Runtime, plan: Plan, work_dir: str,
         logging_steps=args.logging_steps,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
-        save_strategy="no",  # the final model is saved once, as MLflow, by rank 0
+        # checkpoints: when the checkpoints callback says (every checkpoint_minutes, on a stop); the full Trainer
+        # state, never save_only_model; rotated by the callback after its completion marker
+        save_strategy="no",
+        save_only_model=False,
+        save_total_limit=None,
+        logging_nan_inf_filter=False,  # a NaN or inf loss shows in the log (and fails the run), not averaged away
         seed=args.seed,
         data_seed=args.seed,
         # precision: set both explicitly (SFTConfig defaults bf16=True, wrong on CPU)
@@ -386,6 +418,43 @@ def sft_config(args: Settings, runtime: Runtime, plan: Plan, work_dir: str,
     return SFTConfig(**values)
 
 
+def make_plan(args: Settings, runtime: Runtime, tokenizer) -> Plan:
+    """The `auto` decisions that need the machine and the tokenizer."""
+    attn = resolve_attention(args.attn_implementation, runtime.cuda)
+    precision = "bf16-autocast" if runtime.bf16 else "fp16-autocast" if runtime.fp16 else "fp32"
+    plan = Plan(attn_implementation=attn, packing=args.packing, world_size=runtime.world_size, precision=precision,
+                assistant_only_loss=resolve_assistant_only_loss(args.assistant_only_loss, tokenizer),
+                device="cuda" if runtime.cuda else "cpu",
+                model_dtype=resolve_model_dtype(args.model_dtype, args.method, runtime))
+    if args.packing and not packing_isolates_sequences(attn):
+        plan.packing = False
+        plan.notes.append(f"packing off: {attn} attention in this transformers version would let packed "
+                          "sequences attend to each other; padding instead")
+    # padding-free packing flattens a batch into one row: eval one pack (<= max_length tokens) per forward,
+    # not a 4 x max_length row whose block-diagonal mask SDPA would build densely
+    plan.eval_batch_size = 1 if plan.packing else args.per_device_eval_batch_size
+    if plan.model_dtype == "bfloat16":
+        # a frozen base receives no updates, so bf16 loses nothing there; full fine-tunes lose small updates
+        plan.notes.append("bf16 frozen base, fp32 adapters" if args.method == "lora"
+                          else "bf16 master weights (tutorial setting): small updates are lost")
+    return plan
+
+
+def load_data(args: Settings, tokenizer, plan: Plan):
+    """train/eval datasets with only `messages`, over-long conversations counted (and left out with skip)."""
+    train_dataset, eval_dataset = load_jsonl_datasets(args.train_file, args.eval_file)
+    train_dataset, train_over = overlong.apply(train_dataset, tokenizer, args.max_length, args.overlong)
+    eval_dataset, eval_over = overlong.apply(eval_dataset, tokenizer, args.max_length, args.overlong)
+    plan.train_rows, plan.eval_rows = len(train_dataset), len(eval_dataset)
+    plan.overlong = {"train": train_over.as_dict(), "eval": eval_over.as_dict()}
+    for split, report in (("train", train_over), ("eval", eval_over)):
+        (log.warning if report.over_max_length else log.info)(report.describe(split, args.max_length))
+    if not plan.train_rows or not plan.eval_rows:
+        raise TrainerError(f"--overlong skip left no {'training' if not plan.train_rows else 'eval'} conversation of "
+                           f"at most {args.max_length} tokens; raise --max_length or use --overlong truncate.")
+    return train_dataset, eval_dataset
+
+
 def build_trainer(args: Settings, work_dir: str | None = None, runtime: Runtime | None = None,
                   rows_checked: bool = False, *,
                   load_model: Callable[[Settings, str], Any] | None = None,
@@ -394,32 +463,19 @@ def build_trainer(args: Settings, work_dir: str | None = None, runtime: Runtime 
     """Load tokenizer, model and data, decide the `auto` settings, and return (SFTTrainer, Plan).
 
     The seams the benchmark varies: `load_model(settings, attn_implementation)` replaces the
-    checkpoint loader, `sft_overrides` are set on TRL's SFTConfig last, `callbacks` are added.
+    checkpoint loader (it gets the settings with `model_dtype` resolved), `sft_overrides` are set
+    on TRL's SFTConfig last, `callbacks` are added.
     """
     import torch
     from trl import SFTTrainer
 
     check_paths(args, rows=not rows_checked)
     runtime = runtime or detect_runtime(args.device)
-    attn = resolve_attention(args.attn_implementation, runtime.cuda)
     tokenizer = load_tokenizer(args.model_name_or_path, args.model_revision)
-    precision = "bf16-autocast" if runtime.bf16 else "fp16-autocast" if runtime.fp16 else "fp32"
-    plan = Plan(attn_implementation=attn, packing=args.packing, world_size=runtime.world_size, precision=precision,
-                assistant_only_loss=resolve_assistant_only_loss(args.assistant_only_loss, tokenizer),
-                device="cuda" if runtime.cuda else "cpu")
-    if args.packing and not packing_isolates_sequences(attn):
-        plan.packing = False
-        plan.notes.append(f"packing off: {attn} attention in this transformers version would let packed "
-                          "sequences attend to each other; padding instead")
-    if args.model_dtype == "bfloat16":
-        # a frozen base receives no updates, so bf16 loses nothing there; full fine-tunes lose small updates
-        plan.notes.append("bf16 frozen base, fp32 adapters" if args.method == "lora"
-                          else "bf16 master weights (tutorial setting): small updates are lost")
-
+    plan = make_plan(args, runtime, tokenizer)
     torch.manual_seed(args.seed)
-    model = (load_model or load_pretrained_model)(args, attn)
-    train_dataset, eval_dataset = load_jsonl_datasets(args.train_file, args.eval_file)
-    plan.train_rows, plan.eval_rows = len(train_dataset), len(eval_dataset)
+    model = (load_model or load_pretrained_model)(replace(args, model_dtype=plan.model_dtype), plan.attn_implementation)
+    train_dataset, eval_dataset = load_data(args, tokenizer, plan)
     if work_dir is None:
         work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
     try:
@@ -447,77 +503,6 @@ def build_trainer(args: Settings, work_dir: str | None = None, runtime: Runtime 
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
     return trainer, plan
-
-
-# ---------------------------------------------------------------- MLflow
-
-def bounded_params(args: Settings, plan: Plan) -> dict[str, str]:
-    """A fixed, small parameter set (Azure ML caps the count and the length of MLflow params)."""
-    import torch
-    import transformers
-    import trl
-
-    keys = ["model_name_or_path", "model_revision", "method", "epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
-            "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length", "gradient_checkpointing",
-            "model_dtype", "seed", "warmup_ratio", "lr_scheduler_type", "weight_decay"]
-    if args.method == "lora":
-        keys += ["lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"]
-    params: dict[str, Any] = {k: getattr(args, k) for k in keys}
-    params.update(device=plan.device, attn_implementation=plan.attn_implementation, packing=plan.packing,
-                  assistant_only_loss=plan.assistant_only_loss, precision=plan.precision,
-                  world_size=plan.world_size, train_rows=plan.train_rows, eval_rows=plan.eval_rows,
-                  torch_version=torch.__version__, transformers_version=transformers.__version__,
-                  trl_version=trl.__version__)
-    return {k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
-
-
-def metrics_callback():
-    """A TrainerCallback that logs every numeric train/eval log entry to the active MLflow run (rank 0)."""
-    import mlflow
-    from transformers import TrainerCallback
-
-    class MlflowMetrics(TrainerCallback):
-        failed = False
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs or self.failed:
-                return
-            values = {k: float(v) for k, v in logs.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-            if values:
-                try:
-                    mlflow.log_metrics(values, step=state.global_step)
-                except Exception as err:  # noqa: BLE001 - metrics are a record, not the job
-                    self.failed = True
-                    log.warning("logging metrics to MLflow failed; training goes on without them: %s", err)
-
-    return MlflowMetrics()
-
-
-def _start_run():
-    """The run Azure ML made for this job (MLFLOW_RUN_ID), or a new one in the `finetune-phi` experiment.
-
-    The tracking URI comes from MLFLOW_TRACKING_URI (Azure ML sets it). A local file store is
-    honoured (MLflow 3 refuses it unless MLFLOW_ALLOW_FILE_STORE is set; asking for one is
-    consent enough); with a local sqlite store, a new experiment keeps its artifacts beside the
-    database instead of in ./mlruns of whatever the working directory is.
-    """
-    from urllib.parse import urlparse
-
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not (run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")):
-        name = "finetune-phi"
-        if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:") and mlflow.get_experiment_by_name(name) is None:
-            db = Path(uri[len("sqlite:///"):]).resolve()
-            mlflow.create_experiment(name, artifact_location=(db.parent / "mlartifacts").as_uri())
-        mlflow.set_experiment(name)
-    return mlflow.start_run(run_id=run_id)
 
 
 def final_model(trainer, runtime: Runtime):
@@ -588,34 +573,86 @@ def _oom_message(args: Settings) -> str:
 
 
 def train(args: Settings) -> dict[str, Any]:
-    """Check, build, evaluate, train, evaluate, save (rank 0), record. Returns the summary written to summary.json."""
+    """Check, pick the checkpoint to resume from, build, evaluate, train, evaluate, save (rank 0), record, and
+    delete the checkpoints. Returns the summary written to summary.json; raises Stopped on SIGTERM or Ctrl-C."""
     check_paths(args)  # before importing torch: a typo or a bad row costs a second, not a model load
     runtime = detect_runtime(args.device)  # --device cuda without a GPU stops here, before the model loads
     logging.basicConfig(level=logging.INFO if runtime.is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    resume = choose_resume(args, runtime)  # a refused resume costs no model load
+    stop = StopRequest()
+    if threading.current_thread() is threading.main_thread():
+        stop.install()
     own_work_dir = args.work_dir is None
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="fine-tune-")
-    run, saved = None, False
+    run, status, saved = None, "FAILED", False
+    record = RunRecord(args.run_key, runtime.world_size,
+                       eval_loss_before=resume.checkpoint.info.get("eval_loss_before") if resume else None,
+                       resumed_from=f"{resume.checkpoint.path} (step {resume.checkpoint.step})" if resume else None)
+    saver = checkpoints.checkpoint_callback(args.checkpoint_dir, args.checkpoint_minutes, args.checkpoints_keep, record,
+                                            stop, resumed_step=resume.checkpoint.step if resume else 0)
     try:
-        trainer, plan = _out_of_memory_is_advice(args, build_trainer, args, work_dir, runtime, rows_checked=True)
+        trainer, plan = _out_of_memory_is_advice(args, build_trainer, args, work_dir, runtime, rows_checked=True,
+                                                 callbacks=[saver])
         log.info("plan: %s", json.dumps(asdict(plan)))
         for note in plan.notes:
             log.warning(note)
+        remove_incomplete_checkpoints(trainer, args, runtime)
         if runtime.is_main:
-            run = start_tracking(trainer, args, plan)
-        summary = _out_of_memory_is_advice(args, evaluate_train_evaluate, trainer, args, plan)
+            run = start_tracking(trainer, args, plan, resume)
+            record.mlflow_run_id = run.info.run_id
+        summary = _out_of_memory_is_advice(args, evaluate_train_evaluate, trainer, args, plan,
+                                           resume=resume, stop=stop, saver=saver, record=record)
         if runtime.is_main:
             save(trainer, runtime, args, summary)
-            saved = True
-            record(args, summary)
+            status, saved = "FINISHED", True
+            tracking.record(args, summary)
             report(args, summary)
+            remove_checkpoints(args)
         return summary
+    except Stopped:
+        status = "KILLED"
+        raise
     finally:
+        stop.uninstall()
         if run is not None:
-            finished = sys.exc_info()[0] is None
-            _optional("ending the MLflow run", end_run, finished) if saved else end_run(finished)
+            tracking.optional("ending the MLflow run", tracking.end_run, status) if saved else tracking.end_run(status)
         if own_work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def choose_resume(args: Settings, runtime: Runtime) -> checkpoints.Resume | None:
+    """This run's newest complete checkpoint, else --resume_from's; said in one line."""
+    try:
+        resume = checkpoints.choose(args.checkpoint_dir, args.resume_from, args.run_key, runtime.world_size,
+                                    force=args.resume_force)
+    except checkpoints.ResumeRefused as err:
+        raise TrainerError(str(err)) from None
+    if resume and runtime.is_main:
+        log.info("resuming from step %d (%s)", resume.checkpoint.step, resume.checkpoint.path)
+    return resume
+
+
+def remove_incomplete_checkpoints(trainer, args: Settings, runtime: Runtime) -> None:
+    """Folders cut short by a crash (no marker) go before training, so a new save never mixes with their files;
+    so does a model save that a preemption cut short (a requeued job finds its `model` output as it was left)."""
+    if args.checkpoint_dir and runtime.is_main:
+        for folder in checkpoints.incomplete(args.checkpoint_dir):
+            log.warning("removing %s: it has no completion marker (cut short by a crash)", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        if Path(args.output_dir).is_dir() and any(Path(args.output_dir).iterdir()):
+            log.warning("emptying --output_dir %s: the run resumes, so what is there is a save cut short", args.output_dir)
+            _empty_folder(Path(args.output_dir))
+    trainer.accelerator.wait_for_everyone()
+
+
+def remove_checkpoints(args: Settings) -> None:
+    """After the model is saved, the run's checkpoints are only storage: delete them."""
+    if args.checkpoint_dir:
+        removed = checkpoints.remove_all(args.checkpoint_dir)
+        Path(args.checkpoint_dir, "README.md").unlink(missing_ok=True)  # TRL's model card, written beside them
+        if removed:
+            log.info("removed %d checkpoint(s) from %s: the model is saved", removed, args.checkpoint_dir)
 
 
 def _out_of_memory_is_advice(args: Settings, step: Callable[..., Any], *a: Any, **kw: Any) -> Any:
@@ -627,24 +664,57 @@ def _out_of_memory_is_advice(args: Settings, step: Callable[..., Any], *a: Any, 
         raise TrainerError(_oom_message(args)) from err
 
 
-def start_tracking(trainer, args: Settings, plan: Plan):
-    """The MLflow run (rank 0): bounded parameters now, metrics as they are logged."""
+def start_tracking(trainer, args: Settings, plan: Plan, resume: checkpoints.Resume | None = None):
+    """The MLflow run (rank 0): bounded parameters now, metrics as they are logged. A run resumed from its own
+    checkpoint continues the MLflow run that checkpoint recorded (on Azure ML the job's own run)."""
     import mlflow
 
-    run = _start_run()
-    mlflow.log_params(bounded_params(args, plan))
-    trainer.add_callback(metrics_callback())
+    reopen = resume.checkpoint.info.get("mlflow_run_id") if resume and resume.own else None
+    run = tracking.start_run(reopen)
+    tracking.log_params_once(tracking.bounded_params(args, plan))
+    if resume:
+        mlflow.set_tag("resumed_from", f"{resume.checkpoint.path} (step {resume.checkpoint.step})")
+    trainer.add_callback(tracking.metrics_callback())
     return run
 
 
-def evaluate_train_evaluate(trainer, args: Settings, plan: Plan) -> dict[str, Any]:
+def _finite(what: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise TrainerError(f"the {what} is {value}: the model produces non-finite values. Nothing was saved.")
+    return value
+
+
+def evaluate_train_evaluate(trainer, args: Settings, plan: Plan, *, resume: checkpoints.Resume | None = None,
+                            stop: StopRequest | None = None, saver: Any = None,
+                            record: RunRecord | None = None) -> dict[str, Any]:
+    """Eval loss before (a resumed run keeps its first segment's), train (from the checkpoint), eval loss after.
+
+    The eval before training runs inside `train()` (`eval_on_start`), after the model is wrapped for
+    distributed training: `trainer.evaluate()` before `train()` leaves the model marked as prepared, so
+    accelerate skips the DistributedDataParallel wrap and each rank trains on its own gradients.
+    """
     started = time.perf_counter()
-    before = trainer.evaluate()["eval_loss"]
-    result = trainer.train()
-    after = trainer.evaluate()["eval_loss"]
+    if stop is not None and stop.requested:
+        raise Stopped(stop.signum, resume.checkpoint.step if resume else 0, resume.checkpoint if resume else None)
+    trainer.args.eval_on_start = resume is None
+    result = trainer.train(resume_from_checkpoint=str(resume.checkpoint.path) if resume else None)
+    before = (resume.checkpoint.info.get("eval_loss_before") if resume
+              else next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h))
+    _finite("eval loss before training", before if before is not None else math.nan)
+    diverged = saver.diverged if saver is not None else None
+    if diverged or not math.isfinite(result.training_loss):
+        step, loss = diverged or (result.global_step, result.training_loss)
+        raise TrainerError(
+            f"training diverged: the loss became {loss} at step {step}. No checkpoint after it was kept and no model "
+            f"was saved. Lower --learning_rate (now {args.learning_rate}) or raise --warmup_ratio; that starts a new run.")
+    if saver is not None and saver.stop_step is not None and result.global_step < trainer.state.max_steps:
+        newest = checkpoints.newest(args.checkpoint_dir) if args.checkpoint_dir else None
+        raise Stopped(stop.signum if stop and stop.signum else signal.SIGTERM, result.global_step, newest)
+    after = _finite("eval loss after training", trainer.evaluate()["eval_loss"])
     return {"eval_loss_before": before, "eval_loss_after": after, "train_loss": result.training_loss,
             "train_seconds": time.perf_counter() - started, "global_steps": result.global_step,
-            "plan": asdict(plan), "settings": asdict(args)}
+            "resumed_from_step": resume.checkpoint.step if resume else None,
+            "overlong": plan.overlong, "plan": asdict(plan), "settings": asdict(args)}
 
 
 def save(trainer, runtime: Runtime, args: Settings, summary: Mapping[str, Any]) -> Path:
@@ -652,40 +722,6 @@ def save(trainer, runtime: Runtime, args: Settings, summary: Mapping[str, Any]) 
     out = save_mlflow_model(final_model(trainer, runtime), trainer.processing_class, args.output_dir)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return out
-
-
-def model_location(output_dir: str | Path) -> str:
-    """Where the saved model lives: the Azure ML job's named output, or the local folder."""
-    job = os.environ.get("AZUREML_RUN_ID")
-    return f"azureml://jobs/{job}/outputs/model" if job else str(Path(output_dir).resolve())
-
-
-def record(args: Settings, summary: Mapping[str, Any]) -> None:
-    """The MLflow run references the saved model; every step is optional: a failure warns, the job stays a success."""
-    import mlflow
-
-    _optional("logging the eval losses to MLflow", mlflow.log_metrics,
-              {"eval_loss_before": summary["eval_loss_before"], "eval_loss_after": summary["eval_loss_after"]})
-    _optional("tagging the MLflow run with the model's location", mlflow.set_tag, "model_output",
-              model_location(args.output_dir))
-    _optional("logging summary.json to MLflow", mlflow.log_dict, dict(summary), SUMMARY_FILE)
-    if args.log_model_artifacts:  # opt-in: a second upload of every weight
-        _optional("copying the model into the MLflow run (--log_model_artifacts)", mlflow.log_artifacts,
-                  str(args.output_dir), artifact_path="model")
-
-
-def _optional(what: str, call: Callable[..., Any], *a: Any, **kw: Any) -> None:
-    try:
-        call(*a, **kw)
-    except Exception as err:  # noqa: BLE001 - the model is saved: a bookkeeping failure must not fail the job
-        log.warning("%s failed (the model is saved; the job goes on): %s: %s", what, type(err).__name__,
-                    str(err).splitlines()[0] if str(err) else "")
-
-
-def end_run(finished: bool) -> None:
-    import mlflow
-
-    mlflow.end_run("FINISHED" if finished else "FAILED")
 
 
 def report(args: Settings, summary: Mapping[str, Any]) -> None:
@@ -707,6 +743,9 @@ def _cli() -> int:
     except TrainerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Stopped as stopped:
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
 
 
 if __name__ == "__main__":

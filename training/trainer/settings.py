@@ -30,6 +30,49 @@ AUTO_TRUE_FALSE = ("auto", "true", "false")
 
 
 # ---------------------------------------------------------------- value parsers (argparse `type=`)
+# Every numeric setting refuses NaN and +-inf and states its range, in its help and in its error.
+
+class Range:
+    """A closed or half-open interval of finite numbers, as a parser for argparse (`type=`).
+
+    `whole`: an integer setting (`1e3` is refused there: a step count is written as digits).
+    `also`: exceptional values outside the interval (`-1` for "run the epochs").
+    """
+
+    def __init__(self, low: float, high: float, *, whole: bool = False, low_open: bool = False,
+                 high_open: bool = False, also: tuple[int, ...] = ()) -> None:
+        self.low, self.high, self.whole, self.low_open, self.high_open, self.also = \
+            low, high, whole, low_open, high_open, also
+        self.__name__ = "int" if whole else "float"  # argparse names the type in "invalid int value" messages
+
+    def describe(self) -> str:
+        def shown(value: float) -> str:
+            return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 10_000 else f"{value:g}"
+
+        interval = (("(" if self.low_open else "[") + f"{shown(self.low)}, {shown(self.high)}"
+                    + (")" if self.high_open else "]"))
+        kind = "a whole number" if self.whole else "a finite number"
+        extra = "".join(f" or {value}" for value in self.also)
+        return f"{kind} in {interval}{extra}"
+
+    def __call__(self, text: str) -> int | float:
+        import math
+
+        try:
+            value: int | float = int(text) if self.whole else float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}") from None
+        if value in self.also:
+            return value
+        if not math.isfinite(value) or not self._inside(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text}")
+        return value
+
+    def _inside(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
 
 def boolean(text: str) -> bool:
     value = text.strip().lower()
@@ -40,37 +83,20 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def module_list(text: str) -> str:
+    """`all-linear`, or a comma-separated list of module names with at least one name and no empty item."""
+    names = [name.strip() for name in text.split(",")]
+    if not text.strip() or not all(names):
+        raise argparse.ArgumentTypeError(f"expected all-linear or module names such as qkv_proj,o_proj, got {text!r}")
+    return ",".join(names)
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+boolean.__name__ = "bool"
+module_list.__name__ = "list"
 
-
-def non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-for _parse, _name in ((positive_int, "int"), (positive_float, "float"), (non_negative, "float"), (fraction, "float"),
-                      (boolean, "bool")):
-    _parse.__name__ = _name  # argparse names the type in "invalid int value" messages
+STEPS = 10_000_000
+"""The most optimizer steps (or steps between logs) a setting may name: weeks of A100 time at the fastest step."""
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 def text(value: Any) -> str:
@@ -81,11 +107,17 @@ def text(value: Any) -> str:
 # ---------------------------------------------------------------- the settings
 
 def setting(help: str, parse: Callable[[str], Any] = str, *, choices: Sequence[str] | None = None,
-            job: bool = False, required: bool = False) -> Any:
-    """A field: `job` settings are set by whoever runs the job (paths, model, device), the others are hyperparameters."""
+            job: bool = False, required: bool = False, weights: bool = True) -> Any:
+    """A field: `job` settings are set by whoever runs the job (paths, model, device), the others are hyperparameters.
+
+    `weights=False`: the setting does not change what is trained (logging, checkpoint cadence), so it is
+    left out of the run key (a run resumes after such a change).
+    """
+    if isinstance(parse, Range):
+        help = f"{help}; {parse.describe()}"
     return field(default=MISSING if required else None,
                  metadata={"help": help, "parse": parse, "choices": tuple(choices) if choices else None,
-                           "job": job, "required": required})
+                           "job": job, "required": required, "weights": weights})
 
 
 @dataclass
@@ -97,47 +129,69 @@ class Settings:
     eval_file: str = setting("JSONL, same format", job=True, required=True)
     output_dir: str = setting("where the MLflow model and summary.json go (empty or missing folder)",
                               job=True, required=True)
-    model_name_or_path: str = setting("hub id or local folder (save_pretrained layout)", job=True)
+    model_name_or_path: str = setting("hub id, local save_pretrained folder, or MLflow model folder (the trainer's "
+                                      "own output or the azureml registry's hftransformers layout)", job=True)
     model_revision: str | None = setting("hub commit, tag or branch of the model (ignored for a local folder)", job=True)
     work_dir: str | None = setting("trainer scratch (logs); default: a temporary folder", job=True)
     device: str = setting("cuda: refuse to run without a GPU; cpu: train on the CPU even if a GPU is visible; "
                           "auto: the GPU when there is one", choices=("auto", "cuda", "cpu"), job=True)
+    checkpoint_dir: str | None = setting("where checkpoints go (the job's `checkpoints` output); a run started again "
+                                         "with the same folder resumes from its newest complete checkpoint; "
+                                         "default: none are written", job=True)
+    resume_from: str | None = setting("a checkpoint folder, or a folder of them (another job's `checkpoints`), to "
+                                      "start from when --checkpoint_dir holds none", job=True)
+    run_key: str | None = setting("the run's key (training.submit: model, data and settings hashed); written into "
+                                  "each checkpoint and compared on resume", job=True)
+    resume_force: bool = setting("resume even when the checkpoint's run key or world size differ", boolean,
+                                 choices=("true", "false"), job=True)
     # hyperparameters
-    epochs: float = setting("training epochs", positive_float)
-    max_steps: int = setting("stop after N optimizer steps (-1: run the epochs)", int)
+    epochs: float = setting("training epochs", Range(0, 1000, low_open=True))
+    max_steps: int = setting("stop after N optimizer steps (-1: run the epochs)", Range(1, STEPS, whole=True, also=(-1,)))
     learning_rate: float | None = setting(
         f"peak learning rate; default: {DEFAULT_LEARNING_RATE['full']} for full, {DEFAULT_LEARNING_RATE['lora']} for lora",
-        positive_float)
-    per_device_train_batch_size: int = setting("training batch size per GPU", positive_int)
-    per_device_eval_batch_size: int = setting("evaluation batch size per GPU", positive_int)
-    gradient_accumulation_steps: int = setting("micro-batches per optimizer step", positive_int)
-    max_length: int = setting("tokens per sequence (per pack with packing)", positive_int)
+        Range(0, 1, low_open=True))
+    per_device_train_batch_size: int = setting("training batch size per GPU", Range(1, 4096, whole=True))
+    per_device_eval_batch_size: int = setting("evaluation batch size per GPU (without packing; with packing each "
+                                              "forward evaluates one pack)", Range(1, 4096, whole=True), weights=False)
+    gradient_accumulation_steps: int = setting("micro-batches per optimizer step", Range(1, 65536, whole=True))
+    max_length: int = setting("tokens per sequence (per pack with packing)", Range(1, 1_048_576, whole=True))
+    overlong: str = setting("conversations longer than --max_length: truncate (cut at max_length) or skip (leave "
+                            "out); either way the log and summary.json count them and the tokens dropped",
+                            choices=("truncate", "skip"))
     packing: bool = setting("padding-free packing (only where the attention isolates packed sequences)", boolean,
                             choices=("true", "false"))
     method: str = setting("full fine-tune or LoRA adapters", choices=("full", "lora"))
-    lora_r: int = setting("LoRA rank", positive_int)
-    lora_alpha: int = setting("LoRA alpha", positive_int)
-    lora_dropout: float = setting("LoRA dropout", fraction)
-    lora_target_modules: str = setting("modules LoRA adapts: all-linear or a comma-separated list such as qkv_proj,o_proj")
+    lora_r: int = setting("LoRA rank", Range(1, 4096, whole=True))
+    lora_alpha: int = setting("LoRA alpha", Range(1, 65536, whole=True))
+    lora_dropout: float = setting("LoRA dropout", Range(0, 1, high_open=True))
+    lora_target_modules: str = setting("modules LoRA adapts: all-linear or a comma-separated list such as qkv_proj,o_proj",
+                                       module_list)
     attn_implementation: str = setting("attention kernel; auto: flash_attention_2 when installed and on CUDA, else sdpa",
                                        choices=("auto", "sdpa", "eager", "flash_attention_2"))
     gradient_checkpointing: Any = setting(
         "recompute activations to save memory; auto: on for full fine-tuning (fp32 master weights + AdamW leave "
         "little room on 80 GB), off for LoRA (recomputation costs about a third of a step)", choices=AUTO_TRUE_FALSE)
-    model_dtype: str = setting("weights as loaded; with full, bfloat16 reproduces the tutorial (bf16 master weights "
-                               "lose updates); with lora it halves the frozen base's memory (adapters stay fp32)",
-                               choices=("float32", "bfloat16"))
-    seed: int = setting("random seed", int)
+    model_dtype: str = setting("weights as loaded; auto: a LoRA run's frozen base in bfloat16 on a GPU with bf16 "
+                               "(half the memory, bf16 matmuls; adapters and optimizer state stay fp32), float32 "
+                               "otherwise; with full, bfloat16 reproduces the tutorial (bf16 master weights lose "
+                               "updates)", choices=("auto", "float32", "bfloat16"))
+    seed: int = setting("random seed", Range(0, SEED_MAX, whole=True))
     assistant_only_loss: str = setting("train on assistant turns only; auto: when the chat template marks them "
                                        "(or TRL has a marked variant)", choices=AUTO_TRUE_FALSE)
-    warmup_ratio: float = setting("fraction of steps spent warming up", fraction)
+    warmup_ratio: float = setting("fraction of steps spent warming up", Range(0, 1, high_open=True))
     lr_scheduler_type: str = setting("learning-rate schedule", choices=LR_SCHEDULERS)
-    logging_steps: int = setting("log metrics every N steps", positive_int)
-    eval_steps: int = setting("also evaluate every N steps (0: before and after only)", int)
-    weight_decay: float = setting("AdamW weight decay", non_negative)
+    logging_steps: int = setting("log metrics every N steps", Range(1, STEPS, whole=True), weights=False)
+    eval_steps: int = setting("also evaluate every N steps (0: before and after only)", Range(0, STEPS, whole=True),
+                              weights=False)
+    weight_decay: float = setting("AdamW weight decay", Range(0, 1))
+    checkpoint_minutes: float = setting("save a checkpoint when the newest is this many minutes old (0: after every "
+                                        "optimizer step); a preemption loses at most this much training",
+                                        Range(0, 1440), weights=False)
+    checkpoints_keep: int = setting("complete checkpoints kept (the newest complete one is never deleted; all are "
+                                    "deleted once the model is saved)", Range(1, 100, whole=True), weights=False)
     log_model_artifacts: bool = setting("also copy the saved model into the MLflow run's artifacts (a second upload "
                                         "of the weights; the run references the model output either way)", boolean,
-                                        choices=("true", "false"))
+                                        choices=("true", "false"), weights=False)
 
 
 def all_settings() -> tuple[Field, ...]:
@@ -196,8 +250,16 @@ def as_argv(values: Mapping[str, Any], dashed: bool = False) -> list[str]:
 
 # ---------------------------------------------------------------- parsing
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `prog: error: what is wrong (see --help)`, exit 2; usage only on request."""
+
+    def error(self, message: str):  # type: ignore[override]
+
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m training.trainer.fine_tune",
         description="Fine-tune a Phi-3 chat model with TRL SFT; save an MLflow transformers model and summary.json "
                     "to --output_dir. Defaults: the recipe (--config), then the flags.",
@@ -222,7 +284,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    first = argparse.ArgumentParser(add_help=False)
+    first = ArgumentParser(add_help=False)
     first.add_argument("--config", default=BASE_RECIPE)
     chosen, _ = first.parse_known_args(argv)
     try:
@@ -230,10 +292,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     except RecipeError as err:
         parser.error(str(err))
     namespace = parser.parse_args(base + argv)
-    if namespace.max_steps == 0 or namespace.max_steps < -1:
-        parser.error("--max_steps must be a positive step count or -1")
-    if namespace.eval_steps < 0:
-        parser.error("--eval_steps must be >= 0")
     values = vars(namespace)
     values.pop("config")
     return resolve(Settings(**values))
