@@ -28,8 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import UserError, run_cli, say
-from deployment.bench_scoring import REPO_ROOT, _free_port, _stop, _wait, machine
+from common.cli import ArgumentParser, UserError, run_cli, say
+from common import processes
+from deployment.bench_scoring import REPO_ROOT, START_TIMEOUT_S, _stop, machine
 
 QUESTION = "Tell me about the history of computing"
 LONGROPE_PAIRS = {"phi-3.5-mini": 48, "phi-4-mini": 48}  # rotated dimension pairs: 96/2, and 128 x 0.75 / 2
@@ -69,15 +70,13 @@ def build_shape(name: str, out: Path, tokenizer_from: Path) -> Path:
 
 
 def _start(engine: str, model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
-    port, log = _free_port(), scratch / f"{engine}-server.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deployment.serve", "--engine", engine, "--model-dir", str(model_dir),
-             "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    _wait(process, base + "/health", log)
+    """`python -m deployment.serve --engine E` in its own session (common.processes); its base URL once healthy."""
+    port = processes.free_port()
+    process, _ = processes.start([sys.executable, "-m", "deployment.serve", "--engine", engine, "--model-dir",
+                                  str(model_dir), "--port", str(port)], scratch / f"{engine}-server.log", cwd=REPO_ROOT)
+    base = f"http://{processes.HOST}:{port}"
+    processes.wait_healthy(process, base + "/health", scratch / f"{engine}-server.log", timeout=START_TIMEOUT_S,
+                           what=f"the {engine} engine's server")
     return process, base
 
 
@@ -137,7 +136,7 @@ def table(results: dict) -> str:
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deployment.bench_engines", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m deployment.bench_engines", description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=("tiny", *SHAPES), default="tiny", help="the model (default: tiny)")
     parser.add_argument("--model-dir", type=Path, help="serve this model instead of building one")
     parser.add_argument("--engines", default="transformers,vllm", help="comma-separated (default transformers,vllm)")
