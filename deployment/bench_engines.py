@@ -30,7 +30,7 @@ from typing import Sequence
 
 from common.cli import ArgumentParser, UserError, run_cli, say
 from common import processes
-from deployment.bench_scoring import REPO_ROOT, START_TIMEOUT_S, machine
+from deployment.bench_scoring import REPO_ROOT, START_TIMEOUT_S, _stop, machine
 
 QUESTION = "Tell me about the history of computing"
 LONGROPE_PAIRS = {"phi-3.5-mini": 48, "phi-4-mini": 48}  # rotated dimension pairs: 96/2, and 128 x 0.75 / 2
@@ -70,11 +70,13 @@ def build_shape(name: str, out: Path, tokenizer_from: Path) -> Path:
 
 
 def _start(engine: str, model_dir: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
-    port, log = processes.free_port(), scratch / f"{engine}-server.log"
+    """`python -m deployment.serve --engine E` in its own session (common.processes); its base URL once healthy."""
+    port = processes.free_port()
     process, _ = processes.start([sys.executable, "-m", "deployment.serve", "--engine", engine, "--model-dir",
-                                  str(model_dir), "--port", str(port)], log, cwd=REPO_ROOT)
+                                  str(model_dir), "--port", str(port)], scratch / f"{engine}-server.log", cwd=REPO_ROOT)
     base = f"http://{processes.HOST}:{port}"
-    processes.wait_healthy(process, base + "/health", log, timeout=START_TIMEOUT_S, what=f"the {engine} server")
+    processes.wait_healthy(process, base + "/health", scratch / f"{engine}-server.log", timeout=START_TIMEOUT_S,
+                           what=f"the {engine} engine's server")
     return process, base
 
 
@@ -174,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"measuring {engine}: concurrency {args.levels}, {args.max_tokens} tokens per reply")
                 results["engines"][engine] = measure(base, args.levels, args.requests, args.max_tokens)
             finally:
-                processes.stop_group(process)
+                _stop(process)
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))

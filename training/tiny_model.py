@@ -104,6 +104,10 @@ PHI4_MINI_SHAPE = dict(
     rope_scaling={"type": "longrope", "short_factor": [1.0] * _PHI4_ROTARY_PAIRS,
                   "long_factor": [1.0 + 0.5 * i for i in range(_PHI4_ROTARY_PAIRS)]},
     tie_word_embeddings=True,
+    # With head_dim 32 and the default 0.02, the untrained twin's residual stream is its input embedding, and
+    # with tied embeddings greedy decoding repeats the prompt's last token whatever the prompt: wider
+    # initial weights give replies that depend on the prompt and its positions (the serving tests need that).
+    initializer_range=0.1,
 )
 
 LIKES = {
