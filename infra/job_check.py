@@ -29,7 +29,7 @@ from common.cli import ArgumentParser, UserError, run_cli, say
 SUMMARY = "summary.json"
 """What the trainer writes beside the model and logs to MLflow (training/trainer/fine_tune.py SUMMARY_FILE)."""
 MLFLOW_FAILED = "failed (the model is saved; the job goes on)"
-"""How the trainer reports an MLflow call that failed (fine_tune._optional); a test keeps the two in step."""
+"""How the trainer reports an MLflow call that failed (training/trainer/tracking.optional); a test keeps the two in step."""
 CLAIMS = ("read its data", "written its outputs", "logged to MLflow")
 
 

@@ -121,3 +121,17 @@ def trained_run(tiny_model_dir: Path, sample_data_dir: Path, tmp_path_factory: p
 def trained_model_dir(trained_run: dict) -> Path:
     """The MLflow model folder (the job's named `model` output) of a short CPU training run of the tiny model."""
     return trained_run["output_dir"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Make Prompt flow's loggers once, before any test captures output.
+
+    Prompt flow binds a StreamHandler to whatever `sys.stderr` is when a logger of its is first made.
+    Made inside a test under `capsys` (a deploy test that writes the connection), it holds that test's
+    capture buffer, and a later in-process `pf` run, which redirects stdout and stderr into those same
+    loggers, loops through it (RecursionError). Made here, they hold the session's stream.
+    """
+    try:
+        import promptflow.client  # noqa: F401
+    except ImportError:  # a session without the flow extra
+        pass

@@ -91,8 +91,10 @@ def test_the_trainer_reports_a_failed_mlflow_call_the_way_the_check_reads_it(fin
     def refused(*args, **kwargs):
         raise PermissionError("403 Forbidden")
 
+    from training.trainer import tracking
+
     with caplog.at_level(logging.WARNING):
-        fine_tune._optional("logging the eval losses to MLflow", refused)
+        tracking.optional("logging the eval losses to MLflow", refused)
     assert job_check.MLFLOW_FAILED in caplog.text
 
 
