@@ -49,7 +49,9 @@ def test_dry_run_prints_the_tiny_models_job_on_the_cpu_cluster_and_a_cpu_deploym
     # the job: the tiny model, on the stack's CPU cluster, a few steps
     assert job["compute"] == f"azureml:{CPU_COMPUTE}"
     assert Path(job["inputs"]["model"]["path"]) == tmp_path / "runs" / "models" / "tiny"
-    assert re.search(r"--max_steps 20\b", job["command"])
+    # a few steps: the settings file the job reads (trainer/settings.yaml), printed as comments above the job
+    assert "--config trainer/settings.yaml" in job["command"]
+    assert re.search(r"^#.*\bmax_steps: 20\b", done.stdout, flags=re.M), done.stdout[:2000]
     assert re.search(r"--device cpu\b", job["command"])  # helper `submit`: a CPU cluster runs the trainer on CPU
     # the deployment: the CPU instance type, on the endpoint the real run would create
     assert deployment["instance_type"] == smoke.SMOKE_VM_SIZE
