@@ -27,7 +27,9 @@ def test_local_target_trains_tiny_model_end_to_end(sample_data_dir: Path, capsys
     log = (job / "train.log").read_text()
     assert log and log.splitlines()[-1] in err  # streamed to the terminal too
     command = (job / "command.txt").read_text()
-    assert "--max_steps 2" in command and f"--checkpoint_dir {job / 'checkpoints'} --run_key {job_name}" in command
+    settings_file = Path(command.split("--config ", 1)[1].split()[0])  # the one settings file the run reads
+    assert "max_steps: 2\n" in settings_file.read_text()
+    assert f"--checkpoint_dir {job / 'checkpoints'} --run_key {job_name}" in command
     model_dir = local_runs.latest_model_dir()
     assert model_dir == job / "model"
     # the layout deployment relies on: MLflow model at the root, HF weights and tokenizer inside
