@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
+
+from fakes.json_http import JsonHandler
 
 import eval_sets
 
@@ -24,7 +26,7 @@ class ScriptedEndpoint:
         self.requests: list[dict[str, Any]] = []
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 self._send(200 if self.path == "/v1/models" else 404, {"object": "list", "data": [{"id": "scripted"}]})
 
@@ -45,17 +47,6 @@ class ScriptedEndpoint:
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                               "finish_reason": finish}],
                                  "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words}})
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                return None
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from deployment.connection import PhiConnection
+from fakes.json_http import JsonHandler
 from fakes.ml_client import SECRET_KEY, Call, FakeMLClient
 from infra.outputs import REQUIRED_KEYS, StackOutputs
 
@@ -107,7 +108,7 @@ class ScoringServer:
         server = self
         references = {row["messages"][0]["content"]: row["messages"][1]["content"] for row in EVAL_ROWS}
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 server.probes.append(self.path)
                 if self.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
@@ -144,17 +145,6 @@ class ScoringServer:
                 return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "phi",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}}
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                return None
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
