@@ -51,7 +51,8 @@ def setup_recipe(stamp: Path) -> list[str]:
     done = subprocess.run(["make", "--no-print-directory", "-n", "setup", f"STAMP={stamp}"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    joined = done.stdout.replace("\\\n", " ")  # a recipe line continued with a backslash is one shell command
+    return [line.strip() for line in joined.splitlines() if line.strip()]
 
 
 def run_make_setup(env: dict[str, str], tmp_path: Path) -> None:
