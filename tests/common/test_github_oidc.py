@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlparse
 
@@ -23,6 +23,7 @@ from azure.core.rest._http_response_impl import HttpResponseImpl
 from common import github_oidc
 from common.azure import azure_credential, make_ml_client
 from common.cli import UserError
+from fakes.json_http import LocalHTTPServer
 
 REQUEST_TOKEN = "gh-request-token-not-to-be-shown"
 TENANT = "99999999-8888-7777-6666-555555555555"
@@ -63,7 +64,7 @@ class TokenService:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LocalHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
-from fakes.json_http import JsonHandler
+from fakes.json_http import JsonHandler, LocalHTTPServer
 
 import eval_sets
 
@@ -48,7 +47,7 @@ class ScriptedEndpoint:
                                               "finish_reason": finish}],
                                  "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LocalHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 

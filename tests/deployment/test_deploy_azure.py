@@ -12,6 +12,7 @@ from deployment import definitions
 from deployment.sizing import serving_size
 from deployment.azure_deploy import DeployPlan, choose_slot, deploy_to_azure
 from deployment.registration import ModelChoice
+from fakes.deploy_fixtures import EVAL_LIMIT
 from fakes.ml_client import CONTAINER_LOG, SECRET_KEY, SECOND_KEY, FakeMLClient
 
 EP = "phi3-chat-test"
@@ -19,7 +20,7 @@ EP = "phi3-chat-test"
 
 def _deploy(client: FakeMLClient, outputs, runs: Path, write_connection, **plan):
     return deploy_to_azure(
-        client, outputs, DeployPlan(endpoint_name=EP, **plan),
+        client, outputs, DeployPlan(endpoint_name=EP, **{"eval_limit": EVAL_LIMIT, **plan}),
         write_connection=write_connection, poll_interval=0.01,
     )
 
@@ -231,7 +232,7 @@ def test_connection_failure_after_a_good_deploy_says_it_is_live(fake_client, out
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP, eval_limit=EVAL_LIMIT),
                         write_connection=broken, poll_interval=0.01)
     assert "blue is live" in str(err.value) and "no keyring" in str(err.value)
     assert SECRET_KEY not in str(err.value)
@@ -249,7 +250,7 @@ def test_unexpected_connection_writer_error_is_one_message_without_the_key(
 
     fake_client.add_job("job-1")
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP, eval_limit=EVAL_LIMIT),
                         write_connection=write_connection, foundry_writer=foundry, poll_interval=0.01)
     message = str(err.value)
     assert "blue is live" in message and "Foundry project connection" in message and "ValueError" in message
@@ -269,7 +270,7 @@ def test_connection_failure_still_names_old_deployments_that_bill(
         raise UserError("could not write the Prompt flow connection 'phi_endpoint': no keyring")
 
     with pytest.raises(UserError) as err:
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP, eval_limit=EVAL_LIMIT),
                         write_connection=broken, poll_interval=0.01)
     message = str(err.value)
     assert "green is live" in message and "no keyring" in message
@@ -286,7 +287,7 @@ def test_ctrl_c_during_the_smoke_test_says_how_to_delete_the_new_deployment(
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP),
+        deploy_to_azure(fake_client, outputs, DeployPlan(endpoint_name=EP, eval_limit=EVAL_LIMIT),
                         smoke_client=interrupted, write_connection=write_connection, poll_interval=0.01)
     assert fake_client.endpoints[EP].traffic == {"blue": 100}
     assert f"az ml online-deployment delete -e {EP} -n green --yes" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from deployment.azure_deploy import DeployPlan, deploy_to_azure
 from deployment.connection import PhiConnection
 from deployment.flow_check import parse_flow_answer
 from deployment.foundry import foundry_writer
-from fakes.deploy_fixtures import SMOKE_REPLY
+from fakes.deploy_fixtures import EVAL_LIMIT, SMOKE_REPLY
 from fakes.ml_client import SECRET_KEY, FakeMLClient
 
 EP = "phi3-chat-test"
@@ -38,7 +38,7 @@ STORAGE = ("storage-initializer: AuthorizationPermissionMismatch: This request i
 
 
 def deploy(client: FakeMLClient, outputs, **kwargs):
-    return deploy_to_azure(client, outputs, DeployPlan(endpoint_name=EP), poll_interval=0.01, **kwargs)
+    return deploy_to_azure(client, outputs, DeployPlan(endpoint_name=EP, eval_limit=EVAL_LIMIT), poll_interval=0.01, **kwargs)
 
 
 def recorder(into: list[PhiConnection]):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from deployment.connection import PhiConnection
-from fakes.json_http import JsonHandler
+from fakes.json_http import JsonHandler, LocalHTTPServer
 from fakes.ml_client import SECRET_KEY, Call, FakeMLClient
 from infra.outputs import REQUIRED_KEYS, StackOutputs
 
@@ -81,6 +80,9 @@ EVAL_ROWS = [
                   {"role": "assistant", "content": f"The capital of country number {i} is City {i}, on the river R{i}."}]}
     for i in range(12)
 ]
+EVAL_LIMIT = len(EVAL_ROWS)
+"""The rollout tests' gate: every held-out row and as many instruction prompts (not the default 200,
+which would only repeat the same fake answer and take seconds per deploy)."""
 SMOKE_REPLY = "I am a fine-tuned Phi-3."
 
 
@@ -146,7 +148,7 @@ class ScoringServer:
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}}
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LocalHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.url = self.host + "/score"
 

@@ -18,7 +18,8 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from fakes.json_http import LocalHTTPServer
 
 SECRET = "msi-secret-0123456789-SECRET"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -46,7 +47,7 @@ class ManagedIdentityEndpoint:
     requests: list[dict] = field(default_factory=list)
 
     def start(self) -> "ManagedIdentityEndpoint":
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = LocalHTTPServer(("127.0.0.1", 0), _handler(self))
         threading.Thread(target=self._server.serve_forever, name="msi-endpoint", daemon=True).start()
         return self
 

@@ -15,9 +15,10 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from fakes.json_http import LocalHTTPServer
 
 KEY = "sk-test-0123456789abcdef-SECRET"  # long and unique: any leak is found by a substring search
 ANSWER = "Bill Gates and Paul Allen founded Microsoft."
@@ -132,7 +133,7 @@ class FakeEndpoint:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up first (timeout tests)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LocalHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.url = self.base_url + SCORE_PATH
