@@ -7,7 +7,8 @@ same for both engines.
 
 The same settings size both engines (limits.py): PHI_SERVE_CONTEXT_TOKENS is vLLM's `max_model_len`
 (without it vLLM sizes its KV cache for the model's whole 131,072-token context) and
-PHI_SERVE_MAX_SEQUENCES its `max_num_seqs`. On a GPU vLLM takes `GPU_MEMORY_UTILIZATION` of the memory
+PHI_SERVE_MAX_SEQUENCES its `max_num_seqs` (requests past it wait in front of vLLM, in engines/slots.py, as
+for the transformers engine). On a GPU vLLM takes `GPU_MEMORY_UTILIZATION` of the memory
 and fills what the weights leave with KV blocks; on a CPU it gets exactly the cache the limits sized.
 LoRA adapters (deployment/serving/adapters.py): `enable_lora` with `max_lora_rank` and `max_loras` sized from
 the adapters' own configs, and each request's adapter as its `LoRARequest` (the request's `model` picks it).
