@@ -70,7 +70,7 @@ def check_endpoint_name(name: str) -> str:
 
 def build_endpoint(name: str, outputs: "StackOutputs") -> "ManagedOnlineEndpoint":
     """Key auth, the stack's endpoint identity (AcrPull, Blob Data Reader, Metrics Writer only; it cannot
-    be changed after creation). Never the training identity, which is Contributor on the resource group."""
+    be changed after creation). Never the training identity, which every job submitter can act as."""
     from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration, ManagedOnlineEndpoint
 
     return ManagedOnlineEndpoint(

@@ -1,9 +1,9 @@
 """The user-assigned identities (UAIs) and their role assignments.
 
 Two identities, so that the public scoring container holds no write rights (docs/INFRA.md):
-- the training identity, attached to the cluster: jobs run as it, with the tutorials' roles
-  (Contributor, on the workspace unless config contributorOnResourceGroup puts it on the resource
-  group as the tutorials do; Storage Blob Data Reader; AcrPull);
+- the training identity, attached to the cluster: jobs run as it, so every job submitter holds its
+  roles: AzureML Data Scientist on the workspace (config contributorOnResourceGroup gives it the
+  tutorials' Contributor on the resource group instead), Storage Blob Data Reader, AcrPull;
 - the endpoint identity, which online deployments run as: only AcrPull on the registry, Storage
   Blob Data Reader on the storage and AzureML Metrics Writer on the workspace.
 Every assignment has principal type ServicePrincipal and a deterministic name.
@@ -49,18 +49,21 @@ def training_grants(
     workspace_id: pulumi.Input[str], storage_id: pulumi.Input[str], registry_id: pulumi.Input[str],
     resource_group_id: pulumi.Input[str] | None = None,
 ) -> list[Grant]:
-    """The cluster's jobs: the tutorials' three roles (Contributor covers Metrics Writer).
+    """The cluster's jobs: a workspace role, Storage Blob Data Reader and AcrPull.
 
-    Any job submitter can take tokens as this identity, so Contributor is on the workspace; with
-    `resource_group_id` (config contributorOnResourceGroup) it is on the resource group, as in the tutorials.
+    Any job submitter can take tokens as this identity, so the workspace role is AzureML Data
+    Scientist (runs and MLflow, datastore secrets, outputs and models; no computes/write,
+    workspaces/write or delete, or listKeys), not Contributor, whose `*` includes computes/write at
+    any scope. With `resource_group_id` (config contributorOnResourceGroup) it is the tutorials'
+    Contributor on the resource group instead. Either covers AzureML Metrics Writer.
     """
-    contributor = (Grant("uai-contributor-rg", roles.CONTRIBUTOR, resource_group_id,
-                         "jobs on the cluster manage runs, outputs and models (the tutorials' scope, by config)")
-                   if resource_group_id is not None else
-                   Grant("uai-contributor-workspace", roles.CONTRIBUTOR, workspace_id,
-                         "jobs on the cluster manage runs, outputs and models in the workspace"))
+    workspace_role = (Grant("uai-contributor-rg", roles.CONTRIBUTOR, resource_group_id,
+                            "jobs on the cluster manage runs, outputs and models (the tutorials' scope, by config)")
+                      if resource_group_id is not None else
+                      Grant("uai-data-scientist-workspace", roles.AZUREML_DATA_SCIENTIST, workspace_id,
+                            "jobs on the cluster log to MLflow, read datastores and register outputs and models"))
     return [
-        contributor,
+        workspace_role,
         Grant("uai-blob-reader-storage", roles.STORAGE_BLOB_DATA_READER, storage_id,
               "jobs read identity-based data inputs from the workspace storage"),
         Grant("uai-acrpull-registry", roles.ACR_PULL, registry_id,

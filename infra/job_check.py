@@ -1,7 +1,8 @@
 """`python -m infra.job_check --job NAME`: did a finished training job read its data, write its outputs and log to MLflow?
 
-The training identity holds Contributor on the workspace only (docs/INFRA.md, "What a job submitter
-can reach"); whether a job still does all of its work under that scope can only be shown on Azure.
+The training identity holds AzureML Data Scientist on the workspace, not Contributor (docs/INFRA.md,
+"What a job submitter can reach"); whether a job still does all of its work under that role can only
+be shown on Azure.
 A job's status is not enough: the trainer treats MLflow bookkeeping as optional (a failed call
 logs a warning and the job still completes), so this reads what the job left behind, with the
 caller's own credential (`jobs.download`, all logs and named outputs):
@@ -114,8 +115,9 @@ def main(argv: Sequence[str] | None = None, *, ml_client: Any = None) -> int:
         print(f"{claim:20} {result[claim]}")
     failed = [claim for claim in CLAIMS if result[claim] != "ok"]
     if failed:
-        raise UserError(f"job {args.job} could not be shown to have {', '.join(failed)} under the training identity's scope (details "
-                        f"above, {folder / 'result.json'}). To go back to the tutorials' scope meanwhile: "
+        raise UserError(f"job {args.job} could not be shown to have {', '.join(failed)} under the training identity's "
+                        f"AzureML Data Scientist role (details above, {folder / 'result.json'}). To give it the "
+                        "tutorials' Contributor on the resource group meanwhile: "
                         "`pulumi config set contributorOnResourceGroup true && pulumi up`.")
     return 0
 

@@ -68,7 +68,7 @@ class InfraConfig:
     github_repository: str = DEFAULTS["githubRepository"]
     """OWNER/NAME whose GitHub Actions may sign in (OIDC) as the GitHub identity; empty: no such identity."""
     contributor_on_resource_group: bool = DEFAULTS["contributorOnResourceGroup"]
-    """The tutorials' scope for the training identity's Contributor (the resource group) instead of the workspace."""
+    """The training identity gets the tutorials' Contributor on the resource group, not AzureML Data Scientist on the workspace."""
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:

@@ -70,10 +70,24 @@ def test_the_endpoint_identity_can_serve_but_not_write_or_grant(default_up: Run)
     can = [action for action in WRITES_AND_GRANTS if allows(granted, action)]
     assert can == [], f"the scoring container could {can}"
     assert not allows(granted, "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write", data=True)
-    # ... while the training identity, through Contributor on the workspace, could create endpoints:
-    # that is why the two are split (what its Contributor reaches: test_reach.py).
+    # ... while the training identity, through AzureML Data Scientist on the workspace, can create
+    # endpoints: that is why the two are split (what it reaches: test_reach.py).
     assert allows(permissions_of(default_up, "identity"), "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/write")
     assert not allows(granted, "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/write")
+
+
+def test_the_training_identity_still_covers_a_jobs_work_but_not_the_workspace_itself(default_up: Run) -> None:
+    """AzureML Data Scientist, not Contributor: what a job does is left in, computes and the workspace out.
+    Whether the job really does all of it under this role is shown live by infra/job_check.py."""
+    granted, ml = permissions_of(default_up, "identity"), "Microsoft.MachineLearningServices/workspaces"
+    for action in (f"{ml}/experiments/runs/write", f"{ml}/metrics/resource/write",  # MLflow runs, metrics
+                   f"{ml}/datastores/listSecrets/action",  # the default datastores authenticate with the key
+                   f"{ml}/models/versions/write", f"{ml}/data/versions/write", "Microsoft.ContainerRegistry/registries/pull/read"):
+        assert allows(granted, action), action
+    assert allows(granted, "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read", data=True)
+    for action in (f"{ml}/computes/write", f"{ml}/computes/delete", f"{ml}/write", f"{ml}/delete", f"{ml}/listKeys/action",
+                   "Microsoft.Authorization/roleAssignments/write"):
+        assert not allows(granted, action), action
 
 
 def test_the_endpoint_identity_is_not_the_clusters(default_up: Run) -> None:

@@ -113,7 +113,8 @@ def test_the_cli_downloads_judges_and_keeps_the_result(tmp_path: Path, capsys) -
 def test_a_failing_claim_is_one_message_with_the_way_back(tmp_path: Path) -> None:
     ml = client(job_folder=job_folder(tmp_path / "job", logged=False))
     argv = ["--outputs-file", str(write_stack_outputs(tmp_path / "outputs.json")), "--job", "j1"]
-    with pytest.raises(UserError, match=r"could not be shown to have logged to MLflow .*contributorOnResourceGroup true"):
+    with pytest.raises(UserError, match=r"could not be shown to have logged to MLflow under the training identity's "
+                                        r"AzureML Data Scientist role .*contributorOnResourceGroup true"):
         job_check.main(argv, ml_client=ml)
 
 

@@ -30,7 +30,7 @@ EXPECTED_TYPES = {
     "azure-native:authorization:RoleAssignment",
 }
 # Azure's built-in role GUIDs, written out here so a wrong constant in infra/roles.py cannot hide.
-CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
+AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 AZUREML_METRICS_WRITER = "635dd51f-9968-44d3-b7fb-6d9a6bd613ae"
@@ -60,8 +60,9 @@ def expected_roles(run: Run) -> dict[str, dict[str, str]]:
     """Identity logical name -> {role GUID: scope}: the training identity and the endpoint identity."""
     storage, registry = run.one("StorageAccount").id, run.one("Registry").id
     return {
-        # Contributor on the workspace: any job submitter can act as this identity (test_reach.py)
-        "identity": {CONTRIBUTOR: run.named("workspace").id, STORAGE_BLOB_DATA_READER: storage, ACR_PULL: registry},
+        # AzureML Data Scientist, not Contributor: any job submitter can act as this identity (test_reach.py)
+        "identity": {AZUREML_DATA_SCIENTIST: run.named("workspace").id, STORAGE_BLOB_DATA_READER: storage,
+                     ACR_PULL: registry},
         "endpoint-identity": {ACR_PULL: registry, STORAGE_BLOB_DATA_READER: storage,
                               AZUREML_METRICS_WRITER: run.named("workspace").id},
     }

@@ -2,9 +2,10 @@
 
 Whoever may submit a job holds the training identity's roles (a job takes tokens as the cluster's
 identity), and whoever may deploy with the endpoint identity holds its roles. So the training
-identity's Contributor is on the workspace, not the resource group, unless the config key
-contributorOnResourceGroup brings the tutorials' scope back. Judged from the role assignments the
-program makes and the recorded built-in role definitions (reach.py, builtin_roles.py).
+identity holds AzureML Data Scientist on the workspace, not Contributor (whose `*` includes
+`computes/write` at any scope), unless the config key contributorOnResourceGroup brings back the
+tutorials' Contributor on the resource group. Judged from the role assignments the program makes and
+the recorded built-in role definitions (reach.py, builtin_roles.py).
 
 Two submitters: the GitHub identity (config githubRepository: AzureML Data Scientist on the
 workspace, Managed Identity Operator on the endpoint identity, Reader on the resource group), and
@@ -108,28 +109,35 @@ def test_identities_are_assignable_only_the_endpoints_and_none_can_be_federated(
     assert result.can(ASSIGN, where["endpoint identity"]) == (who == "github identity")  # deploy needs it
 
 
+WORKSPACE_CONTROL = {
+    # what AzureML Data Scientist's notActions keep from the training identity, unlike Contributor's `*`
+    "create or resize clusters": COMPUTES_WRITE,
+    "delete clusters": f"{ML}/computes/delete",
+    "change the workspace": f"{ML}/write",
+    "delete the workspace": f"{ML}/delete",
+    "list the workspace's keys (the storage key among them)": f"{ML}/listKeys/action",
+}
+
+
 @pytest.mark.parametrize("who", ["github identity", "data scientist"])
-def test_computes_write_remains_through_contributor_on_the_workspace_only(stacks, who: str) -> None:
-    """Contributor on the workspace includes `computes/write` (its `*`): a job can create or resize a
-    cluster in the workspace. Not at any other scope, and a new cluster can run as no identity
-    the submitter could not already run as (nothing else is assignable)."""
+def test_no_compute_write_workspace_change_or_workspace_keys_anywhere(stacks, who: str) -> None:
+    """No holding reachable by a submitter allows any of these, at any scope it is held on."""
     result, where = submitters(stacks["off"])[who], ids(stacks["off"])
-    granting = result.granting(COMPUTES_WRITE, where["workspace"])
-    assert [(h.via, roles.ROLE_NAMES[h.role], h.scope) for h in granting] == [
-        ("identity", "Contributor", where["workspace"])]
-    assert not any(h.permission.allows(COMPUTES_WRITE) for h in result.holdings if h.scope != where["workspace"])
+    assert "identity" in result.runs_as  # through the training identity's roles too
+    found = [f"{label}: {roles.ROLE_NAMES[h.role]} via {h.via} on {h.scope}"
+             for label, action in WORKSPACE_CONTROL.items() for h in result.holdings if h.permission.allows(action)]
+    assert found == []
+    assert not any(result.can(action, where["workspace"]) for action in WORKSPACE_CONTROL.values())
 
 
 REMAINS = {
     # what a submitter can still reach (key off), and through which identity; docs/INFRA.md says the same
     "the storage account key, through the datastores' secrets": (
         f"{ML}/datastores/listSecrets/action", "workspace", {"github-identity", "identity"}),
-    "the storage account key, through the workspace's keys": (f"{ML}/listKeys/action", "workspace", {"identity"}),
     "the workspace connections' secrets": (f"{ML}/connections/listsecrets/action", "workspace", {"github-identity", "identity"}),
     "online endpoint keys": (f"{ML}/onlineEndpoints/listKeys/action", "workspace", {"github-identity", "identity"}),
-    "creating or resizing clusters": (COMPUTES_WRITE, "workspace", {"identity"}),
-    "changing the workspace": (f"{ML}/write", "workspace", {"identity"}),
-    "deleting the workspace": (f"{ML}/delete", "workspace", {"identity"}),
+    "creating online endpoints": (f"{ML}/onlineEndpoints/write", "workspace", {"github-identity", "identity"}),
+    "registering models": (f"{ML}/models/versions/write", "workspace", {"github-identity", "identity"}),
     "attaching the endpoint identity": (ASSIGN, "endpoint identity", {"github-identity"}),
     # Reader's */read covers pull/read, as the registry docs say: Reader on the resource group can pull
     "pulling images": ("Microsoft.ContainerRegistry/registries/pull/read", "registry",
@@ -138,8 +146,9 @@ REMAINS = {
 
 
 def test_what_a_submitter_can_still_reach(stacks) -> None:
-    """The list docs/INFRA.md gives, computed: the storage key stays reachable (Data Scientist itself
-    includes datastores/listSecrets), and so does everything Contributor allows inside the workspace."""
+    """The list docs/INFRA.md gives, computed: the storage key stays reachable through
+    datastores/listSecrets (AzureML Data Scientist includes it; the default datastores use the key),
+    and so does what Data Scientist allows inside the workspace, short of WORKSPACE_CONTROL."""
     result, where = submitters(stacks["off"])["github identity"], ids(stacks["off"])
     found = {label: {h.via for h in result.granting(action, where[resource])}
              for label, (action, resource, _) in REMAINS.items()}
@@ -160,7 +169,8 @@ def test_with_the_key_on_the_tutorials_resource_group_scope_comes_back(stacks) -
     assert contributor == [where["resource group"]]
     result = submitters(run)["data scientist"]  # a person who may only submit jobs ...
     assert any(line.startswith("Contributor via identity: *") for line in writes_at_or_above(result, where["resource group"]))
-    for resource, action in [("key vault", "Microsoft.KeyVault/vaults/write"),
+    for resource, action in [*[("workspace", action) for action in WORKSPACE_CONTROL.values()],
+                             ("key vault", "Microsoft.KeyVault/vaults/write"),
                              ("storage", "Microsoft.Storage/storageAccounts/listKeys/action"),
                              ("registry", "Microsoft.ContainerRegistry/registries/push/write"),
                              ("resource group", "Microsoft.Resources/deployments/write"),
@@ -171,7 +181,7 @@ def test_with_the_key_on_the_tutorials_resource_group_scope_comes_back(stacks) -
         assert not any(holding.permission.allows(action) for action in ROLE_ASSIGNMENT_RIGHTS)
 
 
-def test_the_key_off_and_on_differ_only_in_that_scope(stacks) -> None:
+def test_the_key_off_and_on_differ_only_in_that_role_and_scope(stacks) -> None:
     def assignments(run: Run) -> set[tuple[str, str, str]]:
         names = {res.outputs["principalId"]: res.name for res in run.of_type("UserAssignedIdentity")}
         where = {value: key for key, value in ids(run).items()}
@@ -179,6 +189,6 @@ def test_the_key_off_and_on_differ_only_in_that_scope(stacks) -> None:
                  where[ra.inputs["scope"]]) for ra in run.of_type("RoleAssignment")}
 
     off, on = assignments(stacks["off"]), assignments(stacks["on"])
-    assert off - on == {("identity", roles.CONTRIBUTOR, "workspace")}
+    assert off - on == {("identity", roles.AZUREML_DATA_SCIENTIST, "workspace")}
     assert on - off == {("identity", roles.CONTRIBUTOR, "resource group")}
-    assert stacks["on"].named("uai-contributor-rg") and stacks["off"].named("uai-contributor-workspace")
+    assert stacks["on"].named("uai-contributor-rg") and stacks["off"].named("uai-data-scientist-workspace")
