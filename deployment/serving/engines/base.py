@@ -47,10 +47,12 @@ class Chunk:
 
 @dataclass
 class Stats:
-    in_flight: int = 0  # requests admitted to the engine right now
+    """What /health reports; both engines keep it through their SequenceSlots (engines/slots.py)."""
+
+    in_flight: int = 0  # requests admitted to the engine right now (at most limits.max_sequences)
     peak_in_flight: int = 0  # the most ever admitted at once (several: requests were batched together)
     waiting: int = 0  # requests queued in front of the engine
-    finished: int = 0
+    finished: int = 0  # requests that held a slot and gave it back, whatever their end
     aborted: int = 0  # generations stopped because their client left (or they were closed early)
 
 

@@ -25,6 +25,7 @@ from deployment.serving.engines.loading import (
     remote_code,
     stop_token_ids,
 )
+from deployment.serving.engines.slots import SequenceSlots
 from deployment.serving.limits import GPU_MAX_SEQUENCES, Limits, context_cap, kv_bytes_per_token, size_from_environment
 from deployment.serving.prompt import encode_chat
 
@@ -144,8 +145,8 @@ class TransformersEngine:
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.limits = self._size(accept_longrope_coupling)
         self._manager = self._start_manager()
-        self._slots: asyncio.Semaphore | None = None
         self.stats = Stats()
+        self._slots = SequenceSlots(self.limits.max_sequences, self.stats)
 
     def _load(self, trust_remote_code: bool) -> None:
         """The tokenizer and the model, in bf16 (or the MLmodel's fp16) on a GPU, fp32 on CPU."""
@@ -246,42 +247,26 @@ class TransformersEngine:
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]:
         """Stream one reply. Waits for a free sequence slot first; aborts the sequence if the caller goes."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.limits.max_sequences)
         problem = self.problem()
         if problem:
             raise EngineError(problem)
-        self.stats.waiting += 1
-        try:
-            await self._slots.acquire()
-        except asyncio.CancelledError:  # the caller left while queued
-            self.stats.aborted += 1
-            raise
-        finally:
-            self.stats.waiting -= 1
-        self.stats.in_flight += 1
-        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
-        outputs: asyncio.Queue = asyncio.Queue()
-        done = False
-        try:
-            self._manager.register_result_handler(request_id, outputs.put_nowait)
-            added = self._manager.add_request(
-                prompt_ids, request_id=request_id, max_new_tokens=sampling.max_new_tokens, streaming=True,
-                eos_token_id=self.stop_ids, **self._sampling_kwargs(sampling),
-            )
-            if added is None:
-                raise EngineError("the engine is not accepting requests")
-            async for chunk in self._decode(outputs, sampling, request_id):
-                done = chunk.finish_reason is not None
-                yield chunk
-        finally:
-            if not done:  # the caller left, or the reply failed: stop decoding it
-                self.stats.aborted += 1
-                self.abort(request_id)
-            self._forget(request_id)
-            self.stats.in_flight -= 1
-            self.stats.finished += 1
-            self._slots.release()
+        async with self._slots.held() as slot:
+            outputs: asyncio.Queue = asyncio.Queue()
+            try:
+                self._manager.register_result_handler(request_id, outputs.put_nowait)
+                added = self._manager.add_request(
+                    prompt_ids, request_id=request_id, max_new_tokens=sampling.max_new_tokens, streaming=True,
+                    eos_token_id=self.stop_ids, **self._sampling_kwargs(sampling),
+                )
+                if added is None:
+                    raise EngineError("the engine is not accepting requests")
+                async for chunk in self._decode(outputs, sampling, request_id):
+                    slot.finished = chunk.finish_reason is not None
+                    yield chunk
+            finally:
+                if not slot.finished:  # the caller left, or the reply failed: stop decoding it
+                    self.abort(request_id)
+                self._forget(request_id)
 
     async def _decode(self, outputs: asyncio.Queue, sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]:
         """The manager's outputs for one request as text chunks, held back where a stop sequence may begin."""

@@ -7,7 +7,8 @@ same for both engines.
 
 The same settings size both engines (limits.py): PHI_SERVE_CONTEXT_TOKENS is vLLM's `max_model_len`
 (without it vLLM sizes its KV cache for the model's whole 131,072-token context) and
-PHI_SERVE_MAX_SEQUENCES its `max_num_seqs`. On a GPU vLLM takes `GPU_MEMORY_UTILIZATION` of the memory
+PHI_SERVE_MAX_SEQUENCES its `max_num_seqs` (requests past it wait in front of vLLM, in engines/slots.py, as
+for the transformers engine). On a GPU vLLM takes `GPU_MEMORY_UTILIZATION` of the memory
 and fills what the weights leave with KV blocks; on a CPU it gets exactly the cache the limits sized.
 LoRA adapters (deployment/serving/adapters.py): `enable_lora` with `max_lora_rank` and `max_loras` sized from
 the adapters' own configs, and each request's adapter as its `LoRARequest` (the request's `model` picks it).
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from deployment.serving.engines.base import Chunk, EngineError, Sampling, Stats
 from deployment.serving.engines.loading import cpu_cache_budget, remote_code, stop_token_ids
+from deployment.serving.engines.slots import SequenceSlots
 from deployment.serving.limits import GPU_MAX_SEQUENCES, Limits, context_cap, kv_bytes_per_token, size_from_environment
 from deployment.serving.prompt import encode_chat
 
@@ -63,6 +65,7 @@ class VllmEngine:
         self._llm = AsyncLLM.from_engine_args(self._engine_args(remote))
         self._aborts: set[asyncio.Task] = set()
         self.stats = Stats()
+        self._slots = SequenceSlots(self.limits.max_sequences, self.stats)
 
     def _dtype(self, location: "ModelLocation") -> str:
         if self.device == "cpu":
@@ -141,39 +144,32 @@ class VllmEngine:
         return self._lora[adapter]
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]:
-        """Stream one reply; vLLM queues beyond max_num_seqs itself and aborts the request if the caller goes."""
+        """Stream one reply. Waits for a free sequence slot first (slots.py); aborts in vLLM if the caller goes."""
         from vllm.inputs import TokensPrompt
 
         problem = self.problem()
         if problem:
             raise EngineError(problem)
-        self.stats.in_flight += 1
-        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
-        self.stats.waiting = max(0, self.stats.in_flight - self.limits.max_sequences)
-        tokens = 0
-        stream = self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), self._sampling_params(sampling),
-                                    request_id=request_id, lora_request=self._lora_request(sampling.adapter))
-        done = False
-        try:
-            async for output in stream:
-                piece = output.outputs[0]
-                tokens += len(piece.token_ids)
-                reason = FINISH_REASONS.get(piece.finish_reason or "") if output.finished else None
-                if output.finished and reason is None:
-                    raise EngineError(f"generation ended with {piece.finish_reason!r}")
-                done = output.finished
-                yield Chunk(piece.text, reason, tokens if output.finished else 0)
-        except EngineError:
-            raise
-        except Exception as err:  # vLLM's own errors (engine dead, bad request) become one short line
-            raise EngineError(f"vLLM: {type(err).__name__}: {str(err)[:200]}") from None
-        finally:
-            if not done:
-                self.stats.aborted += 1
-            await stream.aclose()  # a caller that left: vLLM aborts the request now, not when it is collected
-            self.stats.in_flight -= 1
-            self.stats.waiting = max(0, self.stats.in_flight - self.limits.max_sequences)
-            self.stats.finished += 1
+        lora = self._lora_request(sampling.adapter)
+        async with self._slots.held() as slot:
+            tokens = 0
+            stream = self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)),
+                                        self._sampling_params(sampling), request_id=request_id, lora_request=lora)
+            try:
+                async for output in stream:
+                    piece = output.outputs[0]
+                    tokens += len(piece.token_ids)
+                    reason = FINISH_REASONS.get(piece.finish_reason or "") if output.finished else None
+                    if output.finished and reason is None:
+                        raise EngineError(f"generation ended with {piece.finish_reason!r}")
+                    slot.finished = output.finished
+                    yield Chunk(piece.text, reason, tokens if output.finished else 0)
+            except EngineError:
+                raise
+            except Exception as err:  # vLLM's own errors (engine dead, bad request) become one short line
+                raise EngineError(f"vLLM: {type(err).__name__}: {str(err)[:200]}") from None
+            finally:
+                await stream.aclose()  # a caller that left: vLLM aborts the request now, not when it is collected
 
     def abort(self, request_id: str) -> None:
         """Abort in vLLM, queued or running (AsyncLLM.abort is a coroutine; vLLM ignores an id it no longer holds)."""
