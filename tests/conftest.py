@@ -135,3 +135,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         import promptflow.client  # noqa: F401
     except ImportError:  # a session without the flow extra
         pass
+
+
+MODEL_FIXTURES = {"tiny_model_dir", "tiny_phi4_model_dir"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `make check` (pytest-xdist, `--dist loadgroup`) the tests that need a built tiny model run on
+    one worker, so only that worker builds the session's models (seconds each) and imports torch for them."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("tiny-models"))

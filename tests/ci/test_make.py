@@ -22,7 +22,7 @@ def test_check_lints_then_runs_only_the_fast_tests() -> None:
     ruff, actionlint = position(lines, ".venv/bin/ruff check ."), position(lines, "actionlint -shellcheck= -pyflakes=")
     pytest = position(lines, "-m pytest")
     assert ruff < actionlint < pytest
-    assert '-m "not slow and not e2e"' in lines[pytest]
+    assert '-m "not slow and not e2e"' in lines[pytest] and "-n auto" in lines[pytest]  # pytest-xdist, every core
 
 
 def test_test_lints_then_runs_everything_and_lists_the_slowest() -> None:
@@ -45,7 +45,7 @@ def test_test_builds_the_vllm_venv_then_requires_it() -> None:
     assert position(lines, "-r requirements-vllm.lock") < pytest
     assert position(lines, "--no-index torch==2.13.0+cpu") < position(lines, "-r requirements-vllm.lock")
     assert "download.pytorch.org/whl/cpu" in lines[position(lines, "--no-index torch==2.13.0+cpu")]  # the fallback
-    assert lines[pytest].startswith("FINETUNE_PHI_REQUIRE_VLLM=1 ")
+    assert lines[pytest].startswith("env -u PYTHONDONTWRITEBYTECODE FINETUNE_PHI_REQUIRE_VLLM=1 ")
 
 
 def test_test_installs_azurite_from_its_lock_before_the_tests() -> None:
