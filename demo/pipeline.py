@@ -77,14 +77,15 @@ class DemoResult:
 
 
 def _run_step(name: str, command: list[str], logs: Path, result: DemoResult, env: dict[str, str],
-              live: bool = False) -> str:
+              live: str = "") -> str:
     """Run one step (common.processes.run_step), logged to logs/<name>.log and timed; returns its stdout.
 
-    `live`: its output also shows as it comes (the fine-tune: the trainer's own loss lines)."""
+    `live`: what the step's own output shows, which then also shows as it comes (the fine-tune's loss lines,
+    the deploy's named steps and scoring progress), so no long step is silent."""
     if live:
-        say(f"    (the trainer's progress follows, with the loss; all of it is also in {logs / f'{name}.log'})")
+        say(f"    ({live} follows; all of it is also in {logs / f'{name}.log'})")
     try:
-        done = processes.run_step(name, command, logs / f"{name}.log", cwd=REPO_ROOT, env=env, live=live)
+        done = processes.run_step(name, command, logs / f"{name}.log", cwd=REPO_ROOT, env=env, live=bool(live))
     except processes.StepFailed as failed:
         result.timings[name] = failed.seconds
         raise
@@ -192,12 +193,13 @@ def _run_steps(room: Path, budget: Budget, env: dict[str, str], on_deployed: Cal
             model = str(runs.models_dir() / f"tiny-{like}")
             _run_step("twin", [python, "-m", "training.tiny_model", "--out", model, "--like", like], logs, result, env)
         job_name = _run_step("train", train_command(python, model, data_dir, budget), logs, result, env,
-                             live=True).strip().splitlines()[-1]
+                             live="the trainer's progress, with the loss,").strip().splitlines()[-1]
         result.model_dir = runs.job_dir(job_name) / "model"
         summary = json.loads((runs.job_dir(job_name) / "model" / "summary.json").read_text(encoding="utf-8"))
         result.eval_loss_before, result.eval_loss_after = summary["eval_loss_before"], summary["eval_loss_after"]
         say(f"    eval loss {result.eval_loss_before:.3f} before -> {result.eval_loss_after:.3f} after fine-tuning")
-        _run_step("deploy", [python, "-m", "deployment.deploy", "--target", "local"], logs, result, env)
+        _run_step("deploy", [python, "-m", "deployment.deploy", "--target", "local"], logs, result, env,
+                  live="the deploy's steps: start, smoke test, evaluation gate, promotion, connection")
         result.eval_table = _deploy_eval_table()
         if budget.greedy_chat:
             _run_step("greedy-connection", greedy_connection_command(python), logs, result,

@@ -580,6 +580,8 @@ def train(args: Settings) -> dict[str, Any]:
     runtime = detect_runtime(args.device)  # --device cuda without a GPU stops here, before the model loads
     logging.basicConfig(level=logging.INFO if runtime.is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log.info("%s on %s: loading the tokenizer, the model and the data", args.model_name_or_path,
+             f"{runtime.world_size} GPU process(es)" if runtime.cuda else "the CPU")
     resume = choose_resume(args, runtime)  # a refused resume costs no model load
     stop = StopRequest()
     if threading.current_thread() is threading.main_thread():
