@@ -280,11 +280,11 @@ def run_step(name: str, command: Sequence[str], log_path: Path, *, cwd: Path, en
         log.write(f"$ {shown(command, cwd)}\n")
         process = subprocess.Popen(list(command), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        relays = [threading.Thread(target=_relay, args=(process.stdout, (log, sys.stdout) if live else (log,), lock, stdout)),
-                  threading.Thread(target=_relay, args=(process.stderr, (log, sys.stderr) if live else (log,), lock))]
-        for relay in relays:
-            relay.start()
-        try:
+        relays: list[threading.Thread] = []
+        try:  # from here on Ctrl-C gives the step its grace, even while the relays are still starting (slow under load)
+            for source, sink, keep in ((process.stdout, sys.stdout, stdout), (process.stderr, sys.stderr, None)):
+                relays.append(threading.Thread(target=_relay, args=(source, (log, sink) if live else (log,), lock, keep)))
+                relays[-1].start()
             process.wait()
         except KeyboardInterrupt:
             try:
