@@ -53,7 +53,10 @@ def test_ctrl_c_lets_the_running_step_finish_its_cleanup(tmp_path: Path) -> None
         except KeyboardInterrupt:
             sys.exit(130)
     """)
-    process = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO_ROOT, start_new_session=True)
+    # SIGINT at its default, as a terminal's shell starts a program: a test run launched in the background
+    # by a non-interactive shell inherits it ignored, and Python then leaves it ignored (no KeyboardInterrupt)
+    process = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO_ROOT, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300  # generous: only a broken child takes long, and then the assert names it
     while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
