@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlparse
 
@@ -23,7 +22,7 @@ from azure.core.rest._http_response_impl import HttpResponseImpl
 from common import github_oidc
 from common.azure import azure_credential, make_ml_client
 from common.cli import UserError
-from fakes.json_http import LocalHTTPServer
+from fakes.json_http import JsonHandler, LocalHTTPServer
 
 REQUEST_TOKEN = "gh-request-token-not-to-be-shown"
 TENANT = "99999999-8888-7777-6666-555555555555"
@@ -41,28 +40,17 @@ class TokenService:
         self.requests: list[dict[str, Any]] = []
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 url = urlparse(self.path)
                 service.requests.append({"path": url.path, "query": parse_qs(url.query),
                                          "authorization": self.headers.get("Authorization")})
                 if service.status != 200 or self.headers.get("Authorization") != f"Bearer {REQUEST_TOKEN}":
-                    self._answer(service.status if service.status != 200 else 401, {"message": "Unauthorized"})
+                    self._send(service.status if service.status != 200 else 401, {"message": "Unauthorized"})
                     return
                 token = f"github-id-token-{len(service.issued) + 1}"
                 service.issued.append(token)
-                self._answer(200, {"count": len(token), "value": token})
-
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self._send(200, {"count": len(token), "value": token})
 
         self.server = LocalHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from fakes.json_http import LocalHTTPServer
+from fakes.json_http import JsonHandler, LocalHTTPServer
 
 SECRET = "msi-secret-0123456789-SECRET"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -79,7 +79,7 @@ class ManagedIdentityEndpoint:
 
 
 def _handler(endpoint: ManagedIdentityEndpoint) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             url = urllib.parse.urlsplit(self.path)
             if url.path != "/msi/token":
@@ -87,14 +87,6 @@ def _handler(endpoint: ManagedIdentityEndpoint) -> type[BaseHTTPRequestHandler]:
             else:
                 query = dict(urllib.parse.parse_qsl(url.query))
                 status, body = endpoint.answer(query, self.headers.get("secret"))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args) -> None:
-            pass
+            self._send(status, body)
 
     return Handler
