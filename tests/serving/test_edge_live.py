@@ -204,7 +204,9 @@ def test_abandoned_requests_are_cancelled(live) -> None:
     after = _wait_for(lambda: (h := _health(base))["in_flight"] == 0 and h["waiting"] == 0 and h, 15, "all cancelled")
     assert after["aborted"] - before["aborted"] == 40  # every one was cancelled, queued or running
     slots = before["limits"]["max_sequences"]
-    assert after["finished"] - before["finished"] == min(40, slots)  # those that had a slot gave it back
+    # Every request that got a slot gave it back (in_flight is 0 above). The first `slots` got one at once; a
+    # queued request may take a slot freed by a hangup before its own hangup is seen, so up to 40 held one.
+    assert min(40, slots) <= after["finished"] - before["finished"] <= 40
     started = time.monotonic()
     reply = requests.post(base + "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4}, timeout=60)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
